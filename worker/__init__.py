@@ -1,0 +1,1 @@
+"""proxwatch: the background side (workers, scheduler, gateway, embedded services, CLI)."""

@@ -1,0 +1,1 @@
+"""Embedded mode: Postgres, Redis and the Supabase stand-in started by proxwatch itself."""

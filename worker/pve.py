@@ -1,0 +1,297 @@
+"""The one HTTP layer to the Proxmox VE API: proxmoxer over requests, with
+
+- API-token auth (preferred) or password/ticket auth,
+- TLS verified by the system CAs, or pinned to the SHA-256 fingerprint of the server's
+  certificate (how a PVE default self-signed certificate is trusted), or explicitly insecure,
+- a fallback address tried when the primary one fails at the connection level,
+- per-call timing, and
+- one exception type, PveError, with a small fixed vocabulary of kinds and a plain sentence.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import requests
+import urllib3
+from proxmoxer.backends.https import JsonSerializer, ProxmoxHttpSession, ProxmoxHTTPApiTokenAuth, ProxmoxHTTPAuth
+from proxmoxer.core import AuthenticationError, ProxmoxResource, ResourceException
+from requests.adapters import HTTPAdapter
+
+# The vocabulary of connection_metrics.error_kind.
+TIMEOUT, REFUSED, DNS, NETWORK, TLS, AUTH, HTTP, BAD_RESPONSE, CONFIG = (
+    "timeout", "refused", "dns", "network", "tls", "auth", "http", "bad_response", "config")
+# Failures at the connection level: the only ones for which the fallback address is tried.
+CONNECTION_LEVEL = {TIMEOUT, REFUSED, DNS, NETWORK}
+
+TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
+FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+
+class PveError(Exception):
+    """The Proxmox VE API could not be used."""
+
+    def __init__(self, kind: str, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.permanent = permanent
+
+
+def normalize_fingerprint(value: str) -> str:
+    """'aa:bb…' or 'aabb…' (64 hex digits) → 'AA:BB:…', or ValueError with a sentence."""
+    hexdigits = value.strip().replace(":", "").upper()
+    if not re.fullmatch(r"[0-9A-F]{64}", hexdigits):
+        raise ValueError(f"{value!r} is not a SHA-256 fingerprint (64 hex digits, optionally colon-separated)")
+    return ":".join(hexdigits[i:i + 2] for i in range(0, 64, 2))
+
+
+def parse_token(value: str) -> tuple[str, str, str]:
+    """'USER@REALM!TOKENID=SECRET' → (user, tokenid, secret), or ValueError with a sentence."""
+    match = TOKEN_RE.match(value.strip())
+    if not match:
+        raise ValueError("the API token must look like USER@REALM!TOKENID=SECRET (for example root@pam!monitor=…)")
+    return match["user"], match["tokenid"], match["secret"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach and authenticate to one server."""
+    base_url: str
+    username: str
+    secret: str
+    token_id: str | None = None          # token auth when set, else password auth
+    tls_mode: str = "verify"             # verify | pinned | insecure
+    fingerprint: str | None = None
+    fallback_url: str | None = None
+    ca_file: str | None = None           # extra CA bundle (verify mode), e.g. in tests
+
+
+@dataclass
+class CallTiming:
+    path: str
+    ms: float
+
+
+@dataclass
+class Probe:
+    """What one poll learned: version, cluster nodes, timings."""
+    version: str
+    nodes_online: int
+    nodes_total: int
+    quorate: bool | None
+    response_time_ms: int
+    used_fallback: bool
+    timings: list[CallTiming] = field(default_factory=list)
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Accepts exactly the certificate with this SHA-256 fingerprint (urllib3's assert_fingerprint)."""
+
+    def __init__(self, fingerprint: str):
+        self._fingerprint = fingerprint.replace(":", "").lower()
+        super().__init__(pool_maxsize=4)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["assert_fingerprint"] = self._fingerprint
+        kwargs["cert_reqs"] = "CERT_NONE"
+        super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn, url, verify, cert):
+        # The fingerprint replaces chain and hostname checks; requests must not re-enable them.
+        super().cert_verify(conn, url, False, cert)
+        conn.assert_fingerprint = self._fingerprint
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, False, cert)
+        pool_kwargs["assert_fingerprint"] = self._fingerprint
+        pool_kwargs["cert_reqs"] = "CERT_NONE"
+        return host_params, pool_kwargs
+
+
+class _SessionTicketAuth(ProxmoxHTTPAuth):
+    """proxmoxer's ticket auth, but logging in through our session (so pinning and timeouts apply)."""
+
+    def __init__(self, session: requests.Session, username: str, password: str, base_url: str, **kwargs):
+        self._login_session = session
+        super().__init__(username, password, base_url=base_url, **kwargs)
+
+    def _get_new_tokens(self, password=None, otp=None, otptype=None):
+        if password is None:
+            password = self.pve_auth_ticket  # a valid ticket renews itself
+        # For manual test: curl -k -d username=root@pam -d password=… https://HOST:8006/api2/json/access/ticket
+        response = self._login_session.post(self.base_url + "/access/ticket", timeout=self.timeout,
+                                            verify=self.verify_ssl,
+                                            data={"username": self.username, "password": password})
+        if response.status_code != 200:
+            raise AuthenticationError(f"{response.status_code} {response.reason}")
+        data = response.json().get("data") or {}
+        if data.get("NeedTFA"):
+            raise AuthenticationError("the account needs a second factor (TFA); use an API token instead")
+        self.birth_time = time.monotonic()
+        self.pve_auth_ticket = data["ticket"]
+        self.csrf_prevention_token = data["CSRFPreventionToken"]
+
+
+def _verify_setting(target: Target):
+    if target.tls_mode == "verify":
+        return target.ca_file or True
+    return False
+
+
+def _session(target: Target, base_url: str, timeout_s: float) -> ProxmoxResource:
+    session = ProxmoxHttpSession()
+    session.headers["accept"] = JsonSerializer().get_accept_types()
+    verify = _verify_setting(target)
+    if target.tls_mode == "pinned":
+        adapter = _PinnedAdapter(target.fingerprint or "")
+        session.mount("https://", adapter)
+    api_url = base_url.rstrip("/") + "/api2/json"
+    if target.token_id:
+        session.auth = ProxmoxHTTPApiTokenAuth(target.username, target.token_id, target.secret,
+                                               verify_ssl=verify, timeout=timeout_s)
+    else:
+        login = requests.Session()
+        login.mount("https://", session.get_adapter("https://"))
+        session.auth = _SessionTicketAuth(login, target.username, target.secret, api_url,
+                                          verify_ssl=verify, timeout=timeout_s)
+    return ProxmoxResource(base_url=api_url, session=session, serializer=JsonSerializer())
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while True:
+        nxt = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            nxt = reason
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(exc))
+        exc = nxt
+
+
+def classify(exc: BaseException, url: str, timeout_s: float) -> PveError:
+    """Any failure of a call → PveError(kind, plain sentence)."""
+    host = url.split("://", 1)[-1].rstrip("/")
+    if isinstance(exc, PveError):
+        return exc
+    if isinstance(exc, AuthenticationError):
+        return PveError(AUTH, f"{host} refused the login: {exc}", permanent=True)
+    if isinstance(exc, ResourceException):
+        code = exc.status_code
+        reason = str(exc.content or exc.status_message).strip().splitlines()[0] if (exc.content or exc.status_message) else ""
+        if code == 401:
+            return PveError(AUTH, f"{host} refused the credentials (401 {reason})", permanent=True)
+        if code == 403:
+            return PveError(AUTH, f"{host} denied permission (403 {reason})", permanent=True)
+        return PveError(HTTP, f"{host} answered {code} {reason}")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return PveError(TIMEOUT, f"{host} did not answer within {timeout_s * 1000:.0f} ms")
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(_root_cause(exc))
+        if "Fingerprints did not match" in str(exc) or "fingerprint" in text.lower():
+            return PveError(TLS, f"{host} presented a certificate whose SHA-256 fingerprint does not match the pinned one")
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return PveError(TLS, f"{host} presented a certificate that is not trusted (pin its fingerprint, or install its CA)")
+        return PveError(TLS, f"the TLS handshake with {host} failed: {text}")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        root = _root_cause(exc)
+        text = str(exc)
+        if isinstance(root, socket.gaierror) or "NameResolutionError" in text or "Name or service not known" in text:
+            return PveError(DNS, f"the name of {host} could not be resolved")
+        if isinstance(root, ConnectionRefusedError) or getattr(root, "errno", None) == errno.ECONNREFUSED \
+                or "Connection refused" in text:
+            return PveError(REFUSED, f"{host} refused the connection (nothing listens on that port)")
+        if "timed out" in text.lower():
+            return PveError(TIMEOUT, f"{host} did not answer within {timeout_s * 1000:.0f} ms")
+        if isinstance(root, ConnectionResetError) or "reset" in text.lower() or "aborted" in text.lower():
+            return PveError(NETWORK, f"{host} closed the connection before answering")
+        return PveError(NETWORK, f"{host} could not be reached: {root}")
+    if isinstance(exc, (ValueError, KeyError, TypeError, json.JSONDecodeError)):
+        return PveError(BAD_RESPONSE, f"{host} answered with something that is not the PVE API ({exc.__class__.__name__})")
+    return PveError(NETWORK, f"{host} could not be used: {exc}")
+
+
+class PveClient:
+    """A client for one server, reused across polls so connections stay open (keep-alive)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._apis: dict[tuple[str, float], ProxmoxResource] = {}
+
+    def _api(self, base_url: str, timeout_s: float) -> ProxmoxResource:
+        key = (base_url, timeout_s)
+        api = self._apis.get(key)
+        if api is None:
+            # One session per address; the timeout is part of the auth object, so it keys the cache.
+            for old in [k for k in self._apis if k[0] == base_url]:
+                self._apis.pop(old)._store["session"].close()
+            api = self._apis[key] = _session(self.target, base_url, timeout_s)
+        return api
+
+    def close(self) -> None:
+        for api in self._apis.values():
+            api._store["session"].close()
+        self._apis.clear()
+
+    def _timed(self, api: ProxmoxResource, path: str, timings: list[CallTiming]):
+        start = time.perf_counter()
+        try:
+            return api(path).get()
+        finally:
+            timings.append(CallTiming(path, (time.perf_counter() - start) * 1000))
+
+    def _probe_once(self, base_url: str, timeout_s: float, used_fallback: bool) -> Probe:
+        timings: list[CallTiming] = []
+        try:
+            api = self._api(base_url, timeout_s)
+            # For manual test: pvesh get /version
+            version = self._timed(api, "version", timings)
+            # For manual test: pvesh get /cluster/status
+            status = self._timed(api, "cluster/status", timings)
+            if not isinstance(version, dict) or "version" not in version or not isinstance(status, list):
+                raise ValueError("unexpected shape")
+            nodes = [e for e in status if isinstance(e, dict) and e.get("type") == "node"]
+            cluster = next((e for e in status if isinstance(e, dict) and e.get("type") == "cluster"), None)
+            online = sum(1 for n in nodes if int(n.get("online", 0) or 0) == 1)
+            # A standalone node lists itself only; it answered, so it is online.
+            total = len(nodes) or 1
+            if not nodes:
+                online = 1
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one PveError
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            # A stale session (e.g. a closed keep-alive socket) must not poison the next poll.
+            self._apis.pop((base_url, timeout_s), None)
+            raise classify(exc, base_url, timeout_s) from exc
+        return Probe(version=str(version["version"]), nodes_online=online, nodes_total=total,
+                     quorate=bool(cluster.get("quorate")) if cluster else None,
+                     response_time_ms=round(sum(t.ms for t in timings)), used_fallback=used_fallback,
+                     timings=timings)
+
+    def probe(self, timeout_ms: int) -> Probe:
+        """GET /version and GET /cluster/status, on the primary address or else the fallback.
+
+        Steps: try the primary; on a connection-level failure (timeout, refused, dns, network)
+        with a fallback_url set, try the fallback and mark the result used_fallback.
+        """
+        timeout_s = timeout_ms / 1000
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            try:
+                return self._probe_once(self.target.base_url, timeout_s, False)
+            except PveError as primary:
+                if primary.kind not in CONNECTION_LEVEL or not self.target.fallback_url:
+                    raise
+                try:
+                    return self._probe_once(self.target.fallback_url, timeout_s, True)
+                except PveError as fallback:
+                    raise PveError(fallback.kind, f"{primary.message}; the fallback address failed too:"
+                                                  f" {fallback.message}") from fallback
