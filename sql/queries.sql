@@ -64,6 +64,82 @@ select id, poll_interval_s from public.proxmox_servers where enabled order by id
 -- name: poll_target
 -- Everything one poll needs: the address, TLS settings, credentials and the learned timeout.
 select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_fingerprint,
-       s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext, s.updated_at
+       s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext
 from public.proxmox_servers s join public.server_credentials c on c.server_id = s.id
 where s.id = %(server_id)s;
+
+-- name: insert_metrics
+-- One metric row per poll result; a retried poll (same server_id, scheduled_at) is ignored.
+-- The rollup trigger counts only the rows really inserted.
+insert into public.connection_metrics (server_id, tenant_id, scheduled_at, created_at, success, response_time_ms,
+                                       error_kind, error_message, used_fallback)
+select r.server_id, s.tenant_id, r.scheduled_at, r.created_at, r.success, r.response_time_ms, r.error_kind,
+       r.error_message, r.used_fallback
+from unnest(%(server_id)s::uuid[], %(scheduled_at)s::timestamptz[], %(created_at)s::timestamptz[],
+            %(success)s::boolean[], %(response_time_ms)s::integer[], %(error_kind)s::text[],
+            %(error_message)s::text[], %(used_fallback)s::boolean[])
+     as r(server_id, scheduled_at, created_at, success, response_time_ms, error_kind, error_message, used_fallback)
+join public.proxmox_servers s on s.id = r.server_id
+order by r.server_id, r.scheduled_at
+on conflict (server_id, scheduled_at) do nothing
+returning server_id, scheduled_at;
+
+-- name: status_inputs
+-- The current status row of each server and its last 10 poll outcomes (newest first), locked so
+-- two workers recording polls of one server serialize.
+select s.id, s.connection_status::text as connection_status, s.last_health_check_at, s.last_connected_at,
+       s.health_check_error, s.health_check_error_kind, s.pve_version, s.nodes_online, s.nodes_total,
+       s.used_fallback, s.avg_response_time_ms, s.success_rate, s.learned_timeout_ms,
+       r.flags, r.newest
+from public.proxmox_servers s
+cross join lateral (
+  select array_agg(m.success order by m.scheduled_at desc) as flags, max(m.scheduled_at) as newest
+  from (select success, scheduled_at from public.connection_metrics
+        where server_id = s.id order by scheduled_at desc limit 10) m
+) r
+where s.id = any(%(ids)s::uuid[])
+order by s.id
+for update of s;
+
+-- name: server_stats
+-- 24 h success rate and latency from the rollup, and the p95 of the last 50 successful polls
+-- (what the timeout is learned from).
+select s.id,
+       (select round(100.0 * sum(h.successes) / nullif(sum(h.attempts), 0), 1)
+          from public.connection_metrics_hourly h
+         where h.server_id = s.id and h.hour > now() - interval '24 hours') as success_rate,
+       (select (sum(h.response_sum_ms) / nullif(sum(h.response_count), 0))::integer
+          from public.connection_metrics_hourly h
+         where h.server_id = s.id and h.hour > now() - interval '24 hours') as avg_response_time_ms,
+       (select percentile_cont(0.95) within group (order by m.response_time_ms)
+          from (select response_time_ms from public.connection_metrics
+                 where server_id = s.id and success order by scheduled_at desc limit 50) m) as p95_ms,
+       (select count(*) from (select 1 from public.connection_metrics
+                 where server_id = s.id and success order by scheduled_at desc limit 50) c) as samples
+from public.proxmox_servers s
+where s.id = any(%(ids)s::uuid[]);
+
+-- name: update_status
+update public.proxmox_servers set
+  connection_status = %(connection_status)s::public.connection_status,
+  last_health_check_at = %(last_health_check_at)s,
+  last_connected_at = %(last_connected_at)s,
+  health_check_error = %(health_check_error)s,
+  health_check_error_kind = %(health_check_error_kind)s,
+  pve_version = %(pve_version)s,
+  nodes_online = %(nodes_online)s,
+  nodes_total = %(nodes_total)s,
+  used_fallback = %(used_fallback)s,
+  avg_response_time_ms = %(avg_response_time_ms)s,
+  success_rate = %(success_rate)s,
+  learned_timeout_ms = %(learned_timeout_ms)s
+where id = %(id)s;
+
+-- name: schema_present
+select to_regclass('public.proxmox_servers') is not null as present;
+
+-- name: local_admin_memberships
+-- The local admin of embedded mode administers every tenant.
+insert into public.tenant_members (tenant_id, user_id, role)
+select t.id, %(user_id)s, 'admin' from public.tenants t
+on conflict (tenant_id, user_id) do update set role = 'admin';

@@ -1,0 +1,190 @@
+"""A poll against a PVE API over real HTTPS (fakepve), recorded in real Postgres."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from worker.polling import Poller, Recorder, utcnow
+
+
+@pytest.fixture
+def poller(pool, box, settings):
+    return Poller(pool, box, settings)
+
+
+@pytest.fixture
+def recorder(pool, settings):
+    return Recorder(pool, settings)
+
+
+def poll_and_record(poller, recorder, server_id, at=None):
+    at = at or utcnow().replace(microsecond=0)
+    result = poller.poll(str(server_id), at)
+    recorder.write([result])
+    return result
+
+
+def metrics(conn, server_id):
+    return conn.execute("select * from connection_metrics where server_id = %s order by scheduled_at",
+                        (server_id,)).fetchall()
+
+
+def server(conn, server_id):
+    conn.commit()
+    return conn.execute("select * from proxmox_servers where id = %s", (server_id,)).fetchone()
+
+
+def test_a_healthy_poll_writes_one_metric_row_and_brings_the_server_online(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url)
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.success and result.error_kind is None
+    rows = metrics(conn, s["id"])
+    assert len(rows) == 1
+    assert rows[0]["success"] is True and rows[0]["response_time_ms"] >= 0 and rows[0]["used_fallback"] is False
+    row = server(conn, s["id"])
+    assert row["connection_status"] == "online"
+    assert row["pve_version"] == pve.version
+    assert (row["nodes_online"], row["nodes_total"]) == (1, 1)
+    assert row["last_health_check_at"] is not None and row["last_connected_at"] is not None
+
+
+def test_password_login_works_and_a_wrong_password_is_an_auth_failure(pve, add_server, poller, recorder, conn):
+    good = add_server("pw-good", pve.url, user="root@pam", password="secret", token=None)
+    bad = add_server("pw-bad", pve.url, user="root@pam", password="wrong-password", token=None)
+    assert poll_and_record(poller, recorder, good["id"]).success
+    result = poll_and_record(poller, recorder, bad["id"])
+    assert not result.success and result.error_kind == "auth"
+    row = metrics(conn, bad["id"])[0]
+    assert row["error_kind"] == "auth" and "refused the login" in row["error_message"]
+
+
+def test_a_wrong_token_is_an_auth_failure(pve, add_server, poller, recorder, conn):
+    s = add_server("tok-bad", pve.url, token="root@pam!monitor=not-the-secret")
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.error_kind == "auth" and "401" in result.error_message
+
+
+def test_a_5xx_answer_is_recorded_as_http_with_the_servers_message(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url)
+    pve.fail("GET", "/cluster/status", 500, "hostname lookup 'pve1' failed")
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.error_kind == "http"
+    assert "500" in result.error_message and "hostname lookup" in result.error_message
+
+
+def test_a_hang_hits_the_learned_timeout(pve, add_server, poller, recorder, conn, settings):
+    s = add_server("pve1", pve.url)
+    start = utcnow().replace(microsecond=0) - timedelta(minutes=10)
+    # Given enough fast polls that a timeout is learned (the stats refresh at least once a minute)
+    for i in range(8):
+        poll_and_record(poller, recorder, s["id"], start + timedelta(seconds=70 * i))
+    conn.execute("update proxmox_servers set last_health_check_at = now() - interval '2 minutes' where id = %s",
+                 (s["id"],))
+    conn.commit()
+    poll_and_record(poller, recorder, s["id"], start + timedelta(seconds=70 * 8))
+    learned = server(conn, s["id"])["learned_timeout_ms"]
+    assert learned == settings.timeout_min_ms  # fast loopback answers: the lower bound
+    # When the server hangs
+    pve.flaky_network(hang_rate=1.0, hang_secs=30)
+    t0 = time.monotonic()
+    result = poll_and_record(poller, recorder, s["id"])
+    elapsed = time.monotonic() - t0
+    # Then the poll gives up after the learned timeout, not the 5 s default
+    assert result.error_kind == "timeout"
+    assert f"{learned} ms" in result.error_message
+    assert elapsed < settings.timeout_default_ms / 1000
+
+
+def test_a_certificate_with_another_fingerprint_is_refused(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url, fingerprint="AB" * 32)
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.error_kind == "tls" and "fingerprint does not match" in result.error_message
+    assert metrics(conn, s["id"])[0]["success"] is False
+
+
+def test_an_unpinned_self_signed_certificate_is_refused_but_insecure_mode_accepts_it(pve, add_server, poller,
+                                                                                     recorder, conn):
+    verified = add_server("verify", pve.url, fingerprint=None)
+    insecure = add_server("insecure", pve.url, fingerprint=None, insecure=True)
+    assert poll_and_record(poller, recorder, verified["id"]).error_kind == "tls"
+    assert poll_and_record(poller, recorder, insecure["id"]).success
+    assert server(conn, insecure["id"])["tls_mode"] == "insecure"
+
+
+def test_the_fallback_address_is_used_when_the_primary_refuses(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", "https://127.0.0.1:1", fallback_url=pve.url)
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.success and result.used_fallback
+    assert metrics(conn, s["id"])[0]["used_fallback"] is True
+    row = server(conn, s["id"])
+    assert row["connection_status"] == "degraded" and "fallback" in row["health_check_error"]
+
+
+def test_the_fallback_is_not_tried_for_an_auth_failure(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url, fallback_url=pve.url, token="root@pam!monitor=wrong")
+    result = poll_and_record(poller, recorder, s["id"])
+    assert result.error_kind == "auth" and not result.used_fallback
+
+
+def test_going_offline_takes_three_consecutive_failures_and_one_success_brings_it_back(
+        pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url)
+    t = utcnow().replace(microsecond=0) - timedelta(minutes=5)
+    poll_and_record(poller, recorder, s["id"], t)
+    assert server(conn, s["id"])["connection_status"] == "online"
+    pve.fail("GET", "/version", 503, "Service Unavailable")
+    statuses = []
+    for i in range(1, 4):
+        poll_and_record(poller, recorder, s["id"], t + timedelta(seconds=10 * i))
+        statuses.append(server(conn, s["id"])["connection_status"])
+    assert statuses == ["online", "online", "offline"]
+    assert "503" in server(conn, s["id"])["health_check_error"]
+    pve.failures.clear()
+    poll_and_record(poller, recorder, s["id"], t + timedelta(seconds=40))
+    row = server(conn, s["id"])
+    # Answering again, but 3 of its last polls failed: degraded until they age out of the window.
+    assert row["connection_status"] == "degraded"
+
+
+def test_a_retried_poll_message_never_counts_twice(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url)
+    at = utcnow().replace(microsecond=0)
+    first = poller.poll(str(s["id"]), at)
+    again = poller.poll(str(s["id"]), at)
+    assert recorder.write([first]) == 1
+    assert recorder.write([again]) == 0
+    assert len(metrics(conn, s["id"])) == 1
+    hourly = conn.execute("select attempts from connection_metrics_hourly where server_id = %s",
+                          (s["id"],)).fetchall()
+    assert [h["attempts"] for h in hourly] == [1]
+
+
+def test_the_server_row_is_rewritten_only_when_something_visible_changes(pve, add_server, poller, recorder, conn):
+    s = add_server("pve1", pve.url)
+    t = utcnow().replace(microsecond=0)
+    poll_and_record(poller, recorder, s["id"], t)
+    before = server(conn, s["id"])
+    xmin = conn.execute("select xmin::text from proxmox_servers where id = %s", (s["id"],)).fetchone()["xmin"]
+    for i in range(1, 5):  # four more healthy polls within the same minute
+        poll_and_record(poller, recorder, s["id"], t + timedelta(seconds=i))
+    after = conn.execute("select xmin::text from proxmox_servers where id = %s", (s["id"],)).fetchone()["xmin"]
+    assert after == xmin, "an unchanged status must not rewrite the published row"
+    assert len(metrics(conn, s["id"])) == 5
+    assert server(conn, s["id"])["last_health_check_at"] == before["last_health_check_at"]
+
+
+def test_group_commit_records_concurrent_polls_in_few_transactions(pve, add_server, poller, recorder, conn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    servers = [add_server(f"pve{i}", pve.url) for i in range(12)]
+    at = utcnow().replace(microsecond=0)
+    with ThreadPoolExecutor(12) as ex:
+        list(ex.map(lambda s: recorder.record(poller.poll(str(s["id"]), at)), servers))
+    conn.commit()
+    count = conn.execute("select count(*) as n from connection_metrics").fetchone()["n"]
+    assert count == 12
+    online = conn.execute("select count(*) as n from proxmox_servers where connection_status = 'online'").fetchone()
+    assert online["n"] == 12

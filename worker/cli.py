@@ -1,0 +1,322 @@
+"""The `proxwatch` command.
+
+Bad input gets one clear sentence on stderr and exit code 2, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Iterator, Optional
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker import admin, db, runtime, settings as settings_mod
+from worker.admin import InputError
+from worker.crypto import Box, SecretKeyError
+from worker.embedded.services import EmbeddedError
+from worker.settings import SettingsError
+
+app = typer.Typer(help="proxwatch: one live place for a fleet of Proxmox VE servers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (a team, a customer).", no_args_is_help=True)
+users_app = typer.Typer(help="Users who sign in to the dashboard.", no_args_is_help=True)
+servers_app = typer.Typer(help="Proxmox VE servers to watch.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(users_app, name="users")
+app.add_typer(servers_app, name="servers")
+
+out = Console()
+err = Console(stderr=True)
+
+STATUS_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "unknown": "dim"}
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
+    """A connection to DATABASE_URL, or to the embedded database (started for this command when
+    `proxwatch up` is not running, and migrated when it is new)."""
+    from worker.embedded import system
+
+    s = settings_mod.load()
+    ep = runtime.endpoints(s)
+    started = None
+    try:
+        if s.embedded:
+            started = system.ensure_database(s)
+        with db.connect(ep.database_url) as conn:
+            yield ep, conn
+    finally:
+        if started is not None:
+            started.stop()
+
+
+def guarded(fn):
+    """Turn the project's expected errors into one sentence and a non-zero exit."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, SettingsError, SecretKeyError, EmbeddedError, db.MigrationError) as exc:
+            fail(str(exc))
+        except psycopg.OperationalError as exc:
+            fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------ db
+@db_app.command("migrate")
+@guarded
+def db_migrate() -> None:
+    """Apply sql/compat.sql (where needed) and supabase/migrations with the supabase CLI."""
+    from worker.embedded import system
+
+    s = settings_mod.load()
+    ep = runtime.endpoints(s)
+    started = system.ensure_database(s, migrate=False) if s.embedded else None
+    try:
+        report = db.migrate(ep.database_url, s.home / "supabase-cli")
+    finally:
+        if started is not None:
+            started.stop()
+    out.print(report)
+
+
+# ------------------------------------------------------------------------------------- tenants
+@tenants_app.command("add")
+@guarded
+def tenants_add(name: str) -> None:
+    """Create a tenant."""
+    from worker.embedded import system
+
+    with database() as (ep, conn):
+        row = admin.add_tenant(conn, name)
+        if settings_mod.load().embedded:
+            system.ensure_local_admin(conn, ep)
+    out.print(f"tenant [bold]{row['name']}[/bold] created ({row['id']})")
+
+
+@tenants_app.command("list")
+@guarded
+def tenants_list() -> None:
+    with database() as (_, conn):
+        rows = conn.execute(db.q("tenants_list")).fetchall()
+    table = Table("tenant", "servers", "id")
+    for r in rows:
+        table.add_row(r["name"], str(r["servers"]), str(r["id"]))
+    out.print(table)
+
+
+# --------------------------------------------------------------------------------------- users
+@users_app.command("add")
+@guarded
+def users_add(email: str, password: str = typer.Option(..., "--password", help="At least 8 characters."),
+              tenant: str = typer.Option(..., "--tenant"),
+              role: str = typer.Option("viewer", "--role", help="admin, operator or viewer")) -> None:
+    """Create (or update) a user who can sign in, and make them a member of a tenant."""
+    s = settings_mod.load()
+    if not s.embedded and s.supabase_url and s.supabase_service_key:
+        from worker.supabase_admin import add_user_via_auth_api
+
+        with database() as (_, conn):
+            row = add_user_via_auth_api(conn, s, email, password, tenant, role)
+    else:
+        with database() as (_, conn):
+            row = admin.add_user(conn, email, password, tenant, role)
+    out.print(f"user [bold]{row['email']}[/bold] is {row['role']} of tenant {row['tenant']}")
+
+
+# ------------------------------------------------------------------------------------- servers
+@servers_app.command("add")
+@guarded
+def servers_add(
+    name: str, url: str,
+    token: Optional[str] = typer.Option(None, "--token", help="USER@REALM!TOKENID=SECRET (preferred)"),
+    user: Optional[str] = typer.Option(None, "--user", help="USER@REALM for password login"),
+    password: Optional[str] = typer.Option(None, "--password"),
+    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="Tried when URL fails to connect"),
+    fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="SHA-256 of the server's certificate"),
+    insecure: bool = typer.Option(False, "--insecure", help="Do not verify TLS at all (shown as insecure)"),
+    tenant: Optional[str] = typer.Option(None, "--tenant"),
+    interval: int = typer.Option(10, "--interval", help="Seconds between polls"),
+) -> None:
+    """Add a Proxmox VE server to watch. Its secret is stored encrypted."""
+    with database() as (ep, conn):
+        row = admin.add_server(conn, Box(ep.secret_key), admin.ServerInput(
+            name=name, url=url, token=token, user=user, password=password, fallback_url=fallback_url,
+            fingerprint=fingerprint, insecure=insecure, tenant=tenant, interval=interval))
+    tls = {"pinned": "pinned fingerprint", "insecure": "[red]INSECURE: TLS not verified[/red]",
+           "verify": "verified by system CAs"}[row["tls_mode"]]
+    out.print(f"server [bold]{row['name']}[/bold] added to tenant {row['tenant']}: {row['base_url']}, "
+              f"{row['auth_kind']} auth, TLS {tls}")
+
+
+@servers_app.command("list")
+@guarded
+def servers_list(tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
+    """The servers and their status."""
+    with database() as (_, conn):
+        rows = admin.list_servers(conn, tenant)
+    if not rows:
+        out.print("no servers yet: add one with `proxwatch servers add NAME https://HOST:8006 --token …`")
+        return
+    table = Table("tenant", "name", "url", "status", "last check", "avg ms", "24 h ok", "version", "nodes", "TLS")
+    for r in rows:
+        st = r["connection_status"]
+        table.add_row(r["tenant"], r["name"], r["base_url"], f"[{STATUS_STYLE[st]}]{st}[/]",
+                      ago(r["last_health_check_at"]), fmt(r["avg_response_time_ms"]),
+                      fmt(r["success_rate"], "%"), r["pve_version"] or "–",
+                      f"{r['nodes_online']}/{r['nodes_total']}" if r["nodes_total"] else "–",
+                      "[red]insecure[/red]" if r["tls_mode"] == "insecure" else r["tls_mode"])
+    out.print(table)
+
+
+@servers_app.command("remove")
+@guarded
+def servers_remove(name: str, tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
+    """Remove a server, its credentials and its history."""
+    with database() as (_, conn):
+        row = admin.remove_server(conn, name, tenant)
+    out.print(f"server [bold]{row['name']}[/bold] removed from tenant {row['tenant']}")
+
+
+# ---------------------------------------------------------------------------------------- poll
+@app.command("poll")
+@guarded
+def poll(name: Optional[str] = typer.Argument(None, help="One server (default: all)"),
+         once: bool = typer.Option(False, "--once", help="Poll now in this process, record and print"),
+         tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
+    """Poll servers now; exit 0 when every poll ran, whatever the servers answered."""
+    from worker.polling import Poller, Recorder, poll_all_once
+
+    if not once:
+        fail("only `poll --once` exists: continuous polling is `proxwatch up` (or the worker and scheduler)")
+    s = settings_mod.load()
+    with database() as (ep, conn):
+        if name:
+            ids = [str(admin.find_server(conn, name, tenant)["id"])]
+        else:
+            ids = [str(r["id"]) for r in admin.list_servers(conn, tenant)]
+        if not ids:
+            out.print("no servers to poll")
+            return
+        pool = db.make_pool(ep.database_url, min_size=1, max_size=2)
+        try:
+            results = poll_all_once(Poller(pool, Box(ep.secret_key), s), Recorder(pool, s), ids)
+        finally:
+            pool.close()
+    table = Table("server", "result", "ms", "fallback", "detail")
+    for r in sorted(results, key=lambda r: r.server_name or ""):
+        table.add_row(r.server_name, "[green]ok[/green]" if r.success else f"[red]{r.error_kind}[/red]",
+                      fmt(r.response_time_ms), "yes" if r.used_fallback else "",
+                      f"PVE {r.pve_version}, {r.nodes_online}/{r.nodes_total} nodes online" if r.success
+                      else r.error_message)
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------- history
+@app.command("history")
+@guarded
+def history(name: str, hours: int = typer.Option(24, "--hours", min=1, max=720),
+            as_json: bool = typer.Option(False, "--json"),
+            tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
+    """Hourly success rate and latency of one server (connection_history)."""
+    with database() as (_, conn):
+        sid = admin.find_server(conn, name, tenant)["id"]
+        data = conn.execute("select public.connection_history(%s, %s) as h", (sid, hours)).fetchone()["h"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("hour (UTC)", "attempts", "success", "avg ms", title=f"{name}: last {hours} h")
+    for h in data["hourly"]:
+        rate = h["successRate"]
+        style = "dim" if rate is None else "green" if rate >= 99 else "yellow" if rate >= 80 else "red"
+        table.add_row(h["time"][:16].replace("T", " "), str(h["attempts"]), f"[{style}]{fmt(rate, '%')}[/]",
+                      fmt(h["avgResponseTime"]))
+    out.print(table)
+    sm = data["summary"]
+    rate = 100.0 * sm["successCount"] / sm["totalAttempts"] if sm["totalAttempts"] else None
+    out.print(f"{sm['totalAttempts']} polls, {fmt(rate and round(rate, 1), '%')} answered, "
+              f"average {fmt(sm['avgResponseTime'], ' ms')}")
+
+
+# ------------------------------------------------------------------------------ up, demo, env
+@app.command("up")
+@guarded
+def up() -> None:
+    """Run everything in the foreground: database, broker, worker, scheduler, dashboard. Ctrl-C stops it."""
+    from worker.embedded import system
+
+    system.run(settings_mod.load(), demo=False)
+
+
+@app.command("demo")
+@guarded
+def demo() -> None:
+    """`up` plus a simulated fleet of PVE servers (fakepve): healthy, slow, flapping and down."""
+    from worker.embedded import system
+
+    system.run(settings_mod.load(), demo=True)
+
+
+@app.command("env")
+@guarded
+def env() -> None:
+    """Print the addresses and keys of the embedded system (for `eval $(proxwatch env)`)."""
+    from worker.embedded.services import port_in_use
+
+    s = settings_mod.load()
+    ep = runtime.endpoints(s)
+    print(f"DATABASE_URL={ep.database_url}")
+    print(f"REDIS_URL={ep.redis_url}")
+    print(f"SUPABASE_URL={ep.supabase_url or ''}")
+    print(f"SUPABASE_ANON_KEY={ep.anon_key or ''}")
+    if s.embedded and not port_in_use(s.pg_port):
+        err.print("note: the embedded system is not running (start it with `proxwatch up`)")
+
+
+# ------------------------------------------------------------------------------------- helpers
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) or hasattr(value, "as_integer_ratio") and not isinstance(value, int):
+        value = f"{float(value):.1f}".rstrip("0").rstrip(".")
+    return f"{value}{unit}"
+
+
+def ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    secs = (datetime.now(timezone.utc) - when).total_seconds()
+    if secs < 60:
+        return f"{max(0, int(secs))} s ago"
+    if secs < 3600:
+        return f"{int(secs // 60)} min ago"
+    return f"{int(secs // 3600)} h ago"
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The simulated fleet of `proxwatch demo`: fakepve servers (a third-party fake PVE API over real
+HTTPS, an optional extra) with different behaviour, registered in tenant "demo".
+
+Nothing is fabricated: the dashboard's history comes from real polls of these servers.
+
+- pve-lab      healthy, ~15 ms, API token, pinned certificate fingerprint
+- pve-colo     healthy but far away (~180 ms), password login
+- pve-cluster  a 3-node cluster with one node offline → degraded
+- pve-branch   a flaky link: 40 % of requests are dropped → flaps, degraded
+- pve-remote   primary address refuses; answers on its fallback (Tailscale-like) address → degraded
+- pve-old      nothing answers → offline after three polls
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from worker import admin, db, runtime
+from worker.crypto import Box
+from worker.embedded.services import EmbeddedError, port_in_use
+
+TENANT = "demo"
+TOKEN = ("root@pam", "proxwatch", "demo-token-secret")
+PORT = 8006
+
+
+@dataclass
+class Sim:
+    name: str
+    host: str
+    latency: float = 0.0
+    drop_rate: float = 0.0
+    offline_nodes: int = 0
+    nodes: int = 1
+    password: bool = False
+    serve: bool = True
+    fallback_of: str | None = None  # this sim is the fallback address of that server
+
+
+SIMS = [
+    Sim("pve-lab", "127.0.77.2", latency=0.006),
+    Sim("pve-colo", "127.0.77.3", latency=0.09, password=True),
+    Sim("pve-cluster", "127.0.77.4", latency=0.02, nodes=3, offline_nodes=1),
+    Sim("pve-branch", "127.0.77.5", latency=0.03, drop_rate=0.4),
+    Sim("pve-remote", "127.0.77.6", serve=False),
+    Sim("pve-remote-fallback", "127.0.77.7", latency=0.04, fallback_of="pve-remote"),
+    Sim("pve-old", "127.0.77.8", serve=False),
+]
+
+
+class DemoFleet:
+    def __init__(self, home: Path):
+        self.home = home
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="demo-fleet", daemon=True)
+        self.pves: dict[str, object] = {}
+        self.fingerprint = ""
+
+    def _cert(self) -> tuple[str, str]:
+        """One certificate for every simulated server, kept so pinned fingerprints stay valid."""
+        from fakepve.certs import make_cert
+
+        crt, key = self.home / "fakepve.crt", self.home / "fakepve.key"
+        if not crt.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            make_cert(str(self.home), hosts=tuple(s.host for s in SIMS))
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        der = x509.load_pem_x509_certificate(crt.read_bytes()).public_bytes(Encoding.DER)
+        digest = hashlib.sha256(der).hexdigest().upper()
+        self.fingerprint = ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+        return str(crt), str(key)
+
+    def start(self) -> None:
+        try:
+            from fakepve import FakePve
+        except ImportError:
+            raise EmbeddedError("the demo needs fakepve: pip install -e '.[demo]' (make demo does)") from None
+        crt, key = self._cert()
+        self.thread.start()
+        for sim in SIMS:
+            if not sim.serve:
+                continue
+            if port_in_use(PORT, sim.host):
+                raise EmbeddedError(f"{sim.host}:{PORT} is taken: is another demo running?")
+            pve = FakePve(user="root@pam", password="demo-password", host=sim.host, port=PORT)
+            pve.apitokens[f"{TOKEN[0]}!{TOKEN[1]}"] = TOKEN[2]
+            pve.version, pve.release_version = "9.1.4", "9.1"
+            for n in range(2, sim.nodes + 1):
+                pve.add_node(f"pve{n}", online=n > sim.nodes - sim.offline_nodes)
+            if sim.latency:
+                pve.slow_network(sim.latency, jitter=sim.latency / 2)
+            if sim.drop_rate:
+                pve.flaky_network(drop_rate=sim.drop_rate)
+            asyncio.run_coroutine_threadsafe(pve.start(crt, key), self.loop).result(30)
+            self.pves[sim.name] = pve
+
+    def stop(self) -> None:
+        for pve in self.pves.values():
+            asyncio.run_coroutine_threadsafe(pve.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def register(self, conn: psycopg.Connection, ep: runtime.Endpoints) -> list[str]:
+        """Put the simulated servers in tenant "demo" (again on every start: the fingerprint and
+        addresses are the demo's own)."""
+        box = Box(ep.secret_key)
+        if not conn.execute(db.q("tenant_by_name"), {"name": TENANT}).fetchone():
+            admin.add_tenant(conn, TENANT)
+        existing = {r["name"] for r in admin.list_servers(conn, TENANT)}
+        fallbacks = {s.fallback_of: s for s in SIMS if s.fallback_of}
+        names = []
+        for sim in SIMS:
+            if sim.fallback_of:
+                continue
+            names.append(sim.name)
+            if sim.name in existing:
+                continue
+            fb = fallbacks.get(sim.name)
+            spec = admin.ServerInput(name=sim.name, url=f"https://{sim.host}:{PORT}", tenant=TENANT, interval=5,
+                                     fingerprint=self.fingerprint,
+                                     fallback_url=f"https://{fb.host}:{PORT}" if fb else None)
+            if sim.password:
+                spec.user, spec.password = "root@pam", "demo-password"
+            else:
+                spec.token = f"{TOKEN[0]}!{TOKEN[1]}={TOKEN[2]}"
+            admin.add_server(conn, box, spec)
+        return names

@@ -1,0 +1,278 @@
+"""Poll one server → one connection_metrics row + (maybe) a status transition.
+
+Steps of a poll:
+1. read the server's address, TLS settings, credentials and learned timeout (poll_target);
+2. GET /version and GET /cluster/status through worker.pve (fallback address on a
+   connection-level failure), timing each call;
+3. hand the result to the Recorder, which writes the metric row and rewrites the server row
+   only when something a person sees changes (or "last checked" is a minute old).
+
+A failed poll is a result, not an error: it becomes a metric row with error_kind and a sentence.
+Database errors propagate, so the actor retries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from psycopg_pool import ConnectionPool
+
+from worker import db
+from worker.crypto import Box
+from worker.pve import CONFIG, PveClient, PveError, Target
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Fields of proxmox_servers a person sees change; a difference in any of them is a transition.
+VISIBLE = ("connection_status", "health_check_error", "health_check_error_kind", "pve_version",
+           "nodes_online", "nodes_total", "used_fallback")
+WINDOW = 10              # recent polls considered for "degraded"
+DEGRADED_FAILURES = 2    # failures among the last WINDOW polls that make an answering server degraded
+MIN_TIMEOUT_SAMPLES = 5  # successful polls needed before the timeout is learned
+
+
+@dataclass
+class PollResult:
+    server_id: str
+    scheduled_at: datetime
+    created_at: datetime
+    success: bool
+    response_time_ms: int | None
+    error_kind: str | None = None
+    error_message: str | None = None
+    used_fallback: bool = False
+    pve_version: str | None = None
+    nodes_online: int | None = None
+    nodes_total: int | None = None
+    quorate: bool | None = None
+    server_name: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def learned_timeout(p95_ms: float | None, samples: int, settings: Settings) -> int | None:
+    """Four times the p95 of recent successful response times, within [min, max]; None until
+    enough polls have succeeded (the default timeout applies then)."""
+    if p95_ms is None or samples < MIN_TIMEOUT_SAMPLES:
+        return None
+    return int(min(settings.timeout_max_ms, max(settings.timeout_min_ms, round(p95_ms * 4))))
+
+
+def next_status(current: dict, flags: list[bool], latest: PollResult | None, offline_after: int) -> dict:
+    """The visible status fields after the newest polls.
+
+    current: the server row; flags: outcomes of the last polls, newest first (from the table);
+    latest: the newest result, when it is the newest poll of the server (else None).
+    Going offline takes `offline_after` consecutive failures; a single lost poll changes nothing.
+    """
+    status = {k: current.get(k) for k in VISIBLE}
+    if not flags:
+        return status
+    if latest is not None and latest.success:
+        status.update(pve_version=latest.pve_version, nodes_online=latest.nodes_online,
+                      nodes_total=latest.nodes_total, used_fallback=latest.used_fallback)
+    if flags[0]:
+        failures = sum(1 for ok in flags[:WINDOW] if not ok)
+        reasons = []
+        nodes_online, nodes_total = status["nodes_online"], status["nodes_total"]
+        if status["used_fallback"]:
+            reasons.append("answers only on its fallback address")
+        if nodes_online is not None and nodes_total and nodes_online < nodes_total:
+            reasons.append(f"{nodes_total - nodes_online} of {nodes_total} cluster nodes offline")
+        if latest is not None and latest.quorate is False:
+            reasons.append("the cluster has lost quorum")
+        if failures >= DEGRADED_FAILURES:
+            reasons.append(f"{DEGRADED_FAILURES} or more of the last {WINDOW} polls failed")
+        status.update(connection_status="degraded" if reasons else "online",
+                      health_check_error="; ".join(reasons) or None, health_check_error_kind=None)
+        return status
+    consecutive = next((i for i, ok in enumerate(flags) if ok), len(flags))
+    if consecutive >= offline_after:
+        status["connection_status"] = "offline"
+        if latest is not None and not latest.success:
+            status.update(health_check_error=latest.error_message, health_check_error_kind=latest.error_kind)
+    return status
+
+
+class Recorder:
+    """Writes poll results: metric rows, then the status rows that change — all in one transaction.
+
+    `write(results)` writes a batch now. `record(result)` is group commit for worker threads: each
+    caller waits until its row is committed (so an acknowledged message is a stored row), while
+    one writer thread commits whatever has queued up meanwhile in a single transaction.
+    """
+
+    def __init__(self, pool: ConnectionPool, settings: Settings, max_batch: int = 500):
+        self.pool = pool
+        self.settings = settings
+        self.max_batch = max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- group commit ---------------------------------------------------------------------------
+    def record(self, result: PollResult, timeout: float = 120) -> int:
+        """Queue one result and wait until it is committed; raises what the write raised."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
+                self._thread.start()
+        future: Future = Future()
+        self._queue.put((result, future))
+        return future.result(timeout)
+
+    def _writer(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                written = self.write([r for r, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    fut.set_result(written)
+
+    # -- the write ------------------------------------------------------------------------------
+    def write(self, results: list[PollResult], now: datetime | None = None) -> int:
+        """Insert the metric rows and apply status transitions; returns the number of new rows."""
+        if not results:
+            return 0
+        now = now or utcnow()
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                inserted = conn.execute(db.q("insert_metrics"), {
+                    "server_id": [r.server_id for r in results],
+                    "scheduled_at": [r.scheduled_at for r in results],
+                    "created_at": [r.created_at for r in results],
+                    "success": [r.success for r in results],
+                    "response_time_ms": [r.response_time_ms for r in results],
+                    "error_kind": [r.error_kind for r in results],
+                    "error_message": [r.error_message for r in results],
+                    "used_fallback": [r.used_fallback for r in results],
+                }).fetchall()
+                if not inserted:
+                    return 0
+                ids = sorted({str(row["server_id"]) for row in inserted})
+                newest: dict[str, PollResult] = {}
+                for r in results:
+                    if r.server_id in ids and (r.server_id not in newest or r.scheduled_at > newest[r.server_id].scheduled_at):
+                        newest[r.server_id] = r
+                rows = conn.execute(db.q("status_inputs"), {"ids": ids}).fetchall()
+                updates = []
+                refresh_due = []
+                for row in rows:
+                    sid = str(row["id"])
+                    latest = newest.get(sid)
+                    if latest is not None and row["newest"] is not None and latest.scheduled_at < row["newest"]:
+                        latest = None  # a late retry of an older poll: it counts, but does not set the status
+                    status = next_status(row, row["flags"] or [], latest, self.settings.offline_after)
+                    changed = any(status[k] != row[k] for k in VISIBLE)
+                    stale = row["last_health_check_at"] is None or \
+                        now - row["last_health_check_at"] >= timedelta(seconds=self.settings.status_refresh_s)
+                    if changed or stale:
+                        connected = row["last_connected_at"]
+                        if (row["flags"] or [False])[0]:
+                            connected = max(filter(None, [connected, latest.created_at if latest else None]),
+                                            default=now)
+                        updates.append({**row, **status, "id": row["id"], "last_health_check_at": now,
+                                        "last_connected_at": connected})
+                        refresh_due.append(row["id"])
+                if refresh_due:
+                    stats = {s["id"]: s for s in conn.execute(db.q("server_stats"), {"ids": refresh_due}).fetchall()}
+                    for u in updates:
+                        s = stats.get(u["id"])
+                        if s:
+                            u["success_rate"] = s["success_rate"]
+                            u["avg_response_time_ms"] = s["avg_response_time_ms"]
+                            u["learned_timeout_ms"] = learned_timeout(s["p95_ms"], s["samples"], self.settings)
+                    with conn.cursor() as cur:
+                        cur.executemany(db.q("update_status"), updates)
+                return len(inserted)
+
+
+class Poller:
+    """Polls servers; keeps one PveClient per server (keep-alive) while its settings are unchanged."""
+
+    def __init__(self, pool: ConnectionPool, box: Box, settings: Settings, ca_file: str | None = None):
+        self.pool = pool
+        self.box = box
+        self.settings = settings
+        self.ca_file = ca_file
+        self._clients: dict[str, tuple[tuple, PveClient]] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, row: dict) -> PveClient:
+        key = (row["base_url"], row["fallback_url"], row["tls_mode"], row["tls_fingerprint"], row["username"],
+               row["token_id"], row["secret_ciphertext"])
+        sid = str(row["id"])
+        with self._lock:
+            cached = self._clients.get(sid)
+            if cached and cached[0] == key:
+                return cached[1]
+            if cached:
+                cached[1].close()
+            target = Target(base_url=row["base_url"], fallback_url=row["fallback_url"], tls_mode=row["tls_mode"],
+                            fingerprint=row["tls_fingerprint"], username=row["username"], token_id=row["token_id"],
+                            secret=self.box.open(row["secret_ciphertext"]), ca_file=self.ca_file)
+            client = PveClient(target)
+            self._clients[sid] = (key, client)
+            return client
+
+    def target(self, server_id: str) -> dict | None:
+        with self.pool.connection() as conn:
+            return conn.execute(db.q("poll_target"), {"server_id": server_id}).fetchone()
+
+    def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
+        """Poll one server now; None when the server no longer exists."""
+        row = self.target(server_id)
+        if row is None:
+            return None
+        timeout_ms = row["learned_timeout_ms"] or self.settings.timeout_default_ms
+        created_at = utcnow()
+        try:
+            probe = self._client(row).probe(timeout_ms)
+        except PveError as exc:
+            return PollResult(server_id=str(server_id), scheduled_at=scheduled_at, created_at=created_at,
+                              success=False, response_time_ms=None, error_kind=exc.kind,
+                              error_message=exc.message, server_name=row["name"])
+        except Exception as exc:  # noqa: BLE001 - e.g. a credential that no longer decrypts
+            log.warning("poll of %s could not run: %s", row["name"], exc.__class__.__name__)
+            return PollResult(server_id=str(server_id), scheduled_at=scheduled_at, created_at=created_at,
+                              success=False, response_time_ms=None, error_kind=CONFIG,
+                              error_message=str(exc), server_name=row["name"])
+        return PollResult(server_id=str(server_id), scheduled_at=scheduled_at, created_at=created_at, success=True,
+                          response_time_ms=probe.response_time_ms, used_fallback=probe.used_fallback,
+                          pve_version=probe.version, nodes_online=probe.nodes_online, nodes_total=probe.nodes_total,
+                          quorate=probe.quorate, server_name=row["name"])
+
+
+def poll_all_once(poller: Poller, recorder: Recorder, server_ids: list[str], threads: int = 16) -> list[PollResult]:
+    """Poll the given servers concurrently now and record every result (used by `poll --once`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scheduled_at = utcnow().replace(microsecond=0)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(server_ids) or 1))) as ex:
+        results = [r for r in ex.map(lambda sid: poller.poll(sid, scheduled_at), server_ids) if r is not None]
+    recorder.write(results)
+    return results
+
+
+def sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        time.sleep(delay)
