@@ -1,0 +1,124 @@
+"""The `proxwatch` command as a person runs it: real subprocesses, a real database, a fake PVE
+over HTTPS. Bad input gets one sentence, a non-zero exit, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.conftest import TOKEN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(db_url, redis_server, secret_key, tmp_path):
+    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
+               PROXWATCH_HOME=str(tmp_path), COLUMNS="200", NO_COLOR="1")
+
+    def run(*args, ok=True):
+        proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        if ok:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+    return run
+
+
+def count(conn, table):
+    conn.commit()
+    return conn.execute(f"select count(*) as n from {table}").fetchone()["n"]
+
+
+def test_add_poll_and_read_history_of_a_server(cli, pve, fingerprint, conn):
+    cli("tenants", "add", "acme")
+    out = cli("servers", "add", "pve1", pve.url, "--token", TOKEN, "--fingerprint", fingerprint).stdout
+    assert "pinned fingerprint" in out and "token auth" in out
+    cli("servers", "add", "pve-down", "https://127.0.0.1:1", "--user", "root@pam", "--password", "x",
+        "--insecure")
+    listing = cli("servers", "list").stdout
+    assert "pve1" in listing and "unknown" in listing and "insecure" in listing
+    # poll --once exits 0 although one server is down: every poll ran
+    polled = cli("poll", "--once").stdout
+    assert "ok" in polled and "refused" in polled
+    assert count(conn, "connection_metrics") == 2
+    one = cli("poll", "--once", "pve1").stdout
+    assert "pve1" in one and "pve-down" not in one
+    history = json.loads(cli("history", "pve1", "--json", "--hours", "6").stdout)
+    assert len(history["hourly"]) == 6
+    assert history["summary"]["totalAttempts"] >= 1 and history["summary"]["successCount"] >= 1
+    table = cli("history", "pve1").stdout
+    assert "polls" in table and "answered" in table
+    assert "online" in cli("servers", "list").stdout
+    cli("servers", "remove", "pve-down")
+    assert "pve-down" not in cli("servers", "list").stdout
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["servers", "add", "x", "http://10.0.0.1:8006", "--token", TOKEN], "must start with https://"),
+    (["servers", "add", "x", "ftp://pve", "--token", TOKEN], "must start with https://"),
+    (["servers", "add", "x", "https://pve:8006", "--token", "root@pam=secret"], "USER@REALM!TOKENID=SECRET"),
+    (["servers", "add", "x", "https://pve:8006", "--token", TOKEN, "--fingerprint", "12:34"], "SHA-256"),
+    (["servers", "add", "x", "https://pve:8006"], "give credentials"),
+    (["servers", "add", "x", "https://pve:8006", "--user", "root", "--password", "p"], "needs a realm"),
+    (["servers", "add", "x", "https://pve:8006", "--token", TOKEN, "--tenant", "nope"], "no tenant named 'nope'"),
+    (["servers", "remove", "ghost"], "no server named 'ghost'"),
+    (["poll", "--once", "ghost"], "no server named 'ghost'"),
+    (["history", "ghost"], "no server named 'ghost'"),
+    (["users", "add", "not-an-email", "--password", "longenough", "--tenant", "acme"], "not an e-mail"),
+    (["users", "add", "a@b.c", "--password", "longenough", "--tenant", "acme", "--role", "god"], "role must be"),
+])
+def test_bad_input_gets_one_sentence_and_writes_nothing(cli, conn, args, sentence):
+    cli("tenants", "add", "acme")
+    before = {t: count(conn, t) for t in ("proxmox_servers", "server_credentials", "auth.users", "tenant_members")}
+    proc = cli(*args, ok=False)
+    assert proc.returncode != 0
+    assert sentence in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {t: count(conn, t) for t in before} == before
+
+
+def test_a_duplicate_server_name_is_refused(cli, conn):
+    cli("tenants", "add", "acme")
+    cli("servers", "add", "pve1", "https://pve.example:8006", "--token", TOKEN)
+    proc = cli("servers", "add", "pve1", "https://other.example:8006", "--token", TOKEN, ok=False)
+    assert proc.returncode != 0 and "has a server named 'pve1' already" in proc.stderr
+    assert count(conn, "proxmox_servers") == 1
+
+
+def test_users_get_a_bcrypt_hash_and_a_membership(cli, conn):
+    cli("tenants", "add", "acme")
+    cli("users", "add", "Ops@Example.com", "--password", "correct horse", "--tenant", "acme", "--role", "operator")
+    row = conn.execute("select u.email, u.encrypted_password, m.role::text as role from auth.users u "
+                       "join tenant_members m on m.user_id = u.id").fetchone()
+    assert row["email"] == "ops@example.com" and row["role"] == "operator"
+    assert row["encrypted_password"].startswith("$2") and "correct horse" not in row["encrypted_password"]
+
+
+def test_embedded_mode_starts_its_own_postgres_and_keeps_data_across_restarts(tmp_path):
+    home = Path("/tmp") / f"pw-embedded-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PROXWATCH_SECRET_KEY")}
+    env.update(PROXWATCH_HOME=str(home), PROXWATCH_PG_PORT=str(free_port()), COLUMNS="200", NO_COLOR="1")
+    try:
+        def run(*args):
+            proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return proc.stdout
+        run("tenants", "add", "homelab")
+        run("servers", "add", "pve1", "https://127.0.0.1:1", "--token", TOKEN, "--tenant", "homelab")
+        # The database was stopped after each command and started again: the data is still there.
+        assert "pve1" in run("servers", "list")
+        printed = run("env")
+        assert f"DATABASE_URL=postgresql://postgres:" in printed and "REDIS_URL=redis://" in printed
+        assert "SUPABASE_URL=http://127.0.0.1:" in printed
+        assert (home / "postgres" / "PG_VERSION").exists()
+        assert oct((home / "secrets.json").stat().st_mode & 0o777) == "0o600"
+    finally:
+        subprocess.run(["rm", "-rf", str(home)])
