@@ -1,0 +1,181 @@
+"""proxwatch dashboard: the fleet table and, per server, the 24 h history chart.
+
+Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py).
+Run: `streamlit run dashboard/app.py` with SUPABASE_URL and SUPABASE_ANON_KEY set (`proxwatch up`
+does it, and signs the local admin in through PROXWATCH_DASHBOARD_EMAIL / _PASSWORD).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the project root.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from dashboard import charts, data  # noqa: E402
+
+log = logging.getLogger("proxwatch.dashboard")
+REFRESH_S = max(5, int(os.environ.get("PROXWATCH_DASHBOARD_REFRESH", "15") or 15))
+
+st.set_page_config(page_title="proxwatch", page_icon=":material/dns:", layout="wide",
+                   initial_sidebar_state="collapsed")
+st.markdown("""
+<style>
+  .block-container { padding-top: 2.2rem; max-width: 1500px; }
+  h1 { padding-bottom: 0.1rem; }
+  [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 0.88rem; padding: 0.35rem 0.6rem; }
+  [data-testid="stTable"] th { white-space: nowrap; }
+  [data-testid="stMetricValue"] { font-size: 1.7rem; }
+  .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
+  .pw-status { font-weight: 600; }
+</style>
+""", unsafe_allow_html=True)
+
+st.title("proxwatch")
+
+
+def _sign_in_form(client, config) -> None:
+    with st.form("sign-in", width=420):
+        st.subheader("Sign in")
+        email = st.text_input("E-mail")
+        password = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in", type="primary"):
+            try:
+                data.sign_in(client, email, password)
+            except data.DataError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
+
+
+def _status_style(value: str) -> str:
+    status = value.replace("●", "").strip()
+    return f"color: {data.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
+
+
+def _fleet_table(rows: list[dict]) -> None:
+    frame = pd.DataFrame(data.fleet_rows(rows), columns=data.FLEET_COLUMNS)
+    styled = frame.style.map(_status_style, subset=["Status"]).map(
+        lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"])
+    st.table(styled, hide_index=True)
+
+
+def _status_counts(rows: list[dict]) -> None:
+    counts = {s: 0 for s in ("online", "degraded", "offline", "unknown")}
+    for row in rows:
+        counts[row.get("connection_status") or "unknown"] = counts.get(row.get("connection_status") or "unknown", 0) + 1
+    for column, (status, count) in zip(st.columns(4), counts.items()):
+        column.metric(status.capitalize(), count, border=True)
+
+
+def _server_detail(client, row: dict) -> None:
+    status = row.get("connection_status") or "unknown"
+    st.subheader(f"{row['name']} — last 24 hours")
+    parts = [f"<span class='pw-status' style='color:{data.STATUS_COLOR.get(status, '#374151')}'>● {status}</span>",
+             _escape(row.get("base_url") or "")]
+    if row.get("fallback_url"):
+        parts.append("fallback " + _escape(row["fallback_url"]) + (" (in use)" if row.get("used_fallback") else ""))
+    notes = data.connection_notes({**row, "used_fallback": False})
+    if notes:
+        parts.append(_escape(notes))
+    parts.append(f"checked {data.relative_time(row.get('last_health_check_at'))}")
+    st.markdown("<div class='pw-server-line'>" + " · ".join(parts) + "</div>", unsafe_allow_html=True)
+    if row.get("health_check_error"):
+        st.warning(f"Last error: {row['health_check_error']}", icon=":material/error:")
+
+    history = data.history(client, row["id"], 24)
+    figures = charts.summary_figures(history)
+    left, middle, right = st.columns(3)
+    left.metric("Success rate", f"{figures['success_rate']:.1f} %" if figures["success_rate"] is not None else "no data",
+                border=True)
+    middle.metric("Avg response", f"{figures['avg_response_ms']} ms" if figures["avg_response_ms"] is not None
+                  else "no data", border=True)
+    right.metric("Attempts", f"{figures['attempts']:,}", border=True)
+    if figures["attempts"]:
+        st.altair_chart(charts.history_chart(history), width="stretch")
+        st.caption("Green: success rate % (left axis). Blue: average latency ms (right axis). "
+                   "Grey bands: hours without polls (no data). Times are in your local time zone.")
+    else:
+        st.info("No polls recorded for this server in the last 24 hours.")
+
+
+def _escape(text: str) -> str:
+    import html
+    return html.escape(text, quote=True)
+
+
+@st.fragment(run_every=REFRESH_S)
+def fleet_view(client) -> None:
+    """The live part of the page, re-run every REFRESH_S seconds on its own."""
+    try:
+        _fleet_view(client)
+    except Exception as exc:  # a sentence on the page; the traceback goes to the server log
+        log.exception("dashboard failed")
+        st.error(f"The dashboard hit an unexpected error: {exc}")
+
+
+def _fleet_view(client) -> None:
+    try:
+        rows = data.fleet(client)
+    except data.DataError as exc:
+        st.error(str(exc))
+        return
+    if not rows:
+        st.info("No servers yet. Add a server with `proxwatch servers add NAME https://HOST:8006 "
+                "--token USER@REALM!TOKENID=SECRET` and it appears here after its first poll.")
+        return
+    _status_counts(rows)
+    st.subheader("Fleet")
+    _fleet_table(rows)
+
+    tenants = {row.get("tenant_name") for row in rows}
+    by_id = {row["id"]: row for row in rows}
+    label = (lambda i: f"{by_id[i]['name']} · {by_id[i]['tenant_name']}") if len(tenants) > 1 \
+        else (lambda i: by_id[i]["name"])
+    chosen = st.selectbox("Server", list(by_id), format_func=label, key="server", width=360)
+    if chosen:
+        try:
+            _server_detail(client, by_id[chosen])
+        except data.DataError as exc:
+            st.error(str(exc))
+
+
+def main() -> None:
+    try:
+        config = data.config_from_env()
+    except data.DataError as exc:
+        st.error(str(exc))
+        return
+    client = data.session_client(st.session_state, config)
+    email = data.signed_in_email(client)
+    if email is None and config.auto_sign_in:
+        try:
+            email = data.sign_in(client, config.email, config.password)
+        except data.DataError as exc:
+            st.error(str(exc))
+            return
+    if email is None:
+        _sign_in_form(client, config)
+        return
+    left, right = st.columns([5, 1], vertical_alignment="center")
+    left.caption(f"Signed in as {email} · refreshes every {REFRESH_S} s")
+    if not config.auto_sign_in and right.button("Sign out", width="stretch"):
+        data.sign_out(client)
+        st.session_state.pop(data.SESSION_KEY, None)
+        st.rerun()
+    fleet_view(client)
+
+
+try:
+    main()
+except Exception as exc:  # a sentence on the page; the traceback goes to the server log
+    log.exception("dashboard failed")
+    st.error(f"The dashboard hit an unexpected error: {exc}")

@@ -1,0 +1,129 @@
+"""The Streamlit dashboard through AppTest, against a real stand-in and a real, seeded database:
+it reads only through the API with the signed-in user's JWT, so each user sees their tenant only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.seeding import ALICE, BOB, seed_fleet
+from worker.embedded.standin import StandIn
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def fleet(db_url, secret_key):
+    return seed_fleet(db_url, secret_key)
+
+
+@pytest.fixture
+def standin(db_url, pw_secrets):
+    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
+    yield server
+    server.stop()
+
+
+def run_as(monkeypatch, standin, who) -> AppTest:
+    monkeypatch.setenv("SUPABASE_URL", standin.url)
+    monkeypatch.setenv("SUPABASE_ANON_KEY", standin.anon_key)
+    if who:
+        monkeypatch.setenv("PROXWATCH_DASHBOARD_EMAIL", who[0])
+        monkeypatch.setenv("PROXWATCH_DASHBOARD_PASSWORD", who[1])
+    else:
+        monkeypatch.delenv("PROXWATCH_DASHBOARD_EMAIL", raising=False)
+        monkeypatch.delenv("PROXWATCH_DASHBOARD_PASSWORD", raising=False)
+    app = AppTest.from_file(APP, default_timeout=30)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def fleet_table(app: AppTest):
+    assert len(app.table) == 1, [e.value for e in app.error]
+    return app.table[0].value
+
+
+def metrics(app: AppTest) -> dict:
+    return {m.label: m.value for m in app.metric}
+
+
+def test_the_fleet_table_shows_the_servers_with_their_statuses(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, ALICE)
+    assert app.title[0].value == "proxwatch"
+    table = fleet_table(app)
+    assert table["Server"].tolist() == ["pve-alpha", "pve-beta", "pve-delta"]
+    assert table["Status"].tolist() == ["● online", "● offline", "● unknown"]
+    alpha, beta, delta = (table.iloc[i] for i in range(3))
+    assert alpha["24 h success"] == f"{100 * fleet.alpha_successes / fleet.alpha_attempts:.1f} %"
+    assert alpha["Nodes"] == "3/3" and alpha["PVE"] == "9.1.4" and alpha["Last check"].endswith("s ago")
+    assert "insecure TLS" in beta["Connection"] and "refused" in beta["Last error"]
+    assert delta["24 h success"] == "no data" and delta["Last check"] == "never"
+    counts = metrics(app)
+    assert (counts["Online"], counts["Offline"], counts["Unknown"], counts["Degraded"]) == ("1", "1", "1", "0")
+    assert not app.error
+
+
+def test_selecting_a_server_shows_its_summary_figures(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, ALICE)
+    # The first server is shown by default.
+    figures = metrics(app)
+    assert figures["Attempts"] == str(fleet.alpha_attempts)
+    assert figures["Success rate"] == f"{100 * fleet.alpha_successes / fleet.alpha_attempts:.1f} %"
+    assert figures["Avg response"].endswith(" ms")
+    assert any("pve-alpha" in h.value for h in app.subheader)
+    # Choose pve-delta: never polled, so no figures rather than 100 %.
+    app.selectbox(key="server").select(fleet.servers["pve-delta"]).run()
+    assert not app.exception
+    figures = metrics(app)
+    assert (figures["Success rate"], figures["Avg response"], figures["Attempts"]) == ("no data", "no data", "0")
+    assert any("No polls recorded" in i.value for i in app.info)
+    # pve-beta carries its last error as a sentence.
+    app.selectbox(key="server").select(fleet.servers["pve-beta"]).run()
+    assert any("refused the connection" in w.value for w in app.warning)
+
+
+def test_a_viewer_of_another_tenant_sees_none_of_acmes_servers(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, BOB)
+    table = fleet_table(app)
+    assert table["Server"].tolist() == ["pve-gamma"]
+    assert table["Status"].tolist() == ["● degraded"]
+    assert "via fallback address" in table.iloc[0]["Connection"]
+    assert app.selectbox(key="server").options == ["pve-gamma"]
+    assert metrics(app)["Attempts"] == "4"
+
+
+def test_the_empty_state_tells_how_to_add_a_server(monkeypatch, standin, db_url):
+    from worker import admin, db
+    with db.connect(db_url) as conn:
+        admin.add_tenant(conn, "acme")
+        admin.add_user(conn, ALICE[0], ALICE[1], "acme", "admin")
+    app = run_as(monkeypatch, standin, ALICE)
+    assert not app.table
+    assert any("proxwatch servers add" in i.value for i in app.info)
+
+
+def test_a_wrong_password_is_a_sentence_not_a_traceback(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, (ALICE[0], "wrong-password"))
+    assert [e.value for e in app.error] == ["Sign-in failed: Invalid login credentials."]
+    assert not app.table
+
+
+def test_without_embedded_credentials_a_sign_in_form_is_shown(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, None)
+    assert not app.table
+    app.text_input[0].input(BOB[0])
+    app.text_input[1].input(BOB[1])
+    app.button[0].click().run()
+    assert not app.exception
+    assert fleet_table(app)["Server"].tolist() == ["pve-gamma"]
+
+
+def test_an_unreachable_api_is_a_sentence(monkeypatch, standin, fleet):
+    url = standin.url
+    standin.stop()
+    monkeypatch.setattr(standin, "port", int(url.rsplit(":", 1)[1]))
+    app = run_as(monkeypatch, standin, ALICE)
+    assert len(app.error) == 1 and "does not answer" in app.error[0].value
