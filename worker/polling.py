@@ -21,7 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker import db
 from worker.crypto import Box
@@ -36,6 +37,11 @@ VISIBLE = ("connection_status", "health_check_error", "health_check_error_kind",
 WINDOW = 10              # recent polls considered for "degraded"
 DEGRADED_FAILURES = 2    # failures among the last WINDOW polls that make an answering server degraded
 MIN_TIMEOUT_SAMPLES = 5  # successful polls needed before the timeout is learned
+# While the database is unreachable (a restart), measured results wait and are written when it is
+# back: the measurement keeps its moment instead of being redone late.
+WRITE_RETRY_S = 90
+# The errors of an unreachable database (as opposed to a bad statement).
+DB_DOWN = (psycopg.OperationalError, PoolTimeout)
 
 
 @dataclass
@@ -139,13 +145,29 @@ class Recorder:
                 except queue.Empty:
                     break
             try:
-                written = self.write([r for r, _ in batch])
+                written = self._write_retrying([r for r, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
                 for _, fut in batch:
                     fut.set_result(written)
+
+    def _write_retrying(self, results: list[PollResult]) -> int:
+        """write(), retried with backoff while the database is unreachable (up to WRITE_RETRY_S)."""
+        deadline = time.monotonic() + WRITE_RETRY_S
+        delay = 0.2
+        while True:
+            try:
+                return self.write(results)
+            except DB_DOWN as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unreachable (%s); keeping %d results and retrying",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                            len(results))
+                time.sleep(delay)
+                delay = min(delay * 2, 5)
 
     # -- the write ------------------------------------------------------------------------------
     def write(self, results: list[PollResult], now: datetime | None = None) -> int:
@@ -214,6 +236,7 @@ class Poller:
         self.settings = settings
         self.ca_file = ca_file
         self._clients: dict[str, tuple[tuple, PveClient]] = {}
+        self._targets: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def _client(self, row: dict) -> PveClient:
@@ -234,8 +257,21 @@ class Poller:
             return client
 
     def target(self, server_id: str) -> dict | None:
-        with self.pool.connection() as conn:
-            return conn.execute(db.q("poll_target"), {"server_id": server_id}).fetchone()
+        """The server's poll settings from the database; the last known ones while it is unreachable,
+        so a database restart does not stop the measurements."""
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                row = conn.execute(db.q("poll_target"), {"server_id": server_id}).fetchone()
+        except DB_DOWN:
+            row = self._targets.get(str(server_id))
+            if row is None:
+                raise
+            return row
+        if row is None:
+            self._targets.pop(str(server_id), None)
+        else:
+            self._targets[str(server_id)] = row
+        return row
 
     def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
         """Poll one server now; None when the server no longer exists."""

@@ -1,10 +1,15 @@
 """The scheduler: enqueues poll(server_id, scheduled_at) per server at its interval.
 
-Only one scheduler sends at a time: the leader holds a Postgres advisory lock on its own
-connection; a second scheduler waits as a standby and takes over when the leader's connection
-goes away. Ticks are aligned (scheduled_at = phase + k × interval), so even a brief overlap of
-two leaders produces the same (server_id, scheduled_at) pairs, which the metric table counts once.
-Each server has its own phase inside the interval, so polls spread out instead of bursting.
+Only one scheduler sends at a time: the leader holds a lock in Redis (the broker it sends to)
+that it renews every second and that expires LOCK_TTL_MS after it stops; a second scheduler
+waits as a standby and takes over then. Ticks are aligned (scheduled_at = phase + k × interval),
+so even a brief overlap of two leaders produces the same (server_id, scheduled_at) pairs, which
+the metric table counts once. Each server has its own phase inside the interval, so polls spread
+out instead of bursting.
+
+The server list is read from Postgres every REFRESH_S; while Postgres is unreachable (a restart)
+the scheduler keeps sending from the list it has, and the workers keep measuring: no tick is lost.
+While Redis is unreachable nothing can be sent, and those ticks are skipped, not sent late.
 """
 
 from __future__ import annotations
@@ -18,12 +23,34 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import psycopg
+import redis
 
 from worker import db
 
 log = logging.getLogger(__name__)
-LOCK_KEY = 0x70726F78  # "prox": the advisory lock of the scheduler leader
+LOCK_NAME = "proxwatch:scheduler:leader"
+LOCK_TTL_MS = 5000
 REFRESH_S = 10
+# Renew the lock only if we still hold it (compare-and-set in one step).
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+class LeaderLock:
+    def __init__(self, client: redis.Redis, name: str = LOCK_NAME, ttl_ms: int = LOCK_TTL_MS):
+        self.client = client
+        self.name = name
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+
+    def hold(self) -> bool:
+        """Take the lock if free, renew it if ours; False when another scheduler leads."""
+        if self.client.set(self.name, self.token, nx=True, px=self.ttl_ms):
+            return True
+        return bool(self.client.eval(_RENEW, 1, self.name, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        self.client.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                         "else return 0 end", 1, self.name, self.token)
 
 
 def tick(server_id: str, interval_s: int, now: float) -> float:
@@ -35,9 +62,10 @@ def tick(server_id: str, interval_s: int, now: float) -> float:
 
 
 class Scheduler:
-    def __init__(self, database_url: str, send: Callable[[str, str], None]):
+    def __init__(self, database_url: str, send: Callable[[str, str], None], lock: LeaderLock):
         self.database_url = database_url
         self.send = send
+        self.lock = lock
         self.servers: list[tuple[str, int]] = []
         self.last: dict[str, float] = {}
         self.sent = 0
@@ -51,43 +79,57 @@ class Scheduler:
                 out.append((sid, t))
         return out
 
-    def step(self, conn: psycopg.Connection, now: float) -> int:
-        """One pass: refresh the server list when due, send every due poll."""
-        if now - self._refreshed >= REFRESH_S or not self.servers:
-            self.servers = [(str(r["id"]), r["poll_interval_s"]) for r in conn.execute(db.q("schedule_list"))]
-            conn.commit()
-            self._refreshed = now
+    def refresh(self, now: float) -> None:
+        """Re-read the enabled servers when due; keep the known list while Postgres is unreachable."""
+        if self.servers and now - self._refreshed < REFRESH_S:
+            return
+        try:
+            with db.connect(self.database_url, connect_timeout=3) as conn:
+                self.servers = [(str(r["id"]), r["poll_interval_s"]) for r in conn.execute(db.q("schedule_list"))]
+        except psycopg.OperationalError as exc:
+            log.warning("scheduler: database unavailable (%s); using the %d known servers",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer", len(self.servers))
+            self._refreshed = now - REFRESH_S + 2  # try again soon
+            return
+        self._refreshed = now
+
+    def step(self, now: float) -> int:
+        """One pass: send every due poll. Raises when the broker is down (the caller waits)."""
         count = 0
         for sid, t in self.due(now):
             scheduled_at = datetime.fromtimestamp(t, timezone.utc).isoformat()
-            self.send(sid, scheduled_at)  # raises when the broker is down: the tick is retried next pass
+            self.send(sid, scheduled_at)
             self.last[sid] = t
             count += 1
         self.sent += count
         return count
 
     def run(self, stop: threading.Event, resolution: float = 0.25) -> None:
-        """Lead when the lock is free, stand by otherwise; survive Postgres and Redis restarts."""
-        while not stop.is_set():
-            try:
-                with db.connect(self.database_url, autocommit=True) as conn:
-                    leader = conn.execute("select pg_try_advisory_lock(%s) as ok", (LOCK_KEY,)).fetchone()["ok"]
-                    if not leader:
-                        stop.wait(2)
-                        continue
-                    log.info("scheduler: leading")
-                    while not stop.is_set():
-                        try:
-                            self.step(conn, time.time())
-                        except psycopg.OperationalError:
-                            raise
-                        except Exception as exc:  # noqa: BLE001 - broker down: try again next pass
-                            log.warning("scheduler: could not enqueue (%s); retrying", exc)
-                            stop.wait(1)
-                        stop.wait(resolution)
-            except psycopg.OperationalError as exc:
-                log.warning("scheduler: database unavailable (%s); retrying", str(exc).splitlines()[0])
-                stop.wait(2)
+        """Lead while holding the lock, stand by otherwise; survive Postgres and Redis restarts."""
+        leading = False
+        renewed = 0.0
+        try:
+            while not stop.is_set():
+                now = time.time()
+                try:
+                    if now - renewed >= 1 or not leading:
+                        was, leading, renewed = leading, self.lock.hold(), now
+                        if leading != was:
+                            log.info("scheduler: %s", "leading" if leading else "standing by")
+                    if leading:
+                        self.refresh(now)
+                        self.step(now)
+                except redis.RedisError as exc:
+                    leading = False
+                    log.warning("scheduler: broker unavailable (%s); ticks are skipped until it is back", exc)
+                    stop.wait(1)
+                stop.wait(resolution if leading else 1)
+        finally:
+            if leading:
+                try:
+                    self.lock.release()
+                except redis.RedisError:
+                    pass
 
 
 def main() -> None:
@@ -98,7 +140,8 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Scheduler(ENDPOINTS.database_url, lambda sid, at: actors.poll.send(sid, at)).run(stop)
+    lock = LeaderLock(redis.Redis.from_url(ENDPOINTS.redis_url, socket_timeout=3, socket_connect_timeout=3))
+    Scheduler(ENDPOINTS.database_url, lambda sid, at: actors.poll.send(sid, at), lock).run(stop)
 
 
 if __name__ == "__main__":
