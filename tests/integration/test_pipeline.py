@@ -122,3 +122,29 @@ def test_polls_survive_a_postgres_restart_without_losing_a_tick(pve, add_server,
         for p in procs:
             stop(p)
         log.close()
+
+
+def test_polling_resumes_after_a_redis_restart(pve, add_server, conn, services_env, tmp_path, redis_server, db_url):
+    add_server("pve1", pve.url, interval=2)
+    log = open(tmp_path / "procs.log", "wb")
+    procs = [spawn(["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "2"],
+                   services_env, log),
+             spawn(["-m", "worker.scheduler"], services_env, log)]
+    import psycopg
+    try:
+        def count():
+            with psycopg.connect(db_url) as c:
+                return c.execute("select count(*) from connection_metrics").fetchone()[0]
+        assert wait_for(lambda: count() >= 2, 60), (tmp_path / "procs.log").read_text()[-3000:]
+        # When Redis restarts
+        redis_server.stop()
+        time.sleep(3)
+        redis_server.start()
+        n = count()
+        # Then the scheduler and the worker reconnect by themselves and the polls go on
+        assert wait_for(lambda: count() >= n + 4, 90), (tmp_path / "procs.log").read_text()[-3000:]
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            stop(p)
+        log.close()
