@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ class DemoFleet:
         return str(crt), str(key)
 
     def start(self) -> None:
+        # The flaky link drops connections on purpose; aiohttp would print a traceback for each.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         try:
             from fakepve import FakePve
         except ImportError:
@@ -93,6 +96,7 @@ class DemoFleet:
             pve = FakePve(user="root@pam", password="demo-password", host=sim.host, port=PORT)
             pve.apitokens[f"{TOKEN[0]}!{TOKEN[1]}"] = TOKEN[2]
             pve.version, pve.release_version = "9.1.4", "9.1"
+            pve.time_scale = 1.0  # latencies in real seconds (fakepve's default 0 makes them instant)
             for n in range(2, sim.nodes + 1):
                 pve.add_node(f"pve{n}", online=n > sim.nodes - sim.offline_nodes)
             if sim.latency:

@@ -82,7 +82,7 @@ def processes(s: Settings) -> dict[str, list[str]]:
         "scheduler": [py, "-m", "worker.scheduler"],
         "web": [py, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
                 "--server.address", "127.0.0.1", "--server.port", str(s.web_port),
-                "--browser.gatherUsageStats", "false"],
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
     }
 
 
