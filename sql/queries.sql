@@ -143,3 +143,10 @@ select to_regclass('public.proxmox_servers') is not null as present;
 insert into public.tenant_members (tenant_id, user_id, role)
 select t.id, %(user_id)s, 'admin' from public.tenants t
 on conflict (tenant_id, user_id) do update set role = 'admin';
+
+-- name: insert_audit
+-- One audit entry (see worker/audit.py).
+insert into public.audit_log (tenant_id, user_id, actor, action, server_id, target_type, target_id, details)
+values (%(tenant_id)s, %(user_id)s, %(actor)s, %(action)s, %(server_id)s, %(target_type)s, %(target_id)s,
+        %(details)s)
+returning id, created_at;

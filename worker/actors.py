@@ -43,3 +43,9 @@ def poll(server_id: str, scheduled_at: str) -> None:
     result = poller.poll(server_id, datetime.fromisoformat(scheduled_at))
     if result is not None:
         recorder.record(result)
+
+
+# ---- guests, consoles and sessions (worker/inventory.py, consoles.py, sessions.py) ----
+
+
+# ---- operations (worker/operations.py) ----

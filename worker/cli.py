@@ -290,6 +290,24 @@ def env() -> None:
         err.print("note: the embedded system is not running (start it with `proxwatch up`)")
 
 
+# ------------------------------------------------------------------- commands of other modules
+def _register_subcommands() -> None:
+    """Command groups that live beside their modules (guests, sessions, ops …) join here."""
+    import importlib
+
+    for module in ("worker.cli_consoles", "worker.cli_ops"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_subcommands()
+
+
 # ------------------------------------------------------------------------------------- helpers
 def fmt(value, unit: str = "") -> str:
     if value is None:

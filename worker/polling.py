@@ -273,6 +273,12 @@ class Poller:
             self._targets[str(server_id)] = row
         return row
 
+    def client(self, server_id: str) -> tuple[dict, PveClient] | None:
+        """The server's settings row and its (shared, keep-alive) PVE client, for any API call;
+        None when the server does not exist."""
+        row = self.target(server_id)
+        return None if row is None else (row, self._client(row))
+
     def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
         """Poll one server now; None when the server no longer exists."""
         row = self.target(server_id)

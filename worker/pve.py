@@ -276,6 +276,36 @@ class PveClient:
                      response_time_ms=round(sum(t.ms for t in timings)), used_fallback=used_fallback,
                      timings=timings)
 
+    def request(self, method: str, path: str, timeout_ms: int = 10000, **params):
+        """One API call, e.g. request("POST", "nodes/pve1/qemu/100/vncproxy", websocket=1): the
+        decoded `data`, or PveError. The fallback address is used as in probe()."""
+        timeout_s = timeout_ms / 1000
+        verb = method.lower()
+        if verb not in ("get", "post", "put", "delete"):
+            raise ValueError(f"unknown HTTP method {method!r}")
+
+        def once(base_url: str):
+            try:
+                resource = self._api(base_url, timeout_s)(path.strip("/"))
+                return getattr(resource, verb)(**params)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one PveError
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                if not isinstance(exc, ResourceException):
+                    self._apis.pop((base_url, timeout_s), None)
+                raise classify(exc, base_url, timeout_s) from exc
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            try:
+                return once(self.target.base_url)
+            except PveError as primary:
+                # A write that may have reached the server (timeout, reset) is not sent again.
+                retry_kinds = CONNECTION_LEVEL if verb == "get" else {REFUSED, DNS}
+                if primary.kind not in retry_kinds or not self.target.fallback_url:
+                    raise
+                return once(self.target.fallback_url)
+
     def probe(self, timeout_ms: int) -> Probe:
         """GET /version and GET /cluster/status, on the primary address or else the fallback.
 

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -61,22 +62,47 @@ def tick(server_id: str, interval_s: int, now: float) -> float:
     return ((now_ms - phase) // interval_ms * interval_ms + phase) / 1000
 
 
+@dataclass(frozen=True)
+class Job:
+    """A periodic message: per server (args: server_id, scheduled_at) or global (args: scheduled_at)."""
+    actor: str                      # the name of an actor in worker.actors
+    per_server: bool = True
+    interval_s: int | None = None   # None: the server's poll_interval_s
+
+
+# Every periodic message the scheduler sends. Other modules' actors join this list.
+JOBS: list[Job] = [Job("poll")]
+
+
+def job_key(job: Job, server_id: str | None) -> str:
+    """The uuid whose value sets the job's phase inside its interval."""
+    if job.actor == "poll" and server_id:
+        return server_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"proxwatch:{job.actor}:{server_id or ''}"))
+
+
 class Scheduler:
-    def __init__(self, database_url: str, send: Callable[[str, str], None], lock: LeaderLock):
+    def __init__(self, database_url: str, send: Callable[[str, tuple], None], lock: LeaderLock,
+                 jobs: list[Job] | None = None):
         self.database_url = database_url
         self.send = send
         self.lock = lock
+        self.jobs = jobs if jobs is not None else JOBS
         self.servers: list[tuple[str, int]] = []
-        self.last: dict[str, float] = {}
+        self.last: dict[tuple[str, str | None], float] = {}
         self.sent = 0
         self._refreshed = 0.0
 
-    def due(self, now: float) -> list[tuple[str, float]]:
+    def due(self, now: float) -> list[tuple[Job, str | None, float]]:
+        """(job, server_id or None, scheduled time) of every message due now."""
         out = []
-        for sid, interval in self.servers:
-            t = tick(sid, interval, now)
-            if self.last.get(sid, -1) < t:
-                out.append((sid, t))
+        for job in self.jobs:
+            targets = self.servers if job.per_server else [(None, job.interval_s)]
+            for sid, server_interval in targets:
+                interval = job.interval_s or server_interval
+                t = tick(job_key(job, sid), interval, now)
+                if self.last.get((job.actor, sid), -1) < t:
+                    out.append((job, sid, t))
         return out
 
     def refresh(self, now: float) -> None:
@@ -94,12 +120,12 @@ class Scheduler:
         self._refreshed = now
 
     def step(self, now: float) -> int:
-        """One pass: send every due poll. Raises when the broker is down (the caller waits)."""
+        """One pass: send every due message. Raises when the broker is down (the caller waits)."""
         count = 0
-        for sid, t in self.due(now):
+        for job, sid, t in self.due(now):
             scheduled_at = datetime.fromtimestamp(t, timezone.utc).isoformat()
-            self.send(sid, scheduled_at)
-            self.last[sid] = t
+            self.send(job.actor, (sid, scheduled_at) if job.per_server else (scheduled_at,))
+            self.last[(job.actor, sid)] = t
             count += 1
         self.sent += count
         return count
@@ -141,7 +167,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     lock = LeaderLock(redis.Redis.from_url(ENDPOINTS.redis_url, socket_timeout=3, socket_connect_timeout=3))
-    Scheduler(ENDPOINTS.database_url, lambda sid, at: actors.poll.send(sid, at), lock).run(stop)
+    Scheduler(ENDPOINTS.database_url, lambda actor, args: getattr(actors, actor).send(*args), lock).run(stop)
 
 
 if __name__ == "__main__":
