@@ -1,0 +1,96 @@
+"""The real worker (dramatiq's own CLI, same arguments), optionally with measuring probes and/or
+ONE proposed product fix applied in memory — for bench_fleet_cycle.py. The product code is not
+changed by this file.
+
+    PYTHONPATH=. python3 tests/bench/patched_worker.py worker.broker worker.actors --processes 2 --threads 16
+
+BENCH_FIX_SSL=1 — the fix: worker/pve.py `_PinnedAdapter` hands urllib3 one shared, pre-built
+SSLContext (CERT_NONE, check_hostname off; urllib3 still asserts the pinned fingerprint on every
+connection). Without it, urllib3 builds a fresh context for every new connection and calls
+context.load_default_certs() on it (urllib3/connection.py `_ssl_wrap_socket_and_match_hostname`:
+only when it made the context itself), parsing the whole system CA bundle: ~30 ms of CPU and
+~0.7 MB of memory per connection, for a bundle a pinned connection never consults.
+
+BENCH_PHASES_DIR=DIR — time the phases of each poll (poll_target query, PVE probe, group-commit
+wait in Recorder.record, Recorder.write per batch) and dump the running totals of each worker
+process to DIR/phases.<pid>.json every 0.25 s.
+"""
+
+import json
+import os
+import ssl
+import sys
+import threading
+import time
+
+from worker import polling, pve
+
+if os.environ.get("BENCH_FIX_SSL") == "1":
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    _CONTEXT = create_urllib3_context(cert_reqs=ssl.CERT_NONE)  # check_hostname is off for CERT_NONE
+    _init_poolmanager = pve._PinnedAdapter.init_poolmanager
+    _key_attributes = pve._PinnedAdapter.build_connection_pool_key_attributes
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["ssl_context"] = _CONTEXT
+        return _init_poolmanager(self, *args, **kwargs)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = _key_attributes(self, request, verify, cert)
+        pool_kwargs["ssl_context"] = _CONTEXT
+        return host_params, pool_kwargs
+
+    pve._PinnedAdapter.init_poolmanager = init_poolmanager
+    pve._PinnedAdapter.build_connection_pool_key_attributes = build_connection_pool_key_attributes
+
+PHASES_DIR = os.environ.get("BENCH_PHASES_DIR")
+if PHASES_DIR:
+    _stats: dict = {}
+    _lock = threading.Lock()
+    _dumper = {"pid": None}
+
+    def _dump_loop():
+        path = os.path.join(PHASES_DIR, f"phases.{os.getpid()}.json")
+        while True:
+            with _lock:
+                text = json.dumps(_stats)
+            with open(path + ".tmp", "w") as fh:
+                fh.write(text)
+            os.replace(path + ".tmp", path)
+            time.sleep(0.25)
+
+    def _add(name, seconds, size=None):
+        with _lock:
+            if _dumper["pid"] != os.getpid():
+                _dumper["pid"] = os.getpid()
+                threading.Thread(target=_dump_loop, daemon=True).start()
+            s = _stats.setdefault(name, {"n": 0, "s": 0.0, "max": 0.0, "rows": 0})
+            s["n"] += 1
+            s["s"] += seconds
+            s["max"] = max(s["max"], seconds)
+            if size is not None:
+                s["rows"] += size
+
+    def _timed(cls, attr, name, size_of=None):
+        original = getattr(cls, attr)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                _add(name, time.perf_counter() - start, size_of(args) if size_of else None)
+        setattr(cls, attr, wrapper)
+
+    _timed(polling.Poller, "poll", "poll (target+client+probe)")
+    _timed(polling.Poller, "target", "  poll_target query (incl. pool wait)")
+    _timed(polling.Poller, "_client", "  client lookup/creation")
+    _timed(pve.PveClient, "probe", "  PVE probe (2 HTTPS calls)")
+    _timed(polling.Recorder, "record", "record (group-commit wait)")
+    _timed(polling.Recorder, "write", "Recorder.write (writer thread, per batch)", lambda a: len(a[1]))
+
+if __name__ == "__main__":
+    from dramatiq.cli import main
+
+    sys.exit(main())
