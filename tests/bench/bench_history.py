@@ -21,6 +21,7 @@ BENCH_HISTORY_CALLS (300 timed calls per method).
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -30,8 +31,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-
-import os
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = int(os.environ.get("BENCH_HISTORY_SERVERS", "200"))
