@@ -188,3 +188,24 @@ def test_group_commit_records_concurrent_polls_in_few_transactions(pve, add_serv
     assert count == 12
     online = conn.execute("select count(*) as n from proxmox_servers where connection_status = 'online'").fetchone()
     assert online["n"] == 12
+
+
+def test_verify_mode_trusts_a_known_ca_and_checks_the_hostname(pve, add_server, pool, box, settings, recorder,
+                                                               conn, fakepve_cafile, _fakepve_pki):
+    from fakepve import FakePve
+    from fakepve.pytest_plugin import _Serving
+
+    # Given the fake's certificate installed as a CA (it names localhost and 127.0.0.1 only)
+    poller = Poller(pool, box, settings, ca_file=fakepve_cafile)
+    trusted = add_server("trusted", pve.url, fingerprint=None)
+    assert poll_and_record(poller, recorder, trusted["id"]).success
+    # When a server on another address presents that same certificate
+    other = _Serving(FakePve(host="127.0.0.5", port=0), *_fakepve_pki)
+    try:
+        other.pve.apitokens.update(pve.apitokens)
+        wrong_name = add_server("wrong-name", other.pve.url, fingerprint=None)
+        result = poll_and_record(poller, recorder, wrong_name["id"])
+    finally:
+        other.stop()
+    # Then the hostname check refuses it
+    assert result.error_kind == "tls"
