@@ -42,6 +42,7 @@ MIN_TIMEOUT_SAMPLES = 5  # successful polls needed before the timeout is learned
 WRITE_RETRY_S = 90
 # The errors of an unreachable database (as opposed to a bad statement).
 DB_DOWN = (psycopg.OperationalError, PoolTimeout)
+TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings before reading them again
 
 
 @dataclass
@@ -175,7 +176,8 @@ class Recorder:
         if not results:
             return 0
         now = now or utcnow()
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.pipeline():
+            # Pipeline mode: BEGIN, the insert and the status read go out in one round trip.
             with conn.transaction():
                 inserted = conn.execute(db.q("insert_metrics"), {
                     "server_id": [r.server_id for r in results],
@@ -236,7 +238,7 @@ class Poller:
         self.settings = settings
         self.ca_file = ca_file
         self._clients: dict[str, tuple[tuple, PveClient]] = {}
-        self._targets: dict[str, dict] = {}
+        self._targets: dict[str, tuple[float, dict]] = {}
         self._lock = threading.Lock()
 
     def _client(self, row: dict) -> PveClient:
@@ -257,20 +259,24 @@ class Poller:
             return client
 
     def target(self, server_id: str) -> dict | None:
-        """The server's poll settings from the database; the last known ones while it is unreachable,
-        so a database restart does not stop the measurements."""
+        """The server's poll settings: read from the database at most every TARGET_TTL_S (a changed
+        address or credential applies within that), and the last known ones while the database is
+        unreachable, so a database restart does not stop the measurements."""
+        sid = str(server_id)
+        cached = self._targets.get(sid)
+        if cached and time.monotonic() - cached[0] < TARGET_TTL_S:
+            return cached[1]
         try:
             with self.pool.connection(timeout=2) as conn:
-                row = conn.execute(db.q("poll_target"), {"server_id": server_id}).fetchone()
+                row = conn.execute(db.q("poll_target"), {"server_id": sid}).fetchone()
         except DB_DOWN:
-            row = self._targets.get(str(server_id))
-            if row is None:
+            if cached is None:
                 raise
-            return row
+            return cached[1]
         if row is None:
-            self._targets.pop(str(server_id), None)
+            self._targets.pop(sid, None)
         else:
-            self._targets[str(server_id)] = row
+            self._targets[sid] = (time.monotonic(), row)
         return row
 
     def client(self, server_id: str) -> tuple[dict, PveClient] | None:
