@@ -49,3 +49,44 @@ def poll(server_id: str, scheduled_at: str) -> None:
 
 
 # ---- operations (worker/operations.py) ----
+from worker import operations as _operations  # noqa: E402
+from worker.scheduler import JOBS as _JOBS, Job as _Job  # noqa: E402
+
+_ops_state: dict = {}
+
+
+def _ops() -> _operations.Operations:
+    """One operations manager (own pool and PVE clients) per worker process, made on first use."""
+    with _lock:
+        if not _ops_state:
+            pool = db.make_pool(ENDPOINTS.database_url, min_size=1, max_size=6)
+            box = Box(ENDPOINTS.secret_key)
+            _ops_state["ops"] = _operations.Operations(pool, Poller(pool, box, SETTINGS), box,
+                                                       send=lambda operation_id: run_operation.send(operation_id))
+        return _ops_state["ops"]
+
+
+@dramatiq.actor(queue_name="operations", max_retries=3, min_backoff=1000, max_backoff=30_000, time_limit=3_600_000)
+def run_operation(operation_id: str) -> None:
+    _ops().run(operation_id)
+
+
+@dramatiq.actor(queue_name="operations", max_retries=0, max_age=30_000)
+def dispatch_operations(scheduled_at: str) -> None:
+    _ops().dispatch()
+
+
+@dramatiq.actor(queue_name="operations", max_retries=0, max_age=60_000)
+def fail_stuck_operations(scheduled_at: str) -> None:
+    _ops().sweep()
+
+
+@dramatiq.actor(queue_name="operations", max_retries=2, min_backoff=60_000, time_limit=900_000,
+                max_age=6 * 3600 * 1000)
+def renew_expiring_certificates(server_id: str, scheduled_at: str) -> None:
+    _ops().renew_expiring(server_id, datetime.fromisoformat(scheduled_at))
+
+
+_JOBS.append(_Job("dispatch_operations", per_server=False, interval_s=1))
+_JOBS.append(_Job("fail_stuck_operations", per_server=False, interval_s=5))
+_JOBS.append(_Job("renew_expiring_certificates", per_server=True, interval_s=86_400))
