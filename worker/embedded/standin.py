@@ -9,8 +9,8 @@ contracts the official clients speak, and nothing more:
   caller sees. Errors carry PostgREST's JSON shape and HTTP status per SQLSTATE.
 - Supabase Auth (GoTrue) password login: `POST /auth/v1/token?grant_type=password|refresh_token`,
   `GET /auth/v1/user`, `POST /auth/v1/logout`. Users live in auth.users with GoTrue's bcrypt hash.
-- Realtime `postgres_changes` over the Phoenix WebSocket protocol: a later issue; its route is
-  reserved below (`/realtime/v1/websocket`).
+- Realtime `postgres_changes` over the Phoenix WebSocket protocol at `/realtime/v1/websocket`
+  (worker/embedded/realtime.py: change capture, filters, row-level security per subscriber).
 
 Keys are HS256 JWTs signed with the project's JWT secret, as Supabase issues them.
 
@@ -41,6 +41,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import db
+from worker.embedded.realtime import Realtime
 
 log = logging.getLogger("proxwatch.standin")
 
@@ -198,10 +199,12 @@ def build_call(name: str, args: list[tuple[str, str]], returns_set: bool, return
 
 
 class _App:
-    def __init__(self, database_url: str, jwt_secret: str):
+    def __init__(self, database_url: str, jwt_secret: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S):
         self.database_url = database_url
         self.secret = jwt_secret
+        self.access_token_ttl_s = access_token_ttl_s
         self.pool: AsyncConnectionPool | None = None
+        self.realtime = Realtime(database_url, lambda token: verify_jwt(token, jwt_secret))
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self.apikey_middleware], client_max_size=1024 * 1024)
@@ -210,21 +213,27 @@ class _App:
         app.router.add_get("/auth/v1/user", self.user)
         app.router.add_post("/auth/v1/logout", self.logout)
         app.router.add_get("/auth/v1/health", self.health)
-        # Realtime (postgres_changes over the Phoenix WebSocket protocol) comes with a later issue:
-        # its handler replaces this one on the same route.
-        app.router.add_get("/realtime/v1/websocket", self.realtime_placeholder)
+        app.router.add_get("/realtime/v1/websocket", self.realtime.handle)
         app.on_startup.append(self.open_pool)
+        app.on_shutdown.append(self.close_sockets)
         app.on_cleanup.append(self.close_pool)
         return app
 
     async def open_pool(self, _app) -> None:
-        self.pool = AsyncConnectionPool(self.database_url, min_size=1, max_size=10, open=False,
-                                        kwargs={"row_factory": dict_row, "autocommit": False})
+        # Connections are checked when taken, so a database restart costs no request an error.
+        self.pool = AsyncConnectionPool(self.database_url, min_size=2, max_size=10, open=False,
+                                        kwargs={"row_factory": dict_row, "autocommit": False},
+                                        check=AsyncConnectionPool.check_connection)
         await self.pool.open(wait=True, timeout=30)
         async with self.pool.connection() as conn:
             await conn.execute(db.q("standin_schema"))
+        await self.realtime.start(self.pool)
+
+    async def close_sockets(self, _app) -> None:
+        await self.realtime.shutdown()
 
     async def close_pool(self, _app) -> None:
+        await self.realtime.stop()
         if self.pool:
             await self.pool.close()
 
@@ -353,17 +362,18 @@ class _App:
 
     def _session(self, request: web.Request, user: dict, session_id: str, refresh_token: str) -> dict:
         now = int(time.time())
+        ttl = self.access_token_ttl_s
         user_json = self._user_json(user)
         claims = {
             "iss": f"{request.scheme}://{request.host}/auth/v1", "sub": str(user["id"]), "aud": "authenticated",
-            "exp": now + ACCESS_TOKEN_TTL_S, "iat": now, "email": user["email"], "phone": "",
+            "exp": now + ttl, "iat": now, "email": user["email"], "phone": "",
             "app_metadata": user_json["app_metadata"], "user_metadata": user_json["user_metadata"],
             "role": "authenticated", "aal": "aal1", "amr": [{"method": "password", "timestamp": now}],
             "session_id": session_id, "is_anonymous": False,
         }
         return {
             "access_token": jwt.encode(claims, self.secret, algorithm="HS256"), "token_type": "bearer",
-            "expires_in": ACCESS_TOKEN_TTL_S, "expires_at": now + ACCESS_TOKEN_TTL_S,
+            "expires_in": ttl, "expires_at": now + ttl,
             "refresh_token": refresh_token, "user": user_json,
         }
 
@@ -483,9 +493,6 @@ class _App:
         return web.json_response({"name": "proxwatch stand-in (GoTrue API)", "version": "embedded",
                                   "description": "password login for the embedded dashboard"})
 
-    async def realtime_placeholder(self, _request: web.Request) -> web.Response:
-        return web.json_response({"message": "Realtime is not served by the embedded stand-in yet"}, status=501)
-
 
 def _check_password(password: str, stored: str) -> bool:
     """bcrypt check; without a stored hash the work is done anyway and the answer is no."""
@@ -510,9 +517,11 @@ class StandIn:
     ... standin.stop()
     """
 
-    def __init__(self, database_url: str, jwt_secret: str, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, database_url: str, jwt_secret: str, host: str = "127.0.0.1", port: int = 0,
+                 access_token_ttl_s: int = ACCESS_TOKEN_TTL_S):
         self.database_url = database_url
         self.jwt_secret = jwt_secret
+        self.access_token_ttl_s = access_token_ttl_s
         self.host = host
         self.port = port
         keys = make_keys(jwt_secret)
@@ -557,7 +566,8 @@ class StandIn:
         return self
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(_App(self.database_url, self.jwt_secret).build(), access_log=None)
+        self._runner = web.AppRunner(_App(self.database_url, self.jwt_secret, self.access_token_ttl_s).build(),
+                                     access_log=None, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

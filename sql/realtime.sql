@@ -1,0 +1,121 @@
+-- Named queries of the embedded Realtime (worker/embedded/realtime.py). The statements that name a
+-- table of the subscriber's choice (filters, row-level security checks) are composed per table with
+-- psycopg.sql identifiers in realtime.py; everything fixed is here.
+
+-- name: realtime_install
+-- Change capture for embedded mode only (the stand-in runs this at start; Supabase has its own
+-- Realtime, so nothing here is a migration). A row trigger on every table of publication
+-- supabase_realtime sends the change as JSON with pg_notify, which Postgres delivers at commit, in
+-- commit order, and only when the transaction commits. A change too large for a notification
+-- (8000 bytes) waits in proxwatch_realtime.overflow and the notification carries its id.
+-- Timestamps in the row images are rendered in UTC (the function's own TimeZone), as Supabase's are.
+create schema if not exists proxwatch_realtime;
+revoke all on schema proxwatch_realtime from public;
+create table if not exists proxwatch_realtime.overflow (
+  id bigint generated always as identity primary key,
+  created_at timestamptz not null default now(),
+  change jsonb not null
+);
+revoke all on proxwatch_realtime.overflow from public;
+create or replace function proxwatch_realtime.capture() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp set timezone = 'UTC' as $$
+declare
+  change text;
+  overflow_id bigint;
+begin
+  change := json_build_object(
+    's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME, 'op', TG_OP,
+    'ts', to_char(clock_timestamp(), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+    'new', case when TG_OP <> 'DELETE' then to_jsonb(NEW) end,
+    'old', case when TG_OP <> 'INSERT' then to_jsonb(OLD) end)::text;
+  if octet_length(change) > 7900 then
+    insert into proxwatch_realtime.overflow (change) values (change::jsonb) returning id into overflow_id;
+    change := json_build_object('overflow', overflow_id)::text;
+  end if;
+  perform pg_notify('proxwatch_realtime', change);
+  return null;
+end
+$$;
+revoke all on function proxwatch_realtime.capture() from public;
+-- Keeps the capture triggers in step with the publication: a trigger on every published table,
+-- none on a table that left it. Returns the tables it changed.
+create or replace function proxwatch_realtime.sync_triggers() returns setof text
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  r record;
+begin
+  for r in
+    select p.schemaname, p.tablename from pg_publication_tables p
+    where p.pubname = 'supabase_realtime'
+      and not exists (select 1 from pg_trigger t
+                      where t.tgrelid = format('%I.%I', p.schemaname, p.tablename)::regclass
+                        and t.tgname = 'proxwatch_realtime_capture')
+  loop
+    execute format('create trigger proxwatch_realtime_capture after insert or update or delete on %I.%I'
+                   ' for each row execute function proxwatch_realtime.capture()', r.schemaname, r.tablename);
+    return next format('%I.%I', r.schemaname, r.tablename);
+  end loop;
+  for r in
+    select n.nspname as schemaname, c.relname as tablename from pg_trigger t
+    join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where t.tgname = 'proxwatch_realtime_capture'
+      and not exists (select 1 from pg_publication_tables p where p.pubname = 'supabase_realtime'
+                      and p.schemaname = n.nspname and p.tablename = c.relname)
+  loop
+    execute format('drop trigger proxwatch_realtime_capture on %I.%I', r.schemaname, r.tablename);
+    return next format('%I.%I', r.schemaname, r.tablename);
+  end loop;
+end
+$$;
+revoke all on function proxwatch_realtime.sync_triggers() from public;
+-- Overflowed changes nobody collected (the stand-in was down) are of no use any more.
+delete from proxwatch_realtime.overflow where created_at < now() - interval '10 minutes';
+
+-- name: realtime_sync_triggers
+select proxwatch_realtime.sync_triggers() as changed;
+
+-- name: realtime_listen
+listen proxwatch_realtime;
+
+-- name: realtime_take_overflow
+-- The changes that did not fit a notification; each is read once.
+delete from proxwatch_realtime.overflow where id = any(%(ids)s) returning id, change;
+
+-- name: realtime_publication
+-- The tables of publication supabase_realtime and the operations it publishes.
+select p.schemaname as schema, p.tablename as table, pub.pubinsert, pub.pubupdate, pub.pubdelete
+from pg_publication pub
+join pg_publication_tables p on p.pubname = pub.pubname
+where pub.pubname = 'supabase_realtime';
+
+-- name: realtime_table
+-- One table as a subscription needs it: whether it exists, its columns with their types (the short
+-- type name Supabase reports, and the full one to cast filter values to), its primary key, whether
+-- row-level security is on, and whether the given role may select from it.
+select c.oid::int as oid,
+       c.relrowsecurity as rls,
+       has_table_privilege(%(role)s, c.oid, 'SELECT') as can_select,
+       array(select a.attname::text from pg_attribute a where a.attrelid = c.oid and a.attnum > 0
+             and not a.attisdropped order by a.attnum) as columns,
+       array(select t.typname::text from pg_attribute a join pg_type t on t.oid = a.atttypid
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum) as types,
+       array(select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = c.oid
+             and a.attnum > 0 and not a.attisdropped order by a.attnum) as full_types,
+       array(select a.attgenerated <> '' from pg_attribute a where a.attrelid = c.oid and a.attnum > 0
+             and not a.attisdropped order by a.attnum) as generated,
+       array(select a.attname::text from pg_index i
+             cross join lateral unnest(i.indkey::int2[]) with ordinality as k (attnum, n)
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+             where i.indrelid = c.oid and i.indisprimary order by k.n) as primary_key
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %(schema)s and c.relname = %(table)s and c.relkind in ('r', 'p');
+
+-- name: realtime_claims
+-- The subscriber's role and claims for the rest of this transaction (what PostgREST and Supabase
+-- Realtime set before checking row-level security).
+select set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true);
+
+-- name: realtime_replica_mode
+-- Within the savepoint that re-creates deleted rows for a moment: no triggers, no foreign keys.
+set local session_replication_role = replica;
