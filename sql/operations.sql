@@ -169,3 +169,18 @@ limit %(limit)s;
 -- name: ops_guest_status
 -- The status the guest's row shows (public.guests, kept by the guest sync).
 select status from public.guests where server_id = %(server_id)s and vmid = %(vmid)s;
+
+-- name: ops_name_local_node
+-- Operations requested for "the node the server's address answers on" before its name was known
+-- take that name now, so later requests naming the node (the daily job does) meet them under the
+-- never-twice rule. A collision (both already exist) raises a unique violation; the worker then
+-- fails one of them as a duplicate when it runs.
+update public.active_operations o
+set node = %(node)s,
+    target = %(node)s || case when o.operation_type = 'service_restart' then '/' || (o.params ->> 'service') else '' end,
+    conflict_key = o.operation_type || ':' || %(node)s
+                   || case when o.operation_type = 'service_restart' then '/' || (o.params ->> 'service') else '' end,
+    updated_at = now()
+where o.server_id = %(server_id)s and o.node is null and o.status in ('pending', 'in_progress')
+  and o.operation_type in ('ssh_test', 'service_restart', 'certificate_renewal')
+returning o.id;

@@ -308,6 +308,34 @@ def check_private_key(text: str) -> str:
     return text
 
 
+def set_ssh_credentials(conn: psycopg.Connection, box: Box, server_id, *, host: str, username: str, host_key: str,
+                        port: int = 22, password: str | None = None, private_key: str | None = None,
+                        node: str = "") -> dict:
+    """Store (or replace) the SSH access of a server's node ('' = every node without its own):
+    everything checked first (ValueError with a sentence, nothing written), the secret encrypted."""
+    host = (host or "").strip()
+    if not host or len(host) > 255 or re.search(r"\s", host):
+        raise ValueError("the SSH host must be a host name or address, without spaces")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"the SSH port must be between 1 and 65535, not {port}")
+    username = (username or "").strip()
+    if not username or len(username) > 64 or re.search(r"[\s@:]", username):
+        raise ValueError("the SSH user must be a plain user name (like root)")
+    if node and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", node):
+        raise ValueError(f"{node!r} is not a PVE node name")
+    if bool(password) == bool(private_key):
+        raise ValueError("give either a password or a private key for SSH (exactly one)")
+    line = check_host_key(host_key)
+    if private_key:
+        check_private_key(private_key)
+    conn.execute(db.q("ops_upsert_ssh_credentials"), {
+        "server_id": server_id, "node": node, "host": host, "port": int(port), "username": username,
+        "host_key": line, "auth_kind": "key" if private_key else "password",
+        "secret_ciphertext": box.seal(private_key or password)})
+    return {"host": host, "port": int(port), "username": username, "node": node,
+            "auth_kind": "key" if private_key else "password", "fingerprint": ssh.fingerprint(line)}
+
+
 # ---------------------------------------------------------------------------------- the manager
 class Heartbeat:
     """Keeps the worker's lease on a running operation alive until stopped (a thread: a process
@@ -442,10 +470,17 @@ class Operations:
                  for e in status or [] if isinstance(e, dict) and e.get("type") == "node" and e.get("name")]
         if len(nodes) == 1:
             nodes[0]["is_local"] = True
+        local = next((n["node"] for n in nodes if n["is_local"]), None)
         with self.pool.connection() as conn:
             for n in nodes:
                 conn.execute(db.q("ops_upsert_node"), {"server_id": server_id, **n})
             conn.execute(db.q("ops_forget_nodes"), {"server_id": server_id, "nodes": [n["node"] for n in nodes]})
+            if local:
+                try:
+                    with conn.transaction():
+                        conn.execute(db.q("ops_name_local_node"), {"server_id": server_id, "node": local})
+                except psycopg.errors.UniqueViolation:
+                    pass  # the worker fails the duplicate when it runs it (Context.resolve_node)
         return nodes
 
     # -- the daily certificate job --------------------------------------------------------------
@@ -533,8 +568,9 @@ class Context:
         return self.client().request(method, path, **params)
 
     def progress(self, progress: int, message: str, force: bool = True) -> None:
-        """Write progress and message when they change (timed updates at most every few seconds)."""
-        progress = max(0, min(99, int(progress)))
+        """Write progress and message when they change (timed updates at most every few seconds).
+        Progress never goes back: a person watching it must not see it shrink."""
+        progress = max(0, min(99, int(progress)), self._last[0] or 0)
         if (progress, message) == self._last:
             return
         now = time.monotonic()
