@@ -1,6 +1,8 @@
-"""proxwatch dashboard: the fleet table and, per server, the 24 h history chart.
+"""proxwatch dashboard: the fleet table and, per server, the 24 h history chart, live.
 
-Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py).
+Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
+rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, and the
+open server's metric rows), or every 60 s while the live connection is down.
 Run: `streamlit run dashboard/app.py` with SUPABASE_URL and SUPABASE_ANON_KEY set (`proxwatch up`
 does it, and signs the local admin in through PROXWATCH_DASHBOARD_EMAIL / _PASSWORD).
 """
@@ -20,10 +22,13 @@ if _ROOT not in sys.path:
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import charts, data  # noqa: E402
+from dashboard import charts, data, live  # noqa: E402
 
 log = logging.getLogger("proxwatch.dashboard")
-REFRESH_S = max(5, int(os.environ.get("PROXWATCH_DASHBOARD_REFRESH", "15") or 15))
+# While the live connection is down, the page rereads this often.
+FALLBACK_S = max(5, int(os.environ.get("PROXWATCH_DASHBOARD_REFRESH", "60") or 60))
+SIGNED_OUT_KEY = "proxwatch_signed_out"
+STATUS_KEY = "proxwatch_fleet_status"
 
 st.set_page_config(page_title="proxwatch", page_icon=":material/dns:", layout="wide",
                    initial_sidebar_state="collapsed")
@@ -36,6 +41,9 @@ st.markdown("""
   [data-testid="stMetricValue"] { font-size: 1.7rem; }
   .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
   .pw-status { font-weight: 600; }
+  .pw-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px; overflow: hidden;
+           clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
+  .pw-live { font-size: 0.88rem; }
 </style>
 """, unsafe_allow_html=True)
 
@@ -53,6 +61,7 @@ def _sign_in_form(client, config) -> None:
             except data.DataError as exc:
                 st.error(str(exc))
             else:
+                st.session_state.pop(SIGNED_OUT_KEY, None)
                 st.rerun()
 
 
@@ -112,22 +121,45 @@ def _escape(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-@st.fragment(run_every=REFRESH_S)
-def fleet_view(client) -> None:
-    """The live part of the page, re-run every REFRESH_S seconds on its own."""
+def _announce(rows: list[dict]) -> None:
+    """Status transitions since the page was last drawn, in an ARIA live region (read out by screen
+    readers, invisible otherwise) and as a toast."""
+    before = st.session_state.get(STATUS_KEY)
+    now = {row["id"]: (row["name"], row.get("connection_status") or "unknown") for row in rows}
+    st.session_state[STATUS_KEY] = now
+    said = []
+    if before is not None:
+        for sid, (name, status) in now.items():
+            if sid not in before:
+                said.append(f"{name} was added: {status}.")
+            elif before[sid][1] != status:
+                said.append(f"{name} is now {status} (was {before[sid][1]}).")
+        said += [f"{name} was removed." for sid, (name, _) in before.items() if sid not in now]
+    st.markdown(f"<div class='pw-sr' role='status' aria-live='polite' aria-atomic='true' id='pw-announcer'>"
+                f"{_escape(' '.join(said))}</div>", unsafe_allow_html=True)
+    for sentence in said[:3]:
+        st.toast(sentence, icon=":material/sync_alt:")
+
+
+def fleet_view(client, status_slot) -> None:
+    """The page body: drawn again whenever the live feeds report a change (live.rerun_on_change)."""
+    feeds = [live.watch(st.session_state, [("proxmox_servers", None)])]
     try:
-        _fleet_view(client)
+        _fleet_view(client, feeds)
     except Exception as exc:  # a sentence on the page; the traceback goes to the server log
         log.exception("dashboard failed")
         st.error(f"The dashboard hit an unexpected error: {exc}")
+    with status_slot:
+        live.rerun_on_change(*feeds, fallback_s=FALLBACK_S)
 
 
-def _fleet_view(client) -> None:
+def _fleet_view(client, feeds: list) -> None:
     try:
         rows = data.fleet(client)
     except data.DataError as exc:
         st.error(str(exc))
         return
+    _announce(rows)
     if not rows:
         st.info("No servers yet. Add a server with `proxwatch servers add NAME https://HOST:8006 "
                 "--token USER@REALM!TOKENID=SECRET` and it appears here after its first poll.")
@@ -142,6 +174,8 @@ def _fleet_view(client) -> None:
         else (lambda i: by_id[i]["name"])
     chosen = st.selectbox("Server", list(by_id), format_func=label, key="server", width=360)
     if chosen:
+        # The open server's chart follows its new metric rows.
+        feeds.append(live.watch(st.session_state, [("connection_metrics", f"server_id=eq.{chosen}")]))
         try:
             _server_detail(client, by_id[chosen])
         except data.DataError as exc:
@@ -156,22 +190,28 @@ def main() -> None:
         return
     client = data.session_client(st.session_state, config)
     email = data.signed_in_email(client)
-    if email is None and config.auto_sign_in:
+    # Embedded mode signs the local admin in by itself, unless they just signed out.
+    if email is None and config.auto_sign_in and not st.session_state.get(SIGNED_OUT_KEY):
         try:
             email = data.sign_in(client, config.email, config.password)
         except data.DataError as exc:
             st.error(str(exc))
             return
     if email is None:
+        if st.session_state.get(SIGNED_OUT_KEY):
+            st.info("You are signed out.")
         _sign_in_form(client, config)
         return
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.caption(f"Signed in as {email} · refreshes every {REFRESH_S} s")
-    if not config.auto_sign_in and right.button("Sign out", width="stretch"):
+    left.caption(f"Signed in as {email}")
+    if right.button("Sign out", width="stretch"):
+        live.forget(st.session_state)
         data.sign_out(client)
         st.session_state.pop(data.SESSION_KEY, None)
+        st.session_state.pop(STATUS_KEY, None)
+        st.session_state[SIGNED_OUT_KEY] = True
         st.rerun()
-    fleet_view(client)
+    fleet_view(client, st.container())  # the live indicator's line, above the figures
 
 
 try:

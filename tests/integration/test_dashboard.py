@@ -127,3 +127,44 @@ def test_an_unreachable_api_is_a_sentence(monkeypatch, standin, fleet):
     monkeypatch.setattr(standin, "port", int(url.rsplit(":", 1)[1]))
     app = run_as(monkeypatch, standin, ALICE)
     assert len(app.error) == 1 and "does not answer" in app.error[0].value
+
+
+def test_signing_out_shows_the_sign_in_form_even_in_embedded_mode(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, ALICE)
+    assert fleet_table(app)["Server"].tolist() == ["pve-alpha", "pve-beta", "pve-delta"]
+    next(b for b in app.button if b.label == "Sign out").click().run()
+    assert not app.exception
+    # Not signed in again behind the user's back: the form, and a sentence saying why.
+    assert not app.table
+    assert [i.value for i in app.info] == ["You are signed out."]
+    app.text_input[0].input(BOB[0])
+    app.text_input[1].input(BOB[1])
+    next(b for b in app.button if b.label == "Sign in").click().run()
+    assert fleet_table(app)["Server"].tolist() == ["pve-gamma"]
+
+
+def test_a_wrong_password_in_the_form_is_a_sentence(monkeypatch, standin, fleet):
+    app = run_as(monkeypatch, standin, None)
+    app.text_input[0].input(ALICE[0])
+    app.text_input[1].input("not-the-password")
+    app.button[0].click().run()
+    assert [e.value for e in app.error] == ["Sign-in failed: Invalid login credentials."]
+    assert not app.table
+
+
+def test_an_expired_access_token_is_refreshed_without_signing_in_again(monkeypatch, db_url, pw_secrets, fleet):
+    import time
+
+    from dashboard import data
+
+    short = StandIn(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=2).start()
+    try:
+        app = run_as(monkeypatch, short, ALICE)
+        first = app.session_state[data.SESSION_KEY].auth.get_session().access_token
+        time.sleep(3)  # the first access token has expired by now
+        app.run()
+        assert not app.exception and not app.error, [e.value for e in app.error]
+        assert fleet_table(app)["Server"].tolist() == ["pve-alpha", "pve-beta", "pve-delta"]
+        assert app.session_state[data.SESSION_KEY].auth.get_session().access_token != first
+    finally:
+        short.stop()

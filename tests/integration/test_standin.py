@@ -191,3 +191,21 @@ def test_the_service_role_sees_every_tenant(standin, fleet):
     client = create_client(standin.url, standin.service_key)
     names = [r["name"] for r in client.rpc("fleet_overview", {}).execute().data]
     assert names == ["pve-alpha", "pve-beta", "pve-delta", "pve-gamma"]
+
+
+def test_an_access_token_expires_and_the_refresh_token_renews_it(db_url, pw_secrets, fleet):
+    short = StandIn(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=1).start()
+    try:
+        client = create_client(short.url, short.anon_key)
+        session = client.auth.sign_in_with_password({"email": ALICE[0], "password": ALICE[1]}).session
+        assert session.expires_in == 1
+        time.sleep(2)
+        raw = httpx.post(f"{short.url}/rest/v1/rpc/fleet_overview", json={},
+                         headers={"apikey": short.anon_key, "Authorization": f"Bearer {session.access_token}"})
+        assert raw.status_code == 401 and raw.json()["message"] == "JWT expired"
+        renewed = create_client(short.url, short.anon_key).auth.refresh_session(session.refresh_token).session
+        raw = httpx.post(f"{short.url}/rest/v1/rpc/fleet_overview", json={},
+                         headers={"apikey": short.anon_key, "Authorization": f"Bearer {renewed.access_token}"})
+        assert raw.status_code == 200 and [r["name"] for r in raw.json()] == ["pve-alpha", "pve-beta", "pve-delta"]
+    finally:
+        short.stop()

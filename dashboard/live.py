@@ -1,0 +1,402 @@
+"""Live updates for the dashboard: Supabase Realtime `postgres_changes`, through the official async
+`realtime` client, the same against Supabase and the embedded stand-in.
+
+The API (stable — pages call it):
+
+    from dashboard import live
+
+    feed = live.watch(st.session_state, [("proxmox_servers", None),
+                                         ("connection_metrics", f"server_id=eq.{server_id}")])
+    ... read the page's data through dashboard/data.py and draw it ...
+    live.rerun_on_change(feed)
+
+- `watch(client_state, bindings)`: bindings are `(table, filter)` or `(table, filter, event)`
+  tuples (schema public; filter in Supabase's syntax `col=eq.value`, `col=in.(a,b)`, or None; event
+  `*` unless given). `client_state` is `st.session_state` (holding the dashboard's supabase client,
+  see data.session_client) or that client itself. Call it BEFORE reading the data: the version it
+  sees is the one the page is drawn from, so no change falls between the read and the watch.
+- `LiveFeed`: `.version` (int; +1 for every change delivered for those bindings, and when the
+  socket is back after a drop, since changes may have been missed meanwhile), `.connected` (bool),
+  `.status` ("Live", "Connecting…" before the first join, "Reconnecting…"), `.last_change` (the
+  `data` dict of the last change — schema, table, type, record, old_record, … — or None).
+- `rerun_on_change(feed, every=1.0, fallback_s=60, show_status=True)`: a small `st.fragment`
+  ticking every `every` seconds that reruns the whole page when `feed.version` moved since
+  `watch()`, and — while the socket is down — every `fallback_s` seconds, so the page still
+  refreshes. With `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while
+  disconnected, a subtle banner that the data may be stale.
+- `forget(client_state)`: on sign-out, close the user's socket.
+
+How it works: one background thread runs an asyncio loop for the whole Streamlit process. Each
+signed-in user (by user id and project) gets ONE `AsyncRealtimeClient` (one socket) with that user's
+JWT, whatever number of tabs they have open; each distinct binding list is one channel on it,
+shared by the pages that watch the same list. The JWT comes from the dashboard's own supabase client
+(it is never refreshed here, so the refresh token is used by one party only): `watch()` passes the
+current access token, and a listener on the client's auth events passes every refreshed one, which
+goes to Realtime as `access_token`. A supervisor per user resubscribes channels the server closed
+(an expired token), rebuilds the socket when the client's own reconnects gave up, and drops channels
+no page has looked at for FEED_IDLE_S (a closed tab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import jwt
+from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+
+log = logging.getLogger("proxwatch.live")
+
+LIVE, CONNECTING, RECONNECTING = "Live", "Connecting…", "Reconnecting…"
+FEED_IDLE_S = 90          # a channel no page has looked at for this long is left
+REBUILD_AFTER_S = 8       # a socket down this long (the client's own retries failed) is rebuilt
+STUCK_AFTER_S = 15        # a channel not joined this long on a live socket is joined afresh
+SUPERVISE_EVERY_S = 0.5
+_SEEN_KEY = "_proxwatch_live_seen"
+_HOOKED_KEY = "_proxwatch_live_hooked"
+
+
+@dataclass(eq=False)
+class LiveFeed:
+    """What a page needs from one subscription. Written by the live thread, read by pages."""
+    key: str
+    bindings: tuple
+    version: int = 0
+    connected: bool = False
+    status: str = CONNECTING
+    last_change: dict | None = None
+    touched: float = field(default_factory=time.monotonic)
+    # The live thread's side.
+    channel: object = None
+    ever_joined: bool = False
+    down_since: float | None = None
+    joining: bool = False
+
+    def touch(self) -> None:
+        self.touched = time.monotonic()
+
+    def _on_change(self, payload: dict) -> None:
+        self.last_change = payload.get("data")
+        self.version += 1
+
+    def _on_state(self, state, error, channel=None) -> None:
+        if channel is not None and channel is not self.channel:
+            return  # a channel this feed has left since
+        if state == RealtimeSubscribeStates.SUBSCRIBED:
+            if not self.connected:
+                # Joined, for the first time or after a drop: whatever changed before this moment
+                # (while the page was being read, or while the socket was down) was not streamed,
+                # so the page reads again.
+                self.version += 1
+            self.ever_joined = True
+            self.connected, self.status, self.down_since = True, LIVE, None
+        else:
+            if error:
+                log.info("live channel %s: %s (%s)", self.key, state.value, error)
+            self.connected = False
+            self.status = RECONNECTING if self.ever_joined else CONNECTING
+            self.down_since = self.down_since or time.monotonic()
+            if state == RealtimeSubscribeStates.CLOSED:
+                self.channel = None
+
+
+class _Loop:
+    """The process-wide asyncio loop in a daemon thread."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="proxwatch-live", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+
+class _Hub:
+    """One user's socket and channels."""
+
+    def __init__(self, key: tuple, url: str, anon_key: str, token: str):
+        self.key = key
+        self.url = url
+        self.anon_key = anon_key
+        self.token = token
+        self.feeds: dict[str, LiveFeed] = {}
+        self.lock = threading.Lock()
+        self.client: AsyncRealtimeClient | None = None
+        self.sent_token: str | None = None
+        self.down_since: float | None = None
+        self.rebuilds = 0
+        self.running = False
+        self.closed = False
+        self._topics = itertools.count(1)
+
+    def feed(self, bindings: tuple) -> LiveFeed:
+        key = hashlib.sha1(json.dumps(bindings).encode()).hexdigest()[:12]
+        with self.lock:
+            found = self.feeds.get(key)
+            if found is None:
+                found = self.feeds[key] = LiveFeed(key, bindings)
+        found.touch()
+        return found
+
+    def set_token(self, token: str | None) -> None:
+        if token and token != self.token:
+            self.token = token
+
+    def token_valid(self) -> bool:
+        try:
+            exp = jwt.decode(self.token, options={"verify_signature": False}).get("exp")
+        except jwt.InvalidTokenError:
+            return False
+        return not isinstance(exp, (int, float)) or exp > time.time() + 1
+
+    # -- the live thread ------------------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        try:
+            while not self.closed:
+                try:
+                    await self._step()
+                except Exception:  # noqa: BLE001 - keep supervising whatever one step hit
+                    log.exception("live supervisor step failed")
+                await asyncio.sleep(SUPERVISE_EVERY_S)
+        finally:
+            await self._close_client()
+            for feed in self.feeds.values():
+                feed.connected, feed.status = False, RECONNECTING
+
+    async def _step(self) -> None:
+        now = time.monotonic()
+        with _registry_lock, self.lock:  # watch() adds feeds under the same locks
+            idle = [self.feeds.pop(k) for k, f in list(self.feeds.items()) if now - f.touched > FEED_IDLE_S]
+            feeds = list(self.feeds.values())
+            if not feeds:
+                self.closed = True
+                if _hubs.get(self.key) is self:
+                    del _hubs[self.key]
+        for feed in idle:
+            await self._leave(feed)
+        if not feeds:
+            return
+        if self.client is None:
+            await self._build()
+            return
+        if self.client.is_connected:
+            self.down_since = None
+            self.rebuilds = 0
+        else:
+            self.down_since = self.down_since or now
+            for feed in feeds:
+                if feed.connected:
+                    feed._on_state(RealtimeSubscribeStates.CHANNEL_ERROR, None)
+            if now - self.down_since > REBUILD_AFTER_S * min(4, 1 + self.rebuilds):
+                self.rebuilds += 1
+                await self._build()
+            return
+        if self.token != self.sent_token and self.token_valid():
+            self.sent_token = self.token
+            await self.client.set_auth(self.token)
+        for feed in feeds:
+            stuck = (feed.channel is not None and not feed.connected and not feed.joining
+                     and feed.down_since and now - feed.down_since > STUCK_AFTER_S)
+            if stuck:
+                await self._leave(feed)
+                feed.down_since = now
+            if feed.channel is None and not feed.joining and self.token_valid():
+                asyncio.get_running_loop().create_task(self._subscribe(feed))
+
+    async def _build(self) -> None:
+        await self._close_client()
+        for feed in self.feeds.values():
+            feed.channel = None
+        if not self.token_valid():
+            return
+        client = AsyncRealtimeClient(f"{self.url}/realtime/v1", token=self.anon_key, auto_reconnect=True,
+                                     max_retries=4, initial_backoff=0.5)
+        await client.set_auth(self.token)
+        self.sent_token = self.token
+        self.client = client
+        try:
+            await client.connect()
+        except Exception as exc:  # noqa: BLE001 - retried by the supervisor
+            log.info("live socket to %s could not connect: %s", self.url, exc)
+            self.down_since = self.down_since or time.monotonic()
+
+    async def _leave(self, feed: LiveFeed) -> None:
+        channel, feed.channel = feed.channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.unsubscribe()  # phx_leave; the client forgets it on the reply
+
+    async def _close_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _subscribe(self, feed: LiveFeed) -> None:
+        client = self.client
+        if client is None:
+            return
+        feed.joining = True
+        try:
+            # A fresh topic per join, so a channel still leaving never stands in for the new one.
+            channel = client.channel(f"proxwatch-{feed.key}-{next(self._topics)}")
+            for binding in feed.bindings:
+                table, filt = binding[0], binding[1]
+                event = binding[2] if len(binding) > 2 else "*"
+                channel.on_postgres_changes(event, feed._on_change, table=table, schema="public", filter=filt)
+            feed.channel = channel
+            await channel.subscribe(lambda state, error, channel=channel: feed._on_state(state, error, channel))
+        except Exception as exc:  # noqa: BLE001 - the supervisor tries again
+            log.info("live channel %s could not join: %s", feed.key, exc)
+            feed._on_state(RealtimeSubscribeStates.CHANNEL_ERROR, None)
+        finally:
+            feed.joining = False
+
+
+_loop: _Loop | None = None
+_hubs: dict[tuple, _Hub] = {}
+_registry_lock = threading.Lock()
+
+
+def _client_of(client_state):
+    if hasattr(client_state, "auth") and hasattr(client_state, "supabase_url"):
+        return client_state
+    from dashboard import data
+
+    client = client_state.get(data.SESSION_KEY)
+    if client is None:
+        raise RuntimeError("live.watch() needs a signed-in supabase client: call data.session_client() first")
+    return client
+
+
+def _feed_for(client, bindings: tuple) -> tuple[_Hub, LiveFeed] | None:
+    """The user's hub (created and supervised on first use) and its feed for these bindings."""
+    global _loop
+    session = client.auth.get_session()
+    if session is None:
+        return None
+    url = str(client.supabase_url).rstrip("/")
+    key = (url, session.user.id)
+    with _registry_lock:
+        hub = _hubs.get(key)
+        if hub is None or hub.closed:
+            hub = _hubs[key] = _Hub(key, url, client.supabase_key, session.access_token)
+        hub.set_token(session.access_token)
+        feed = hub.feed(bindings)
+        if _loop is None:
+            _loop = _Loop()
+        if not hub.running:
+            hub.running = True
+            _loop.submit(hub.supervise())
+    return hub, feed
+
+
+def _normalise(bindings) -> tuple:
+    out = []
+    for binding in bindings:
+        if not isinstance(binding, (tuple, list)) or len(binding) not in (2, 3) or not isinstance(binding[0], str):
+            raise ValueError(f"a live binding is (table, filter) or (table, filter, event), not {binding!r}")
+        out.append(tuple(binding))
+    return tuple(out)
+
+
+def watch(client_state, bindings) -> LiveFeed:
+    """The live feed of changes to these bindings for the signed-in user (see the module doc)."""
+    bindings = _normalise(bindings)
+    client = _client_of(client_state)
+    found = _feed_for(client, bindings)
+    if found is None:
+        return LiveFeed("signed-out", bindings, status=RECONNECTING)
+    hub, feed = found
+    if isinstance(client_state, dict) or hasattr(client_state, "__setitem__"):
+        seen = client_state.get(_SEEN_KEY) or {}
+        seen[feed.key] = (feed.version, time.monotonic())
+        client_state[_SEEN_KEY] = seen
+        hooked = client_state.get(_HOOKED_KEY)
+        if hooked is not client:
+            # Every token the dashboard's client refreshes reaches the socket too.
+            client.auth.on_auth_state_change(
+                lambda event, session, hub_key=hub.key: _token_refreshed(hub_key, session))
+            client_state[_HOOKED_KEY] = client
+    return feed
+
+
+def _token_refreshed(hub_key: tuple, session) -> None:
+    hub = _hubs.get(hub_key)
+    if hub is not None and session is not None and str(session.user.id) == str(hub_key[1]):
+        hub.set_token(session.access_token)
+
+
+def forget(client_state) -> None:
+    """Sign-out: close the user's socket (another tab of the same user opens it again)."""
+    try:
+        client = _client_of(client_state)
+        session = client.auth.get_session()
+    except Exception:  # noqa: BLE001 - signed out already
+        return
+    if session is None:
+        return
+    key = (str(client.supabase_url).rstrip("/"), session.user.id)
+    with _registry_lock:
+        hub = _hubs.pop(key, None)
+    if hub is not None:
+        hub.closed = True
+
+
+def status_html(feed: LiveFeed, fallback_s: float = 60) -> str:
+    """The indicator (a coloured dot and the status word) and, while the connection is down, a
+    subtle one-line banner that the data may be stale."""
+    color = {LIVE: "#15803d", CONNECTING: "#6b7280"}.get(feed.status, "#b45309")
+    dot = (f"<span class='pw-live' data-live-status='{feed.status}' style='color:{color};font-weight:600'>"
+           f"● {feed.status}</span>")
+    if feed.status != RECONNECTING:
+        return f"<div style='font-size:0.85rem;padding:0.15rem 0'>{dot}</div>"
+    return ("<div class='pw-stale' role='status' style='font-size:0.85rem;padding:0.3rem 0.7rem;"
+            "background:#fffbeb;border:1px solid #fde68a;border-radius:0.4rem;color:#78350f'>"
+            f"{dot} &nbsp;Live updates are interrupted, so the data shown may be stale. Refreshing every"
+            f" {fallback_s:.0f} s until the connection is back.</div>")
+
+
+def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallback_s: float = 60,
+                    show_status: bool = True) -> None:
+    """Rerun the page when a feed moves (or every fallback_s seconds while one is down). More feeds
+    of the same page may be given; the status shown is the worst of them."""
+    import streamlit as st
+
+    feeds = (feed, *more)
+    state = st.session_state
+    seen = dict(state.get(_SEEN_KEY) or {})
+    for f in feeds:
+        seen.setdefault(f.key, (f.version, time.monotonic()))
+    state[_SEEN_KEY] = seen
+    drawn = {f.key: seen[f.key] for f in feeds}
+
+    @st.fragment(run_every=every)
+    def _live_tick() -> None:
+        now = time.monotonic()
+        for f in feeds:
+            f.touch()
+            version, at = drawn[f.key]
+            if f.version != version:
+                st.rerun()
+            if f.status == RECONNECTING and now - at >= fallback_s:
+                st.rerun()
+        if show_status:
+            worst = next((f for f in feeds if f.status == RECONNECTING), None) or \
+                next((f for f in feeds if f.status != LIVE), feed)
+            st.markdown(status_html(worst, fallback_s), unsafe_allow_html=True)
+
+    _live_tick()
