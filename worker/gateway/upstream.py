@@ -191,11 +191,11 @@ class Opener:
         client, _ = self.client(row)
         return await self._call(consoles.request_ticket, client, t)
 
-    async def _auth(self, row: dict) -> tuple[dict, dict]:
-        """Headers and cookies that authenticate the WebSocket as the ticket's user."""
+    async def _auth(self, row: dict) -> dict:
+        """The header that authenticates the WebSocket as the ticket's user."""
         client, target = self.client(row)
         if target.token_id:
-            return {"Authorization": f"PVEAPIToken={target.username}!{target.token_id}={target.secret}"}, {}
+            return {"Authorization": f"PVEAPIToken={target.username}!{target.token_id}={target.secret}"}
         sid = str(row["id"])
         cached = self._logins.get(sid)
         if cached is None or time.monotonic() - cached[0] > LOGIN_TTL_S:
@@ -203,19 +203,19 @@ class Opener:
             data = await self._call(lambda: client.request("POST", "access/ticket", timeout_ms=int(self.timeout_s * 1000),
                                                            username=target.username, password=target.secret))
             cached = self._logins[sid] = (time.monotonic(), str(data["ticket"]))
-        return {}, {"PVEAuthCookie": cached[1]}
+        return {"Cookie": f"PVEAuthCookie={cached[1]}"}
 
     async def open_pve(self, row: dict, t: consoles.ConsoleTarget, ticket: consoles.Ticket) -> PveUpstream:
         """The vncwebsocket for this ticket (primary address, else the fallback when it does not connect)."""
         _, target = self.client(row)
-        headers, cookies = await self._auth(row)
+        headers = await self._auth(row)
         path = "/api2/json/" + consoles.websocket_path(t, ticket)
         urls = [target.base_url] + ([target.fallback_url] if target.fallback_url else [])
         for i, base in enumerate(urls):
             url = base.rstrip("/") + path
             try:
                 ws = await asyncio.wait_for(self.http.ws_connect(
-                    url, protocols=("binary",), headers=headers, cookies=cookies, ssl=ssl_param(target),
+                    url, protocols=("binary",), headers=headers, ssl=ssl_param(target),
                     max_msg_size=WS_MAX_MSG, autoping=True, compress=0), self.timeout_s)
             except Exception as exc:  # noqa: BLE001 - every failure becomes one PveError
                 error = classify_ws(exc, url, self.timeout_s)

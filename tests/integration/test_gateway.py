@@ -1,0 +1,403 @@
+"""The console gateway end to end on real services: a fake PVE over real HTTPS that implements
+vncproxy / termproxy / vncwebsocket with RFB 3.8 (fakepve), a real sshd on 127.0.0.1, the real
+database with the registry, and WebSocket clients playing the browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from psycopg.rows import dict_row
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from tests.integration.sessions_seed import call, seed
+from worker import consoles, db, inventory
+from worker.crypto import Box
+from worker.gateway.app import GatewayConfig, start
+from worker.polling import Poller
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningGateway:
+    """The gateway on its own event loop in a thread (as `python -m worker.gateway` runs it)."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner, self.gateway = asyncio.run_coroutine_threadsafe(start(config), self.loop).result(30)
+        self.url = f"http://127.0.0.1:{config.port}"
+
+    def ws(self, token: str):
+        return ws_connect(f"ws://127.0.0.1:{self.config.port}/ws?token={token}", open_timeout=10, max_size=None)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def uconn(db_url):
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+@pytest.fixture
+def fleet(conn, secret_key, pve, fingerprint, pool, settings):
+    """Team acme with server pve1 = the fake PVE (pinned certificate), its guests synced for real."""
+    pve.add_vm(100, "web", status="running")
+    pve.add_vm(101, "db", status="running")
+    pve.add_vm(102, "old", status="stopped")
+    f = seed(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
+    result = inventory.sync_guests(Poller(pool, Box(secret_key), settings), f.servers["pve1"])
+    assert result.error_message is None and result.guests == 3
+    return f
+
+
+def make_gateway(db_url, secret_key, **kw) -> RunningGateway:
+    return RunningGateway(GatewayConfig(database_url=db_url, secret_key=secret_key, port=free_port(), **kw))
+
+
+@pytest.fixture
+def gateway(db_url, secret_key):
+    gw = make_gateway(db_url, secret_key)
+    yield gw
+    gw.stop()
+
+
+def console_token(uconn, fleet, user="olga", protocol="vnc", vmid=100, node=None) -> str:
+    return call(uconn, fleet.users[user], "select public.request_console(%s, %s, %s, %s) as r",
+                (fleet.servers["pve1"], protocol, vmid, node), many=False)["r"]["token"]
+
+
+def session_rows(conn) -> list[dict]:
+    conn.rollback()
+    return conn.execute("select id, status, close_reason, protocol, target, host(client_ip) as ip, user_email"
+                        " from public.connection_sessions order by started_at").fetchall()
+
+
+def wait_for(predicate, timeout=5.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def vnc_response(password: str, challenge: bytes) -> bytes:
+    """VNC authentication: the challenge DES-encrypted with the password (bits of each byte mirrored)."""
+    key = (password.encode() + b"\0" * 8)[:8]
+    key = bytes(int(f"{b:08b}"[::-1], 2) for b in key)
+    enc = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
+    return enc.update(challenge) + enc.finalize()
+
+
+class Stream:
+    """Reads the gateway's binary frames as one byte stream."""
+
+    def __init__(self, ws):
+        self.ws, self.buf = ws, b""
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            frame = self.ws.recv(timeout=10)
+            assert isinstance(frame, bytes), frame
+            self.buf += frame
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def until(self, needle: bytes, timeout=10.0) -> bytes:
+        """Read until the pattern (a regular expression over bytes) appears."""
+        deadline = time.monotonic() + timeout
+        while not re.search(needle, self.buf):
+            frame = self.ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+            self.buf += frame if isinstance(frame, bytes) else frame.encode()
+        return self.buf
+
+
+def ready(ws) -> dict:
+    import json
+    first = json.loads(ws.recv(timeout=15))
+    assert first["type"] == "ready", first
+    return first
+
+
+def test_a_vnc_console_streams_the_rfb_handshake_through_the_gateway_both_ways(conn, uconn, fleet, gateway, pve):
+    token = console_token(uconn, fleet)
+    # The console page is served for a valid link (without using it up).
+    page = httpx.get(f"{gateway.url}/console", params={"token": token})
+    assert page.status_code == 200 and "/static/novnc/core/rfb.js" in page.text and "web (qemu/100)" in page.text
+    assert httpx.get(f"{gateway.url}/static/novnc/core/rfb.js").status_code == 200
+    with gateway.ws(token) as ws:
+        hello = ready(ws)
+        assert hello["protocol"] == "vnc" and hello["password"].startswith("PVEVNC:")
+        rfb = Stream(ws)
+        # The browser side receives the RFB 3.8 handshake from PVE, through the gateway …
+        assert rfb.read(12) == b"RFB 003.008\n"
+        ws.send(b"RFB 003.008\n")
+        assert rfb.read(2) == b"\x01\x02"                 # one security type: VNC authentication
+        ws.send(b"\x02")
+        challenge = rfb.read(16)
+        ws.send(vnc_response(hello["password"], challenge))
+        assert rfb.read(4) == b"\x00\x00\x00\x00"         # … and its answers reach PVE: authenticated
+        ws.send(b"\x01")                                  # ClientInit (shared)
+        width, height = struct.unpack(">HH", rfb.read(4))
+        rfb.read(16)
+        name = rfb.read(struct.unpack(">I", rfb.read(4))[0])
+        assert (width, height, name) == (4, 2, b"web")
+        # While it is open, the registry has it, with the client's address.
+        rows = session_rows(conn)
+        assert [(r["status"], r["protocol"], r["target"], r["ip"], r["user_email"]) for r in rows] == \
+            [("open", "vnc", "web (qemu/100)", "127.0.0.1", "olga@acme.test")]
+    # Closing the browser side closes the session explicitly, with the reason.
+    row = wait_for(lambda: [r for r in session_rows(conn) if r["status"] == "closed"])[0]
+    assert row["close_reason"] == "the browser closed the console"
+    actions = [r["action"] for r in conn.execute("select action from public.audit_log order by id")]
+    assert actions == ["console.ticket.issue", "connection.session.open", "connection.session.close"]
+    audit = conn.execute("select details from public.audit_log where action = 'console.ticket.issue'").fetchone()
+    assert audit["details"]["protocol"] == "vnc" and "PVEVNC" not in str(audit["details"])
+
+
+def test_a_terminal_console_pipes_input_and_output_and_ends_when_pve_ends_it(conn, uconn, fleet, gateway, pve):
+    token = console_token(uconn, fleet, protocol="term", vmid=101)
+    with gateway.ws(token) as ws:
+        ready(ws)
+        out = Stream(ws)
+        out.until(b"starting serial terminal")
+        ws.send(consoles.term_input("echo hi"))
+        out.until(b"echo hi")
+        assert any(frame == "0:7:echo hi" for frame in pve.termdata)
+        # PVE's side ends (the fake ends its terminal on a binary frame): the gateway closes the browser side.
+        ws.send(b"\x00")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 4003 and closed.value.rcvd.reason == "the PVE side ended the console"
+    row = wait_for(lambda: [r for r in session_rows(conn) if r["status"] == "closed"])[0]
+    assert row["close_reason"] == "the PVE side ended the console"
+
+
+def test_a_console_link_works_once(uconn, fleet, gateway):
+    token = console_token(uconn, fleet)
+    with gateway.ws(token) as ws:
+        ready(ws)
+    with gateway.ws(token) as ws:
+        import json
+        message = json.loads(ws.recv(timeout=10))
+        assert message == {"type": "error",
+                           "message": "this console link was used already: open the console again from the dashboard"}
+    page = httpx.get(f"{gateway.url}/console", params={"token": token})
+    assert page.status_code == 410 and "used already" in page.text
+    assert httpx.get(f"{gateway.url}/console", params={"token": "nonsense"}).status_code == 410
+
+
+def test_at_the_host_limit_the_browser_gets_the_sentence_and_nothing_opens(conn, uconn, fleet, gateway, pve):
+    conn.execute(db.q("update_session_settings"), {"max_total": None, "max_per_host": 1, "stale_after": None,
+                                                   "retention": None})
+    conn.commit()
+    first = gateway.ws(console_token(uconn, fleet, vmid=100))
+    ready(first)
+    with gateway.ws(console_token(uconn, fleet, vmid=101)) as second:
+        import json
+        assert json.loads(second.recv(timeout=10)) == {
+            "type": "error", "message": "maximum number of connections to host pve1 (1) reached"}
+        with pytest.raises(ConnectionClosed) as closed:
+            second.recv(timeout=5)
+        assert closed.value.rcvd.code == 4429
+    first.close()
+    stats = conn.execute(db.q("session_stats")).fetchone()["stats"]
+    assert (stats["successful"], stats["failed"]) == (1, 1)
+    # The refused console never asked PVE for a ticket (the early capacity check).
+    assert sum(1 for m, p, _ in pve.requests if p.endswith("/vncproxy")) == 1
+
+
+def test_an_admin_kill_drops_the_console_within_two_seconds(conn, uconn, fleet, gateway):
+    with gateway.ws(console_token(uconn, fleet)) as ws:
+        sid = ready(ws)["session_id"]
+        killed_at = time.monotonic()
+        call(uconn, fleet.users["alice"], "select public.kill_session(%s)", (sid,))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=5)
+        elapsed = time.monotonic() - killed_at
+    assert elapsed < 2.0, elapsed
+    assert closed.value.rcvd.code == 4001 and closed.value.rcvd.reason == "killed by alice@acme.test"
+    assert [r["status"] for r in session_rows(conn)] == ["killed"]
+
+
+def test_a_wrong_pinned_certificate_refuses_the_console_with_a_sentence(conn, uconn, fleet, gateway):
+    conn.execute("update public.proxmox_servers set tls_fingerprint = %s", (":".join(["AB"] * 32),))
+    conn.commit()
+    with gateway.ws(console_token(uconn, fleet)) as ws:
+        import json
+        message = json.loads(ws.recv(timeout=15))
+    assert message["type"] == "error" and "does not match the pinned one" in message["message"]
+    assert session_rows(conn) == []
+
+
+def test_a_browser_that_vanishes_without_closing_is_dropped_and_its_session_closed(conn, uconn, fleet, db_url,
+                                                                                    secret_key):
+    gw = make_gateway(db_url, secret_key, ping_s=2)
+    try:
+        token = console_token(uconn, fleet)
+        # A raw client: it completes the WebSocket handshake, then never reads nor answers a ping again.
+        sock = socket.create_connection(("127.0.0.1", gw.config.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        wait_for(lambda: [r for r in session_rows(conn) if r["status"] == "open"], timeout=10)
+        row = wait_for(lambda: [r for r in session_rows(conn) if r["status"] == "closed"], timeout=10)[0]
+        assert row["close_reason"] == "the browser stopped answering"
+        sock.close()
+    finally:
+        gw.stop()
+
+
+def test_a_gateway_killed_outright_leaves_sessions_that_the_sweep_expires(conn, uconn, fleet, db_url, secret_key,
+                                                                         fakepve_cafile):
+    # Given `python -m worker.gateway` as its own process, holding one console
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": "redis://127.0.0.1:1/0",
+           "PROXWATCH_SECRET_KEY": secret_key, "PROXWATCH_GATEWAY_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.gateway"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _answers(port), timeout=20, step=0.2)
+        ws = ws_connect(f"ws://127.0.0.1:{port}/ws?token={console_token(uconn, fleet)}", open_timeout=10)
+        ready(ws)
+        # When the gateway dies without closing anything
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert [r["status"] for r in session_rows(conn)] == ["open"]
+        # Then the sweep expires the session once its heartbeat is older than the (shortened) grace
+        time.sleep(1.2)
+        conn.rollback()  # a fresh transaction: now() is the time of the sweep
+        assert conn.execute(db.q("cleanup_stale_connections"), {"max_age": "1 second"}).fetchone()["cleaned"] == 1
+        conn.commit()
+        row = session_rows(conn)[0]
+        assert row["status"] == "expired" and "no heartbeat" in row["close_reason"]
+        ws.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_stopping_the_gateway_closes_its_sessions_with_the_reason(conn, uconn, fleet, db_url, secret_key):
+    gw = make_gateway(db_url, secret_key)
+    ws = gw.ws(console_token(uconn, fleet))
+    ready(ws)
+    gw.stop()
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd.code == 1001
+    assert [(r["status"], r["close_reason"]) for r in session_rows(conn)] == [("closed", "the console gateway stopped")]
+
+
+# ----------------------------------------------------------------------------------------- SSH
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real sshd on 127.0.0.1 with its own host key and config; the system's sshd is untouched."""
+    d = tmp_path / "sshd"
+    d.mkdir(mode=0o700)
+    for name in ("host_key", "client_key", "other_host_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers {user}\n"
+        "PrintMotd no\nPrintLastLog no\nAcceptEnv LANG\n")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.05)
+    yield {"port": port, "user": user, "dir": d,
+           "host_key": " ".join((d / "host_key.pub").read_text().split()[:2]),
+           "other_host_key": " ".join((d / "other_host_key.pub").read_text().split()[:2]),
+           "client_key": (d / "client_key").read_text()}
+    proc.terminate()
+    proc.wait(10)
+
+
+def add_ssh_access(conn, secret_key, server_id, sshd, host_key):
+    conn.execute("insert into public.server_ssh_credentials (server_id, node, host, port, username, host_key,"
+                 " auth_kind, secret_ciphertext) values (%s, 'pve1', '127.0.0.1', %s, %s, %s, 'key', %s)",
+                 (server_id, sshd["port"], sshd["user"], host_key, Box(secret_key).seal(sshd["client_key"])))
+    conn.commit()
+
+
+def test_an_ssh_terminal_to_a_node_runs_echo_hi(conn, uconn, fleet, gateway, sshd, secret_key):
+    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["host_key"])
+    with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
+        hello = ready(ws)
+        assert hello["protocol"] == "ssh" and hello["password"] is None
+        ws.send(consoles.term_resize(100, 30))
+        ws.send(consoles.term_input("echo hi\r"))
+        # The command's output line: "hi" alone, not the echoed "echo hi".
+        out = Stream(ws).until(rb"(?<!echo )hi\r\n")
+        assert b"echo hi" in out
+        ws.send(consoles.term_input("exit\r"))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+    row = wait_for(lambda: [r for r in session_rows(conn) if r["status"] == "closed"])[0]
+    assert row["protocol"] == "ssh" and row["target"] == "node pve1"
+    assert row["close_reason"] == "the SSH side ended the console"
+
+
+def test_an_ssh_terminal_refuses_a_node_whose_host_key_is_not_the_pinned_one(conn, uconn, fleet, gateway, sshd,
+                                                                            secret_key):
+    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["other_host_key"])
+    with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
+        import json
+        message = json.loads(ws.recv(timeout=15))
+    assert message["type"] == "error"
+    assert message["message"].startswith(f"127.0.0.1:{sshd['port']} presented a host key that does not match"
+                                         " the pinned one")
+    assert session_rows(conn) == []
