@@ -46,6 +46,40 @@ def poll(server_id: str, scheduled_at: str) -> None:
 
 
 # ---- guests, consoles and sessions (worker/inventory.py, consoles.py, sessions.py) ----
+from worker import inventory as _inventory, sessions as _sessions  # noqa: E402
+from worker.scheduler import JOBS as _CS_JOBS, Job as _CSJob  # noqa: E402
+
+
+@dramatiq.actor(queue_name="inventory", max_retries=3, min_backoff=1000, max_backoff=15_000, time_limit=120_000,
+                max_age=60_000)
+def sync_guests(server_id: str, scheduled_at: str) -> None:
+    """Guests of one server from PVE into `guests` (a PVE failure is recorded, not retried)."""
+    poller, _ = _services()
+    _inventory.sync_guests(poller, server_id)
+
+
+@dramatiq.actor(queue_name="inventory", max_retries=2, min_backoff=1000, max_age=60_000)
+def expire_sessions(scheduled_at: str) -> None:
+    """Expire sessions without a heartbeat for the grace period; delete closed ones past the retention."""
+    poller, _ = _services()
+    with poller.pool.connection() as conn:
+        _sessions.expire_and_purge(conn)
+
+
+def _cs_register(*jobs: _CSJob) -> None:
+    # Into worker.scheduler.JOBS and, when `python -m worker.scheduler` runs this, its __main__ copy's.
+    import sys
+
+    main = sys.modules.get("__main__")
+    lists = [_CS_JOBS]
+    if getattr(getattr(main, "__spec__", None), "name", None) == "worker.scheduler" and main.JOBS is not _CS_JOBS:
+        lists.append(main.JOBS)
+    for jobs_list in lists:
+        jobs_list.extend(job for job in jobs if job not in jobs_list)
+
+
+_cs_register(_CSJob("sync_guests", per_server=True, interval_s=_inventory.interval_s()),
+             _CSJob("expire_sessions", per_server=False, interval_s=30))
 
 
 # ---- operations (worker/operations.py) ----
