@@ -45,7 +45,7 @@ on conflict (operation_id) do update set worker = excluded.worker, heartbeat_at 
 update public.operation_leases set heartbeat_at = now() where operation_id = %(id)s and worker = %(worker)s;
 
 -- name: ops_get
-select o.*, s.name as server_name
+select o.*, s.name as server_name, now() as db_now
 from public.active_operations o join public.proxmox_servers s on s.id = o.server_id
 where o.id = %(id)s;
 

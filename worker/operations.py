@@ -128,6 +128,35 @@ def enqueue(conn: psycopg.Connection, server_id, op_type: str, params: dict | No
     return row["result"]
 
 
+def dispatched(conn: psycopg.Connection, operation_id) -> None:
+    """Record that the caller hands the operation to the broker itself (so the dispatch job does not)."""
+    conn.execute(db.q("ops_mark_dispatched"), {"id": operation_id})
+
+
+def fail_unsent(conn: psycopg.Connection, operation_id, error: str) -> None:
+    """End an operation that could not be handed to any worker (the broker is down): failed now,
+    rather than started by surprise when a worker comes back. Audited; the caller commits."""
+    row = conn.execute(db.q("ops_fail"), {"id": operation_id, "message": "Not started", "error": error,
+                                          "kind": "not_started", "metadata": Jsonb({})}).fetchone()
+    if row is not None:
+        Operations._audit(conn, AUDIT_FAIL, row, {"error": error, "kind": "not_started"}, actor="system")
+
+
+def remaining_s(row: dict, now: datetime | None = None) -> float | None:
+    """Seconds left by the estimate (never below 0), for a running operation; None otherwise."""
+    if row.get("status") not in RUNNING or not row.get("estimated_duration_ms") or not row.get("started_at"):
+        return None
+    now = now or row.get("db_now") or row.get("now") or utcnow()
+    elapsed = (now - row["started_at"]).total_seconds()
+    return max(0.0, row["estimated_duration_ms"] / 1000 - elapsed)
+
+
+def clock(seconds: float) -> str:
+    """4:32 — minutes and seconds, as the seed's "Restarting… (4:32 remaining)"."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def parse_param(text: str) -> tuple[str, object]:
     """'KEY=VALUE' of the CLI → (key, value): true/false become booleans, digits integers."""
     key, sep, value = text.partition("=")
