@@ -171,4 +171,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m worker.scheduler` runs this file as __main__, a second copy of the module; run the
+    # imported worker.scheduler instead, whose JOBS list the actors' modules extend.
+    from worker import scheduler as _scheduler
+
+    _scheduler.main()
