@@ -528,7 +528,7 @@ create function public.active_connections(p_team_id text default null, p_protoco
 returns table (id uuid, connection_id uuid, server_name text, team_id uuid, team_name text, user_id uuid,
                user_email text, protocol text, protocol_icon text, target text, guest_type text, vmid integer,
                node text, client_ip text, started_at timestamptz, last_seen_at timestamptz, status text,
-               total_count bigint)
+               can_kill boolean, total_count bigint)
 language plpgsql stable security invoker set search_path = public, pg_temp as $$
 declare
   v_team uuid;
@@ -565,7 +565,8 @@ begin
   return query
     select s.id, s.server_id, v.name, s.tenant_id, t.name, s.user_id, s.user_email, s.protocol,
            public.protocol_icon(s.protocol), s.target, s.guest_type, s.vmid, s.node, host(s.client_ip),
-           s.started_at, greatest(s.last_seen_at, h.last_seen_at), s.status, count(*) over ()
+           s.started_at, greatest(s.last_seen_at, h.last_seen_at), s.status,
+           auth.uid() is null or public.has_role(s.tenant_id, 'admin'), count(*) over ()
     from public.connection_sessions s
     join public.proxmox_servers v on v.id = s.server_id
     join public.tenants t on t.id = s.tenant_id
@@ -616,7 +617,8 @@ begin
   if v_user is null then
     raise exception 'p_user_id is required' using errcode = '22023';
   end if;
-  select coalesce(jsonb_agg(to_jsonb(c) - 'total_count' order by c.started_at desc), '[]'::jsonb) into v_rows
+  select coalesce(jsonb_agg(to_jsonb(c) - 'total_count' - 'can_kill' order by c.started_at desc), '[]'::jsonb)
+    into v_rows
   from public.active_connections(null, null, v_user, 500, 0) c;
   return jsonb_build_object('connections', v_rows, 'count', jsonb_array_length(v_rows));
 end
