@@ -114,6 +114,8 @@ def _server_detail(client, row: dict) -> None:
                    "Grey bands: hours without polls (no data). Times are in your local time zone.")
     else:
         st.info("No polls recorded for this server in the last 24 hours.")
+    from dashboard import ops_ui  # operations of this server (issue 5): Test SSH, Restart Service, Renew Certificate
+    ops_ui.server_operations(client, row)
 
 
 def _escape(text: str) -> str:

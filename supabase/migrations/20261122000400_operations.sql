@@ -389,9 +389,13 @@ begin
   end if;
   return jsonb_build_object(
     'canOperate', public.has_role(v_tenant, 'operator'),
-    'nodes', coalesce((select jsonb_agg(jsonb_build_object('node', node, 'local', is_local, 'online', online)
-                                        order by node)
-                         from public.operation_nodes where server_id = p_server_id), '[]'::jsonb),
+    -- Nodes the workers have seen, and those the guest list shows.
+    'nodes', coalesce((select jsonb_agg(jsonb_build_object('node', n.node, 'local', coalesce(o.is_local, false),
+                                                           'online', o.online) order by n.node)
+                         from (select node from public.operation_nodes where server_id = p_server_id
+                               union select node from public.guests where server_id = p_server_id) n
+                         left join public.operation_nodes o on o.server_id = p_server_id and o.node = n.node),
+                      '[]'::jsonb),
     'services', to_jsonb(public.operation_services()),
     'sshConfigured', exists (select 1 from public.server_ssh_credentials where server_id = p_server_id));
 end

@@ -1,0 +1,350 @@
+"""Operation buttons with the seed's states, for any page:
+
+    from dashboard import ops_ui
+    ops_ui.server_operations(client, server_row)          # Test SSH · Restart Service · Renew Certificate
+    ops_ui.guest_operations(client, server_row, guest)    # Start · Shutdown · Stop · Reset
+
+States of a button (the seed's "UI/UX Improvements"):
+- normal: "Test SSH", "Restart Service", "Renew Certificate", "Start" …;
+- active (pending or in progress): disabled, "Testing…", "Restarting… (4:32 remaining)" (the
+  estimate minus the time since the request), "Processing Renewal (60%)", "Starting…" …, with a
+  progress bar and the operation's message;
+- completed: the result shown briefly (SUCCESS_S), then normal again;
+- failed: the error in plain words and a "Retry …" button.
+
+Everything is read and requested through SQL functions with the user's JWT (operation_states,
+operation_options, request_operation), so a viewer sees the states but cannot press. Two tabs or two
+users see the same state: each page watches active_operations through Realtime (dashboard/live.py)
+and redraws on a change; while an operation runs, the panel also redraws every second for the
+countdown.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import httpx
+import streamlit as st
+from postgrest.exceptions import APIError
+
+from dashboard import data
+
+log = logging.getLogger("proxwatch.ops_ui")
+
+SUCCESS_S = 10          # how long a finished operation's result stays on its button
+FAILURE_S = 3600        # a failure older than this no longer colours the button (the Operations page keeps it)
+TICK_S = 1              # redraw interval while something runs
+FLASH_KEY = "_proxwatch_ops_flash"
+
+LABELS = {"ssh_test": "Test SSH", "service_restart": "Restart Service", "certificate_renewal": "Renew Certificate",
+          "start": "Start", "stop": "Stop", "shutdown": "Shutdown", "reset": "Reset"}
+ACTIVE = {"ssh_test": "Testing…", "service_restart": "Restarting…", "certificate_renewal": "Processing Renewal",
+          "start": "Starting…", "stop": "Stopping…", "shutdown": "Shutting down…", "reset": "Resetting…"}
+POWER = ("start", "shutdown", "stop", "reset")
+RUNNING = ("pending", "in_progress")
+
+
+# ------------------------------------------------------------------------------- pure helpers
+def parse_time(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def remaining_s(state: dict, now: datetime | None = None) -> float | None:
+    """Seconds left by the estimate for a running operation (not below 0); None without one."""
+    if state.get("status") not in RUNNING or not state.get("estimated_duration_ms"):
+        return None
+    started = parse_time(state.get("started_at"))
+    now = now or parse_time(state.get("now")) or datetime.now(timezone.utc)
+    if started is None:
+        return None
+    return max(0.0, state["estimated_duration_ms"] / 1000 - (now - started).total_seconds())
+
+
+def active_label(op_type: str, progress: int, remaining: float | None) -> str:
+    """The label of a running operation's (disabled) button, as the seed words it."""
+    if op_type == "certificate_renewal":
+        return f"Processing Renewal ({int(progress)}%)"
+    if op_type == "service_restart":
+        if remaining is None:
+            return "Restarting…"
+        return f"Restarting… ({clock(remaining)} remaining)" if remaining >= 1 else "Restarting… (finishing)"
+    return ACTIVE.get(op_type, "Working…")
+
+
+@dataclass
+class ButtonState:
+    kind: str                 # idle | active | success | failed
+    label: str
+    disabled: bool
+    progress: int | None = None
+    caption: str | None = None
+    error: str | None = None
+
+
+def button_state(op_type: str, state: dict | None, now: datetime | None = None, can_operate: bool = True,
+                 base_label: str | None = None) -> ButtonState:
+    """What one operation button shows, from its target's latest operation (operation_states row)."""
+    label = base_label or LABELS.get(op_type, op_type)
+    now = now or (parse_time(state.get("now")) if state else None) or datetime.now(timezone.utc)
+    if state and state.get("status") in RUNNING:
+        kind = state.get("operation_type") or op_type
+        progress = int(state.get("progress") or 0)
+        return ButtonState("active", active_label(kind, progress, remaining_s(state, now)), True, progress,
+                           state.get("message") or "Waiting for a worker")
+    ended = parse_time(state.get("completed_at")) if state else None
+    age = (now - ended).total_seconds() if ended else None
+    if state and state.get("status") == "completed" and age is not None and age < SUCCESS_S:
+        return ButtonState("success", label, not can_operate, 100, state.get("message"))
+    if state and state.get("status") == "failed" and age is not None and age < FAILURE_S:
+        return ButtonState("failed", f"Retry {label}" if not label.startswith("Retry") else label, not can_operate,
+                           None, state.get("message"), state.get("error"))
+    return ButtonState("idle", label, not can_operate)
+
+
+def needs_ticking(states: list[dict], now: datetime | None = None) -> bool:
+    """True while something runs or a result is still on show (the countdown and the brief success)."""
+    for s in states:
+        if s.get("status") in RUNNING:
+            return True
+        ended = parse_time(s.get("completed_at"))
+        ref = now or parse_time(s.get("now")) or datetime.now(timezone.utc)
+        if s.get("status") == "completed" and ended and (ref - ended).total_seconds() < SUCCESS_S:
+            return True
+    return False
+
+
+def pick_state(states: list[dict], op_type: str | tuple, node: str | None, service: str | None = None,
+               target: str | None = None) -> dict | None:
+    """The latest operation of a button's target among operation_states rows. A node-level
+    operation requested before the node's name was known (node null) counts for any node."""
+    types = (op_type,) if isinstance(op_type, str) else op_type
+    found = []
+    for s in states:
+        if s.get("operation_type") not in types:
+            continue
+        if target is not None:
+            if s.get("target") == target:
+                found.append(s)
+            continue
+        if service is not None and (s.get("params") or {}).get("service") != service:
+            continue
+        if s.get("node") in (node, None) or not node:
+            found.append(s)
+    if not found:
+        return None
+    return max(found, key=lambda s: (s.get("status") in RUNNING, str(s.get("started_at") or "")))
+
+
+# ------------------------------------------------------------------------------------- the API
+def _rpc(client, fn: str, params: dict):
+    try:
+        return client.rpc(fn, params).execute().data
+    except APIError as exc:
+        if exc.code in ("PGRST301", "PGRST303"):
+            raise data.DataError("Your session has expired: sign in again.") from None
+        raise data.DataError((exc.message or "unknown error").rstrip(".") + ".") from None
+    except httpx.HTTPError as exc:
+        raise data.DataError(f"The proxwatch API does not answer ({type(exc).__name__}): is proxwatch running?") from None
+
+
+def states(client, server_id: str) -> list[dict]:
+    return _rpc(client, "operation_states", {"p_server_id": server_id}) or []
+
+
+def options(client, server_id: str) -> dict:
+    return _rpc(client, "operation_options", {"p_server_id": server_id}) or {}
+
+
+def request(client, server_id: str, op_type: str, params: dict) -> dict:
+    """request_operation(): the seed's shape, or DataError with the API's sentence."""
+    return _rpc(client, "request_operation", {"p_server_id": server_id, "p_type": op_type, "p_params": params})
+
+
+def operations_list(client, server_id: str | None = None, status: str | None = None, op_type: str | None = None,
+                    limit: int = 200) -> list[dict]:
+    return _rpc(client, "operations_list", {"p_server_id": server_id, "p_status": status, "p_type": op_type,
+                                            "p_limit": limit}) or []
+
+
+# --------------------------------------------------------------------------------- the widgets
+def _flash(key: str, message: str, kind: str) -> None:
+    st.session_state.setdefault(FLASH_KEY, {})[key] = (kind, message)
+
+
+def _show_flash(key: str) -> None:
+    kind, message = st.session_state.get(FLASH_KEY, {}).pop(key, (None, None))
+    if message:
+        {"info": st.info, "error": st.error, "success": st.success}[kind](message)
+
+
+def _press(client, server_id: str, op_type: str, params: dict, flash_key: str) -> None:
+    try:
+        result = request(client, server_id, op_type, params)
+    except data.DataError as exc:
+        _flash(flash_key, str(exc), "error")
+        return
+    if result.get("status") == "already_running":
+        existing = result.get("existingOperation") or {}
+        who = "the daily job" if existing.get("createdBy") == "cron" else "someone"
+        _flash(flash_key, f"Already running ({existing.get('progress', 0)}%), started by {who}: "
+                          f"{existing.get('message') or 'waiting for a worker'}", "info")
+    else:
+        st.toast(f"{LABELS.get(op_type, op_type)}: started", icon=":material/play_arrow:")
+
+
+def operation_button(client, server_id: str, op_type: str, params: dict, state: dict | None, can_operate: bool,
+                     key: str, label: str | None = None, help_text: str | None = None,
+                     enabled: bool = True) -> None:
+    """One button with its state, progress bar and result."""
+    shown = button_state(op_type, state, can_operate=can_operate, base_label=label)
+    disabled = shown.disabled or not enabled
+    pressed = st.button(shown.label, key=key, disabled=disabled, width="stretch",
+                        type="primary" if shown.kind == "failed" else "secondary",
+                        help=help_text if help_text and (disabled or not can_operate) else None)
+    if shown.kind == "active":
+        st.progress((shown.progress or 0) / 100, text=shown.caption)
+    elif shown.kind == "success":
+        st.success(shown.caption or "Done", icon=":material/check_circle:")
+    elif shown.kind == "failed":
+        st.error(f"{shown.caption}: {shown.error}", icon=":material/error:")
+    _show_flash(key)
+    if pressed and not disabled:
+        _press(client, server_id, op_type, params, key)
+        st.rerun()
+
+
+def _node_choice(server_id: str, opts: dict) -> str | None:
+    nodes = opts.get("nodes") or []
+    names = [n["node"] for n in nodes]
+    if len(names) <= 1:
+        return names[0] if names else None
+    local = next((n["node"] for n in nodes if n.get("local")), names[0])
+    return st.selectbox("Node", names, index=names.index(local), key=f"ops-node-{server_id}")
+
+
+def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
+    sid = str(server["id"])
+    can = bool(opts.get("canOperate"))
+    viewer_help = "Viewers cannot start operations: an admin can make you an operator."
+    node = _node_choice(sid, opts)
+    base = {"node": node} if node else {}
+    ssh_col, restart_col, cert_col = st.columns(3)
+    with ssh_col:
+        ssh_ok = bool(opts.get("sshConfigured"))
+        operation_button(client, sid, "ssh_test", dict(base), pick_state(rows, "ssh_test", node), can,
+                         key=f"ops-{sid}-ssh_test-{node or ''}", enabled=ssh_ok,
+                         help_text=viewer_help if not can else
+                         f"No SSH access set: `proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …`")
+        last = pick_state(rows, "ssh_test", node)
+        if last and last.get("status") == "completed" and (last.get("metadata") or {}).get("latency_ms") is not None:
+            meta = last["metadata"]
+            st.caption(f"Last test: pve-manager {meta.get('version')}, {meta['latency_ms']} ms")
+    with restart_col:
+        services = opts.get("services") or ["pveproxy"]
+        service = st.selectbox("Service", services, index=services.index("pveproxy") if "pveproxy" in services else 0,
+                               key=f"ops-service-{sid}", label_visibility="collapsed")
+        operation_button(client, sid, "service_restart", {**base, "service": service},
+                         pick_state(rows, "service_restart", node, service=service), can,
+                         key=f"ops-{sid}-service_restart-{node or ''}-{service}", help_text=viewer_help)
+        others = [r for r in rows if r.get("operation_type") == "service_restart" and r.get("status") in RUNNING
+                  and (r.get("params") or {}).get("service") != service]
+        for r in others:
+            st.caption(f"Also running: {html.escape(r.get('message') or r.get('target') or '')} ({r.get('progress')}%)")
+    with cert_col:
+        operation_button(client, sid, "certificate_renewal", dict(base), pick_state(rows, "certificate_renewal", node),
+                         can, key=f"ops-{sid}-certificate_renewal-{node or ''}", help_text=viewer_help)
+
+
+def _panel(client, server: dict, rows: list[dict] | None = None) -> bool:
+    """Draw the server's panel; True while it needs redrawing every second."""
+    sid = str(server["id"])
+    try:
+        opts = options(client, sid)
+        rows = states(client, sid) if rows is None else rows
+    except data.DataError as exc:
+        st.error(str(exc))
+        return False
+    _server_panel(client, server, opts, rows)
+    return needs_ticking(rows)
+
+
+@st.fragment(run_every=TICK_S)
+def _ticking_panel(client, server: dict) -> None:
+    if not _panel(client, server):
+        st.rerun()  # nothing runs any more: redraw the page, which draws the still panel
+
+
+def _watch(bindings: list) -> object | None:
+    """A Realtime feed (dashboard/live.py), or None where live updates are not available."""
+    try:
+        from dashboard import live
+    except ImportError:
+        return None
+    try:
+        return live.watch(st.session_state, bindings)
+    except Exception as exc:  # noqa: BLE001 - live updates are a nicety; the panel still works
+        log.warning("live updates for operations unavailable: %s", exc)
+        return None
+
+
+def _rerun_on_change(feed) -> None:
+    if feed is None:
+        return
+    from dashboard import live
+
+    live.rerun_on_change(feed, show_status=False)
+
+
+def server_operations(client, server: dict) -> None:
+    """The operations of one server: Test SSH, Restart Service (choose the service), Renew Certificate."""
+    sid = str(server["id"])
+    feed = _watch([("active_operations", f"server_id=eq.{sid}")])
+    st.markdown("##### Operations")
+    try:
+        rows = states(client, sid)
+    except data.DataError as exc:
+        st.error(str(exc))
+        return
+    if needs_ticking(rows):
+        _ticking_panel(client, server)
+    else:
+        _panel(client, server, rows)
+    _rerun_on_change(feed)
+
+
+def guest_operations(client, server: dict, guest: dict, can_operate: bool | None = None,
+                     rows: list[dict] | None = None) -> None:
+    """Power buttons of one guest (a guests_overview row): Start when stopped; Shutdown, Stop and
+    Reset (VMs only) when running. Power actions on one guest never overlap: while one runs, its
+    button shows the state and the others wait."""
+    sid = str(server.get("id") or guest.get("server_id"))
+    if rows is None:
+        rows = states(client, sid)
+    if can_operate is None:
+        can_operate = bool(options(client, sid).get("canOperate"))
+    target = f"{guest['guest_type']}/{guest['vmid']}"
+    current = pick_state(rows, POWER, None, target=target)
+    running = current if current and current.get("status") in RUNNING else None
+    status = guest.get("status")
+    actions = ["start"] if status != "running" else ["shutdown", "stop"] + (["reset"] if guest["guest_type"] == "qemu"
+                                                                           else [])
+    if running and running["operation_type"] not in actions:
+        actions = [running["operation_type"]] + actions
+    for column, action in zip(st.columns(len(actions)), actions):
+        with column:
+            mine = current if current and current.get("operation_type") == action else None
+            operation_button(client, sid, action, {"vmid": guest["vmid"]}, mine, can_operate,
+                             key=f"ops-{sid}-{target}-{action}",
+                             enabled=running is None or running is mine,
+                             help_text="Viewers cannot start operations." if not can_operate else
+                             "Another power action of this guest is running.")
