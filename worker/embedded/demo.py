@@ -55,6 +55,32 @@ SIMS = [
 ]
 
 
+# Guests of every simulated server (the Guests page, consoles through the gateway): vmid, name,
+# type, status, tags. Their VNC consoles show demo_screen().
+DEMO_GUESTS = [(100, "web", "qemu", "running", "prod;web"), (101, "db", "qemu", "running", "prod"),
+               (102, "build", "qemu", "stopped", "ci"), (200, "dns", "lxc", "running", "infra"),
+               (201, "proxy", "lxc", "running", "infra;web"), (202, "old-wiki", "lxc", "stopped", "")]
+
+
+def demo_screen(width: int = 640, height: int = 400) -> tuple[int, int, bytes]:
+    """A framebuffer for the simulated VNC consoles: a diagonal colour gradient (RGB bytes)."""
+    rows = []
+    for y in range(height):
+        rows.append(bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 160)))
+    return width, height, b"".join(rows)
+
+
+def add_demo_guests(pve) -> None:
+    screen = demo_screen()
+    for vmid, name, kind, status, tags in DEMO_GUESTS:
+        config = {"tags": tags} if tags else {}
+        if kind == "qemu":
+            vm = pve.add_vm(vmid, name, status=status, config={**config, "memory": 2048, "cores": 2})
+            vm.screen = screen
+        else:
+            pve.add_ct(vmid, name, status=status, config=config or None)
+
+
 class DemoFleet:
     def __init__(self, home: Path):
         self.home = home
@@ -99,6 +125,7 @@ class DemoFleet:
             pve.time_scale = 1.0  # latencies in real seconds (fakepve's default 0 makes them instant)
             for n in range(2, sim.nodes + 1):
                 pve.add_node(f"pve{n}", online=n > sim.nodes - sim.offline_nodes)
+            add_demo_guests(pve)
             if sim.latency:
                 pve.slow_network(sim.latency, jitter=sim.latency / 2)
             if sim.drop_rate:

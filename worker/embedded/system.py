@@ -80,6 +80,7 @@ def processes(s: Settings) -> dict[str, list[str]]:
         "worker": [py, "-m", "dramatiq", "worker.broker", "worker.actors", "--processes",
                    str(s.worker_processes), "--threads", str(s.worker_threads)],
         "scheduler": [py, "-m", "worker.scheduler"],
+        "console": [py, "-m", "worker.gateway"],
         "web": [py, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
                 "--server.address", "127.0.0.1", "--server.port", str(s.web_port),
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
