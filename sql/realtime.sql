@@ -68,6 +68,38 @@ begin
 end
 $$;
 revoke all on function proxwatch_realtime.sync_triggers() from public;
+-- Which rows each subscriber may select, for one batch of one table, in one round trip. `check`
+-- is the stand-in's statement for the table (composed from catalog identifiers in realtime.py):
+-- given the batch's primary keys as $1 it returns the 0-based positions of the rows the current
+-- role can see. It runs once per subscriber as that subscriber — role and request.jwt.claims set
+-- as PostgREST and Supabase Realtime set them — so row-level security gives its own answer. A
+-- subscriber whose role lost the table's SELECT sees nothing. Only the stand-in may call it.
+create or replace function proxwatch_realtime.visible_to(check_sql text, keys jsonb, identities jsonb)
+returns table (who integer, pos integer)
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  ident jsonb;
+  n integer := 0;
+  seen integer[];
+begin
+  for ident in select value from jsonb_array_elements(identities) loop
+    begin
+      perform set_config('role', ident ->> 'role', true),
+              set_config('request.jwt.claims', ident ->> 'claims', true);
+      execute check_sql into seen using keys;
+    exception when insufficient_privilege then
+      seen := '{}';
+    end;
+    perform set_config('role', 'none', true), set_config('request.jwt.claims', '', true);
+    who := n;
+    for pos in select unnest(seen) loop
+      return next;
+    end loop;
+    n := n + 1;
+  end loop;
+end
+$$;
+revoke all on function proxwatch_realtime.visible_to(text, jsonb, jsonb) from public;
 -- Overflowed changes nobody collected (the stand-in was down) are of no use any more.
 delete from proxwatch_realtime.overflow where created_at < now() - interval '10 minutes';
 
@@ -111,10 +143,9 @@ from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s and c.relkind in ('r', 'p');
 
--- name: realtime_claims
--- The subscriber's role and claims for the rest of this transaction (what PostgREST and Supabase
--- Realtime set before checking row-level security).
-select set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true);
+-- name: realtime_visible
+-- (who, pos): subscriber number `who` of %(identities)s may select row `pos` of %(keys)s.
+select who, pos from proxwatch_realtime.visible_to(%(check)s, %(keys)s::jsonb, %(identities)s::jsonb);
 
 -- name: realtime_replica_mode
 -- Within the savepoint that re-creates deleted rows for a moment: no triggers, no foreign keys.

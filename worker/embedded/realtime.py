@@ -179,6 +179,7 @@ class Table:
     full_types: dict[str, str]     # column -> format_type (to cast filter values to)
     generated: set[str]
     primary_key: list[str]
+    check_sql: str | None = None   # the RLS check statement for proxwatch_realtime.visible_to
 
     @property
     def ident(self) -> sql.Identifier:
@@ -281,6 +282,7 @@ class Realtime:
         self._published_at = 0.0
         self.listening = asyncio.Event()
         self._stopping = False
+        self._conn: psycopg.AsyncConnection | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -310,6 +312,9 @@ class Realtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
 
     # -- the socket ---------------------------------------------------------------------------
 
@@ -693,12 +698,18 @@ class Realtime:
         conditions = sorted({c for _, _, bs in interested for b in bs for c in b.conditions},
                             key=lambda c: (c.column, c.op, str(c.value)))
         images = [ch.image for ch in changes]
-        async with self.pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            try:
-                truth = await self._filters(conn, table, images, conditions) if conditions else None
-                identities = sorted({c.identity for _, c, _ in interested})
-                visible = await self._visible(conn, table, changes, identities)
-            finally:
+        conn = await self._checker()
+        try:
+            truth = await self._filters(conn, table, images, conditions) if conditions else None
+            identities = sorted({c.identity for _, c, _ in interested})
+            visible = await self._visible(conn, table, changes, identities)
+        except psycopg.OperationalError:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        finally:
+            if not conn.closed:
                 await conn.rollback()
         cond_index = {c: k for k, c in enumerate(conditions)}
         for n, (i, ch) in enumerate(zip(indices, changes)):
@@ -709,6 +720,13 @@ class Realtime:
                         and all(truth[n][cond_index[c]] for c in b.conditions)]
                 if hits:
                     matched.setdefault(i, {})[ci] = hits
+
+    async def _checker(self) -> psycopg.AsyncConnection:
+        """The dispatcher's own connection (one batch at a time), opened again after a loss."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.database_url, row_factory=dict_row,
+                                                               connect_timeout=DB_TIMEOUT_S)
+        return self._conn
 
     async def _filters(self, conn, table: Table, images: list[dict], conditions: list[Condition]) -> list[list[bool]]:
         exprs, params = [], []
@@ -729,10 +747,9 @@ class Realtime:
         gone = [n for n, ch in enumerate(changes) if ch.op == "DELETE"]
         seen: dict[tuple, set[int]] = {ident: set() for ident in identities}
         if live:
-            keys = json.dumps([{k: changes[n].new.get(k) for k in table.primary_key} for n in live])
-            for ident in identities:
-                for pos in await self._check(conn, table, keys, ident):
-                    seen[ident].add(live[pos])
+            keys = [{k: changes[n].new.get(k) for k in table.primary_key} for n in live]
+            for ident, pos in await self._check(conn, table, keys, identities):
+                seen[ident].add(live[pos])
         if gone:
             await conn.execute("savepoint realtime_deleted")
             try:
@@ -743,34 +760,30 @@ class Realtime:
                     "insert into {} ({}) overriding system value select {} from jsonb_populate_recordset(null::{},"
                     " %s::jsonb) on conflict do nothing").format(table.ident, cols, cols, table.ident),
                     [json.dumps([changes[n].old for n in gone])])
-                keys = json.dumps([{k: changes[n].old.get(k) for k in table.primary_key} for n in gone])
-                for ident in identities:
-                    for pos in await self._check(conn, table, keys, ident):
-                        seen[ident].add(gone[pos])
+                keys = [{k: changes[n].old.get(k) for k in table.primary_key} for n in gone]
+                for ident, pos in await self._check(conn, table, keys, identities):
+                    seen[ident].add(gone[pos])
             except psycopg.errors.InsufficientPrivilege:
                 log.warning("the stand-in's database user may not re-create deleted rows: deletes reach nobody")
             finally:
                 await conn.execute("rollback to savepoint realtime_deleted")
         return seen
 
-    async def _check(self, conn, table: Table, keys: str, ident: tuple[str, str]) -> list[int]:
-        """Positions (0-based) of the keys whose rows the identity may select, by its own RLS."""
-        role, claims = ident
-        match = sql.SQL(" and ").join(
-            sql.SQL("t.{} = k.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in table.primary_key)
-        statement = sql.SQL(
-            "select e.n - 1 as pos from jsonb_array_elements(%s::jsonb) with ordinality as e (img, n)"
-            " cross join lateral jsonb_populate_record(null::{}, e.img) as k"
-            " where exists (select 1 from {} as t where {})").format(table.ident, table.ident, match)
-        await conn.execute("savepoint realtime_check")
-        try:
-            await conn.execute(db.q("realtime_claims"), {"role": role, "claims": claims})
-            rows = await (await conn.execute(statement, [keys])).fetchall()
-        except psycopg.errors.InsufficientPrivilege:
-            rows = []  # the role lost its SELECT since it joined: it sees nothing
-        finally:
-            await conn.execute("rollback to savepoint realtime_check")
-        return [r["pos"] for r in rows]
+    async def _check(self, conn, table: Table, keys: list[dict], identities) -> list[tuple[tuple, int]]:
+        """(identity, position) for every key whose row the identity may select, by its own RLS —
+        all identities in one round trip (proxwatch_realtime.visible_to)."""
+        if table.check_sql is None:
+            match = sql.SQL(" and ").join(
+                sql.SQL("t.{} = k.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in table.primary_key)
+            table.check_sql = sql.SQL(
+                "select coalesce(array_agg((e.n - 1)::int), '{{}}') from jsonb_array_elements($1)"
+                " with ordinality as e (img, n) cross join lateral jsonb_populate_record(null::{}, e.img) as k"
+                " where exists (select 1 from {} as t where {})").format(table.ident, table.ident, match
+                                                                          ).as_string(conn)
+        rows = await (await conn.execute(db.q("realtime_visible"), {
+            "check": table.check_sql, "keys": json.dumps(keys),
+            "identities": json.dumps([{"role": r, "claims": c} for r, c in identities])})).fetchall()
+        return [(identities[r["who"]], r["pos"]) for r in rows]
 
     def _send_change(self, change: Change, hits: dict[int, list[Binding]], channels: list[Channel]) -> None:
         table = self._tables[(change.schema, change.table)]
