@@ -15,15 +15,17 @@ The API (stable — pages call it):
   `*` unless given). `client_state` is `st.session_state` (holding the dashboard's supabase client,
   see data.session_client) or that client itself. Call it BEFORE reading the data: the version it
   sees is the one the page is drawn from, so no change falls between the read and the watch.
-- `LiveFeed`: `.version` (int; +1 for every change delivered for those bindings, and when the
-  socket is back after a drop, since changes may have been missed meanwhile), `.connected` (bool),
+- `LiveFeed`: `.version` (int; +1 for every change delivered for those bindings, and each time the
+  channel joins — the first time and after a drop — since changes made before that moment were not
+  streamed, so the page re-reads once), `.connected` (bool),
   `.status` ("Live", "Connecting…" before the first join, "Reconnecting…"), `.last_change` (the
   `data` dict of the last change — schema, table, type, record, old_record, … — or None).
-- `rerun_on_change(feed, every=1.0, fallback_s=60, show_status=True)`: a small `st.fragment`
-  ticking every `every` seconds that reruns the whole page when `feed.version` moved since
-  `watch()`, and — while the socket is down — every `fallback_s` seconds, so the page still
-  refreshes. With `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while
-  disconnected, a subtle banner that the data may be stale.
+- `rerun_on_change(feed, *more_feeds, every=1.0, fallback_s=60, show_status=True)`: a small
+  `st.fragment` ticking every `every` seconds that reruns the whole page when a feed's version
+  moved since its `watch()`, and — while a socket is down — every `fallback_s` seconds, so the page
+  still refreshes. With `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while
+  disconnected, a subtle one-line banner that the data may be stale. Call it once per page, after
+  the page's last `watch()`, inside the container where the indicator belongs.
 - `forget(client_state)`: on sign-out, close the user's socket.
 
 How it works: one background thread runs an asyncio loop for the whole Streamlit process. Each

@@ -38,15 +38,17 @@ error, rejoin, and re-read (the dashboard refetches when its socket is back).
 `commit_timestamp` is the time the row changed (clock_timestamp() in the trigger), not the commit.
 
 Row-level security, per subscriber: a change reaches a channel only if its JWT could select the
-row. Changes are handled in batches (whatever queued while the last batch was sent); per batch,
-table and distinct subscriber (role + claims), one query runs as that role with
-`request.jwt.claims` set — `set_config('role', …, true)`, exactly as PostgREST does — and returns
-which of the batch's rows it can see. So the answer is Postgres's own RLS answer, and the cost grows
-with batches × distinct users, not with changes. INSERT and UPDATE are checked against the row as
-it is now by primary key (what Supabase's `realtime.apply_rls` does). DELETE is stricter than
-Supabase (which sends deletes to everyone): the deleted rows are re-created for a moment inside a
-savepoint (triggers and foreign keys off, `session_replication_role = replica`), checked the same
-way, and rolled back.
+row. Changes are handled in batches (whatever queued while the last batch was being sent). Per
+batch and table, one round trip: proxwatch_realtime.visible_to() runs the table's check once per
+distinct subscriber (role + claims) AS that subscriber — `set_config('role', …, true)` and
+`request.jwt.claims`, exactly as PostgREST and Supabase's `realtime.apply_rls` do — and returns
+which of the batch's rows each one can see. So the answer is Postgres's own RLS answer (nothing is
+cached), and the cost grows with batches × distinct users, not with changes. INSERT and UPDATE are
+checked against the row as it is now, by primary key (what `realtime.apply_rls` does). DELETE is
+stricter than Supabase (which sends deletes to everyone): the deleted rows are re-created for a
+moment inside a savepoint (triggers and foreign keys off, `session_replication_role = replica`),
+checked the same way, and rolled back. Filters are evaluated by Postgres too, in one query per
+batch and table for all distinct filter conditions.
 
 A vanished subscriber only loses its own socket (each socket has its own send queue; one more than
 SEND_QUEUE_LIMIT frames behind is closed). When the database goes away, every joined channel gets
