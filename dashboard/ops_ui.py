@@ -204,13 +204,14 @@ def _press(client, server_id: str, op_type: str, params: dict, flash_key: str) -
 
 def operation_button(client, server_id: str, op_type: str, params: dict, state: dict | None, can_operate: bool,
                      key: str, label: str | None = None, help_text: str | None = None,
-                     enabled: bool = True) -> None:
-    """One button with its state, progress bar and result."""
+                     enabled: bool = True, slot=None) -> None:
+    """One button with its state, progress bar and result (the button in `slot` when given, the
+    rest below it in the current container)."""
     shown = button_state(op_type, state, can_operate=can_operate, base_label=label)
     disabled = shown.disabled or not enabled
-    pressed = st.button(shown.label, key=key, disabled=disabled, width="stretch",
-                        type="primary" if shown.kind == "failed" else "secondary",
-                        help=help_text if help_text and (disabled or not can_operate) else None)
+    pressed = (slot or st).button(shown.label, key=key, disabled=disabled, width="stretch",
+                                  type="primary" if shown.kind == "failed" else "secondary",
+                                  help=help_text if help_text and (disabled or not can_operate) else None)
     if shown.kind == "active":
         st.progress((shown.progress or 0) / 100, text=shown.caption)
     elif shown.kind == "success":
@@ -241,21 +242,24 @@ def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
     ssh_col, restart_col, cert_col = st.columns(3)
     with ssh_col:
         ssh_ok = bool(opts.get("sshConfigured"))
+        no_ssh = f"No SSH access set yet: `proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …`"
         operation_button(client, sid, "ssh_test", dict(base), pick_state(rows, "ssh_test", node), can,
                          key=f"ops-{sid}-ssh_test-{node or ''}", enabled=ssh_ok,
-                         help_text=viewer_help if not can else
-                         f"No SSH access set: `proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …`")
+                         help_text=viewer_help if not can else no_ssh)
         last = pick_state(rows, "ssh_test", node)
-        if last and last.get("status") == "completed" and (last.get("metadata") or {}).get("latency_ms") is not None:
+        if not ssh_ok:
+            st.caption(no_ssh)
+        elif last and last.get("status") == "completed" and (last.get("metadata") or {}).get("latency_ms") is not None:
             meta = last["metadata"]
             st.caption(f"Last test: pve-manager {meta.get('version')}, {meta['latency_ms']} ms")
     with restart_col:
         services = opts.get("services") or ["pveproxy"]
-        service = st.selectbox("Service", services, index=services.index("pveproxy") if "pveproxy" in services else 0,
-                               key=f"ops-service-{sid}", label_visibility="collapsed")
+        pick, press = st.columns([1, 1.4])
+        service = pick.selectbox("Service", services, index=services.index("pveproxy") if "pveproxy" in services else 0,
+                                 key=f"ops-service-{sid}", label_visibility="collapsed")
         operation_button(client, sid, "service_restart", {**base, "service": service},
                          pick_state(rows, "service_restart", node, service=service), can,
-                         key=f"ops-{sid}-service_restart-{node or ''}-{service}", help_text=viewer_help)
+                         key=f"ops-{sid}-service_restart-{node or ''}-{service}", help_text=viewer_help, slot=press)
         others = [r for r in rows if r.get("operation_type") == "service_restart" and r.get("status") in RUNNING
                   and (r.get("params") or {}).get("service") != service]
         for r in others:

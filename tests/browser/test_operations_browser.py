@@ -1,0 +1,121 @@
+"""Operations in a real browser, on the whole running system: `streamlit run` as its own process,
+the stand-in (RPC, Auth, Realtime), the scheduler and the dramatiq worker as subprocesses, a PVE over
+HTTPS, Debian's Chromium through Playwright. A restart started in one tab is seen running in the
+other, live, and both see it finish. Screenshots land in tests/browser/screenshots/ (gitignored)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import free_port
+from tests.integration.conftest import TOKEN, box, conn, fingerprint  # noqa: F401  (fixtures)
+from tests.integration.test_operations_support import ops_env, opspve, procs  # noqa: F401  (fixtures)
+from worker import admin
+from worker.embedded.standin import StandIn
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "tests" / "browser" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ADMIN = ("ada@acme.test", "ada-password-12")
+
+
+@pytest.fixture
+def standin(db_url, pw_secrets):
+    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def system(standin, db_url, conn, box, fingerprint, opspve, procs):  # noqa: F811
+    """acme with pve1 (the fake PVE), the admin signed in automatically; worker, scheduler, dashboard."""
+    admin.add_tenant(conn, "acme")
+    admin.add_user(conn, ADMIN[0], ADMIN[1], "acme", "admin")
+    admin.add_server(conn, box, admin.ServerInput(name="pve1", url=opspve.url, token=TOKEN, fingerprint=fingerprint,
+                                                  tenant="acme"))
+    procs.scheduler()
+    procs.worker()
+    home = ROOT / ".home" / "browser-ops-test"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(ROOT),
+           "SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
+           "PROXWATCH_DASHBOARD_EMAIL": ADMIN[0], "PROXWATCH_DASHBOARD_PASSWORD": ADMIN[1],
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    log = open(home / "streamlit.log", "w")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+         "--client.toolbarMode", "minimal"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert web.poll() is None, (home / "streamlit.log").read_text()[-2000:]
+        time.sleep(0.3)
+    else:
+        raise AssertionError("streamlit did not answer within 60 s")
+    yield url
+    web.terminate()
+    try:
+        web.wait(15)
+    except subprocess.TimeoutExpired:
+        web.kill()
+        web.wait()
+    log.close()
+
+
+def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspve, conn):  # noqa: F811
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `apt-get install -y chromium` (make test does)"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    opspve.restart_secs = 250  # 25 s here: long enough to watch
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1500})
+            first, second = context.new_page(), context.new_page()
+            for page in (first, second):
+                page.goto(system)
+                expect(page.get_by_role("button", name="Restart Service")).to_be_visible(timeout=60_000)
+                expect(page.get_by_role("button", name="Restart Service")).to_be_enabled()
+
+            # When the restart is started in the first tab
+            first.get_by_role("button", name="Restart Service").click()
+            running = first.get_by_role("button", name="Restarting…")
+            expect(running).to_be_visible(timeout=20_000)
+            expect(running).to_be_disabled()
+
+            # Then the second tab, untouched, shows it running too: disabled, with the time remaining
+            other = second.get_by_role("button", name="Restarting…")
+            expect(other).to_be_visible(timeout=20_000)
+            expect(other).to_be_disabled()
+            expect(other).to_contain_text("remaining")
+            expect(second.get_by_text("Restarting pveproxy on pve1")).to_be_visible(timeout=20_000)
+            second.wait_for_timeout(500)
+            second.screenshot(path=str(SHOTS / "operations_running_other_tab.png"), full_page=True)
+            first.screenshot(path=str(SHOTS / "operations_running.png"), full_page=True)
+
+            # And both see it finish: the result shown, the button back
+            for page in (second, first):
+                expect(page.get_by_text("pveproxy on pve1 restarted in")).to_be_visible(timeout=90_000)
+                expect(page.get_by_role("button", name="Restart Service")).to_be_enabled()
+            second.screenshot(path=str(SHOTS / "operations_done.png"), full_page=True)
+        finally:
+            browser.close()
+    conn.commit()
+    rows = conn.execute("select status, progress from active_operations").fetchall()
+    assert rows == [{"status": "completed", "progress": 100}]
