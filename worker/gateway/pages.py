@@ -61,6 +61,17 @@ def _page(title: str, body: str, script: str, head: str = "") -> str:
 def vnc_page(title: str) -> str:
     script = """
 import RFB from "/static/novnc/core/rfb.js";
+// When the console ends, the last picture stays on the page, dimmed, under the reason (noVNC
+// removes its canvas on disconnect; this listener runs before noVNC's own).
+ws.addEventListener("close", () => {
+  const canvas = document.querySelector("#screen canvas");
+  if (!canvas || !canvas.width) return;
+  const box = canvas.getBoundingClientRect(), img = new Image();
+  img.src = canvas.toDataURL(); img.alt = "The console's last picture"; img.id = "last-frame";
+  Object.assign(img.style, {position: "absolute", left: box.left + "px", top: box.top + "px",
+                            width: box.width + "px", height: box.height + "px", opacity: "0.55"});
+  document.body.appendChild(img);
+});
 ws.onmessage = (e) => {
   const m = JSON.parse(e.data);
   if (m.type !== "ready") { show("error", m.message); return; }
@@ -69,7 +80,7 @@ ws.onmessage = (e) => {
   const rfb = new RFB(document.getElementById("screen"), ws, {credentials: {password: m.password}});
   rfb.scaleViewport = true;
   rfb.background = "#111827";
-  rfb.addEventListener("connect", () => show("connected", ""));
+  rfb.addEventListener("connect", () => { document.body.dataset.connected = "1"; show("connected", ""); });
   rfb.addEventListener("credentialsrequired", () => rfb.sendCredentials({password: m.password}));
   rfb.addEventListener("securityfailure", (ev) => show("error", "VNC authentication failed: " + (ev.detail.reason || ev.detail.status)));
   document.getElementById("cad").onclick = () => rfb.sendCtrlAltDel();
@@ -97,7 +108,7 @@ ws.onmessage = (e) => {
   if (typeof e.data === "string") {
     const m = JSON.parse(e.data);
     if (m.type !== "ready") { show("error", m.message); return; }
-    ready = m; show("connected", ""); resize(); term.focus();
+    ready = m; document.body.dataset.connected = "1"; show("connected", ""); resize(); term.focus();
     return;
   }
   term.write(new Uint8Array(e.data));
