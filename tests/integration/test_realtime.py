@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -532,3 +533,34 @@ def test_channels_error_and_rejoin_across_a_database_restart(standin, fleet, db_
         await sub.close()
 
     run(scenario())
+
+
+def test_select_narrows_the_row_to_the_columns_asked_for(standin, fleet, db_url):
+    async def scenario():
+        client = AsyncRealtimeClient(f"{standin.url}/realtime/v1", token=standin.anon_key)
+        await client.set_auth(token_for(standin, ALICE))
+        got = asyncio.Queue()
+        channel = client.channel("narrow").on_postgres_changes(
+            "UPDATE", got.put_nowait, table="proxmox_servers", select=["id", "connection_status"])
+        await channel.subscribe()
+        await set_status(db_url, fleet.servers["pve-alpha"], "offline")
+        data = (await asyncio.wait_for(got.get(), WAIT_S))["data"]
+        assert data["record"] == {"id": fleet.servers["pve-alpha"], "connection_status": "offline"}
+        assert [c["name"] for c in data["columns"]] == ["id", "connection_status"]
+        await client.close()
+
+    run(scenario())
+
+
+def test_filters_parse_supabases_syntax():
+    from worker.embedded.realtime import Condition, JoinError, parse_filter
+
+    assert parse_filter("server_id=eq.abc") == (Condition("server_id", "eq", "abc"),)
+    assert parse_filter('name=in.(pve-1,"pve,2",pve-3)') == (Condition("name", "in", ("pve-1", "pve,2", "pve-3")),)
+    assert parse_filter("a=gte.5,b=neq.x") == (Condition("a", "gte", "5"), Condition("b", "neq", "x"))
+    assert parse_filter("note=eq.a.b") == (Condition("note", "eq", "a.b"),)
+    assert parse_filter(None) == ()
+    for bad, message in (("a=in.()", "empty"), ("a=in.1,2", "in.(a,b,c)"), ("a=between.1", "unsupported operator"),
+                         ("=eq.1", "column=operator.value")):
+        with pytest.raises(JoinError, match=re.escape(message)):
+            parse_filter(bad)
