@@ -136,6 +136,10 @@ async def insert_metric(db_url: str, server_id: str, ms: int | None, kind: str |
 def test_insert_update_delete_arrive_in_supabases_shape(standin, fleet, db_url, secret_key):
     async def scenario():
         sub = await subscribe(standin, token_for(standin, ALICE), {"servers": {"table": "proxmox_servers"}})
+        for _ in range(200):  # the system message follows the join reply
+            if sub.system:
+                break
+            await asyncio.sleep(0.02)
         assert sub.system and sub.system[0].message == "Subscribed to PostgreSQL"
         assert sub.system[0].extension == "postgres_changes" and sub.system[0].channel == "test"
         binding_id = sub.channel.postgres_changes_callbacks[0].id
