@@ -142,3 +142,27 @@ def test_the_operations_page_lists_running_and_past_operations_filterable(monkey
     assert page.table[0].value["Operation"].tolist() == ["Restart Service"]
     # The buttons are here too, per server
     assert {"Test SSH", "Restart Service"} <= {b.label for b in page.button}
+
+
+def test_guest_power_buttons_on_the_operations_page(monkeypatch, standin, fleet, conn):
+    sid = fleet.servers["pve-alpha"]
+    # Guests as the guest sync writes them
+    conn.execute("insert into guests (server_id, tenant_id, vmid, guest_type, node, name, status) "
+                 "select id, tenant_id, 100, 'qemu', 'pve1', 'web', 'stopped' from proxmox_servers where id = %s "
+                 "union all select id, tenant_id, 200, 'lxc', 'pve1', 'dns', 'running' from proxmox_servers "
+                 "where id = %s", (sid, sid))
+    conn.commit()
+    page = run_as(monkeypatch, standin, ALICE, PAGE)
+    # A stopped VM offers Start; pressing it requests a start of that guest
+    assert "Start" in buttons(page) and "Shutdown" not in buttons(page)
+    buttons(page)["Start"].click().run()
+    assert not page.exception, page.exception
+    conn.commit()
+    row = conn.execute("select operation_type, target, params from active_operations").fetchone()
+    assert row["operation_type"] == "start" and row["target"] == "qemu/100" and row["params"]["guest_name"] == "web"
+    starting = buttons(page)["Starting…"]
+    assert starting.disabled
+    # A running container offers Shutdown and Stop, but no Reset (containers cannot be reset)
+    page.selectbox(key=f"ops-page-guest-{sid}").select(200).run()
+    labels = set(buttons(page))
+    assert {"Shutdown", "Stop"} <= labels and "Reset" not in labels and "Start" not in labels
