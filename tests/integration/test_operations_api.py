@@ -221,3 +221,21 @@ def test_a_node_that_the_server_does_not_have_is_refused_once_its_nodes_are_know
     # and a cron renewal naming pve1 is the same renewal
     again = operations.enqueue(conn, acme["id"], "certificate_renewal", {"node": "pve1"}, "cron")
     assert again["status"] == "already_running" and again["operationId"] == result["operationId"]
+
+
+def test_ssh_secrets_are_never_readable_through_the_api_nor_published(conn, acme, box):
+    operations.set_ssh_credentials(conn, box, acme["id"], host="10.0.0.5", username="root", password="s3cret-pw",
+                                   host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX")
+    conn.commit()
+    published = {r["tablename"] for r in conn.execute(
+        "select tablename from pg_publication_tables where pubname = 'supabase_realtime'")}
+    assert "active_operations" in published
+    assert not published & {"server_ssh_credentials", "operation_leases", "server_credentials"}
+    for role in ("anon", "authenticated"):
+        for table in ("server_ssh_credentials", "operation_leases"):
+            assert not conn.execute("select has_table_privilege(%s, %s, 'select') as ok",
+                                    (role, f"public.{table}")).fetchone()["ok"]
+        assert not conn.execute("select has_function_privilege(%s, 'public.enqueue_operation(uuid, text, jsonb, text, "
+                                "uuid)', 'execute') as ok", (role,)).fetchone()["ok"]
+    stored = conn.execute("select secret_ciphertext from server_ssh_credentials").fetchone()["secret_ciphertext"]
+    assert "s3cret-pw" not in stored and box.open(stored) == "s3cret-pw"
