@@ -344,7 +344,7 @@ def guest_operations(client, server: dict, guest: dict, can_operate: bool | None
                                                                            else [])
     if running and running["operation_type"] not in actions:
         actions = [running["operation_type"]] + actions
-    for column, action in zip(st.columns(len(actions)), actions):
+    for column, action in zip(st.columns(max(4, len(actions))), actions):
         with column:
             mine = current if current and current.get("operation_type") == action else None
             operation_button(client, sid, action, {"vmid": guest["vmid"]}, mine, can_operate,

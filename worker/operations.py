@@ -661,7 +661,7 @@ class Context:
                 failures = 0
             except PveError as exc:
                 failures += 1
-                if exc.kind not in CONNECTION_LEVEL and exc.kind != "http" or failures >= 5:
+                if (exc.kind not in CONNECTION_LEVEL and exc.kind != "http") or failures >= 5:
                     raise OperationFailed(f"lost track of the PVE task {upid}: {pve_message(exc)}; it may still be "
                                           "running on the server", exc.kind, {"upid": upid}) from None
                 time.sleep(t.task_poll_ms / 1000)

@@ -114,6 +114,15 @@ def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspv
                 expect(page.get_by_text("pveproxy on pve1 restarted in")).to_be_visible(timeout=90_000)
                 expect(page.get_by_role("button", name="Restart Service")).to_be_enabled()
             second.screenshot(path=str(SHOTS / "operations_done.png"), full_page=True)
+
+            # The Operations page lists it with its result
+            second.goto(f"{system}/Operations")
+            history = second.locator('[data-testid="stTable"]')
+            expect(history).to_be_visible(timeout=45_000)
+            expect(history.get_by_text("● completed")).to_be_visible()
+            expect(history.get_by_text("pveproxy on pve1", exact=True)).to_be_visible()
+            second.wait_for_timeout(500)
+            second.screenshot(path=str(SHOTS / "operations_page.png"), full_page=True)
         finally:
             browser.close()
     conn.commit()
