@@ -121,20 +121,6 @@ def renew_expiring_certificates(server_id: str, scheduled_at: str) -> None:
     _ops().renew_expiring(server_id, datetime.fromisoformat(scheduled_at))
 
 
-def _register_jobs(*jobs: _Job) -> None:
-    """Add periodic jobs to worker.scheduler.JOBS — and to the scheduler actually running:
-    `python -m worker.scheduler` runs scheduler.py as __main__, a second copy of the module whose
-    own JOBS list its Scheduler reads. (Until scheduler.main() passes worker.scheduler.JOBS.)"""
-    import sys
-
-    lists = [_JOBS]
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) == "worker.scheduler" and main.JOBS is not _JOBS:
-        lists.append(main.JOBS)
-    for jobs_list in lists:
-        jobs_list.extend(job for job in jobs if job not in jobs_list)
-
-
-_register_jobs(_Job("dispatch_operations", per_server=False, interval_s=1),
-               _Job("fail_stuck_operations", per_server=False, interval_s=5),
-               _Job("renew_expiring_certificates", per_server=True, interval_s=86_400))
+_JOBS.append(_Job("dispatch_operations", per_server=False, interval_s=1))
+_JOBS.append(_Job("fail_stuck_operations", per_server=False, interval_s=5))
+_JOBS.append(_Job("renew_expiring_certificates", per_server=True, interval_s=86_400))
