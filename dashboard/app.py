@@ -95,7 +95,7 @@ def _server_detail(client, row: dict) -> None:
     notes = data.connection_notes({**row, "used_fallback": False})
     if notes:
         parts.append(_escape(notes))
-    parts.append(f"checked {data.relative_time(row.get('last_health_check_at'))}")
+    parts.append(f"checked {data.relative_time(row.get('last_poll_at') or row.get('last_health_check_at'))}")
     st.markdown("<div class='pw-server-line'>" + " · ".join(parts) + "</div>", unsafe_allow_html=True)
     if row.get("health_check_error"):
         st.warning(f"Last error: {row['health_check_error']}", icon=":material/error:")

@@ -178,7 +178,7 @@ def fleet_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
             "Status": STATUS_MARK.get(status, f"● {status}"),
             "Server": row["name"],
             "Tenant": row.get("tenant_name") or "",
-            "Last check": relative_time(row.get("last_health_check_at"), now),
+            "Last check": relative_time(row.get("last_poll_at") or row.get("last_health_check_at"), now),
             "Avg latency": f"{avg} ms" if avg is not None else "—",
             "24 h success": f"{rate:.1f} %" if rate is not None else "no data",
             "PVE": row.get("pve_version") or "—",

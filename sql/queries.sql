@@ -45,7 +45,9 @@ values (%(server_id)s, %(username)s, %(token_id)s, %(secret_ciphertext)s);
 -- name: servers_list
 select s.id, t.name as tenant, s.name, s.base_url, s.fallback_url, s.tls_mode, s.auth_kind, s.poll_interval_s,
        s.enabled, s.connection_status, s.last_health_check_at, s.avg_response_time_ms, s.success_rate,
-       s.pve_version, s.nodes_online, s.nodes_total, s.health_check_error
+       s.pve_version, s.nodes_online, s.nodes_total, s.health_check_error,
+       (select m.created_at from public.connection_metrics m where m.server_id = s.id
+         order by m.scheduled_at desc limit 1) as last_poll_at
 from public.proxmox_servers s join public.tenants t on t.id = s.tenant_id
 where (%(tenant)s::text is null or t.name = %(tenant)s)
 order by t.name, s.name;

@@ -179,7 +179,7 @@ def servers_list(tenant: Optional[str] = typer.Option(None, "--tenant")) -> None
     for r in rows:
         st = r["connection_status"]
         table.add_row(r["tenant"], r["name"], r["base_url"], f"[{STATUS_STYLE[st]}]{st}[/]",
-                      ago(r["last_health_check_at"]), fmt(r["avg_response_time_ms"]),
+                      ago(r["last_poll_at"] or r["last_health_check_at"]), fmt(r["avg_response_time_ms"]),
                       fmt(r["success_rate"], "%"), r["pve_version"] or "–",
                       f"{r['nodes_online']}/{r['nodes_total']}" if r["nodes_total"] else "–",
                       "[red]insecure[/red]" if r["tls_mode"] == "insecure" else r["tls_mode"])

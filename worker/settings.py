@@ -70,7 +70,7 @@ class Settings:
     # Polling.
     default_interval_s: int = 10
     offline_after: int = 3
-    status_refresh_s: int = 60
+    status_refresh_s: int = 300
     timeout_min_ms: int = 1000
     timeout_max_ms: int = 10000
     timeout_default_ms: int = 5000
@@ -109,7 +109,7 @@ def load() -> Settings:
         web_port=env_int("PROXWATCH_WEB_PORT", 8501, 1024, 65535),
         default_interval_s=env_int("PROXWATCH_POLL_INTERVAL", 10, 2, 3600),
         offline_after=env_int("PROXWATCH_OFFLINE_AFTER", 3, 1, 100),
-        status_refresh_s=env_int("PROXWATCH_STATUS_REFRESH", 60, 10, 3600),
+        status_refresh_s=env_int("PROXWATCH_STATUS_REFRESH", 300, 10, 3600),
         timeout_min_ms=env_int("PROXWATCH_TIMEOUT_MIN_MS", 1000, 100, 60000),
         timeout_max_ms=env_int("PROXWATCH_TIMEOUT_MAX_MS", 10000, 100, 120000),
         worker_processes=env_int("PROXWATCH_WORKER_PROCESSES", 2, 1, 64),

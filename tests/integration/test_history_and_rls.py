@@ -77,6 +77,8 @@ def test_fleet_overview_has_each_servers_status_and_24h_figures(add_server, conn
     assert set(rows) == {"a", "b"}
     assert (rows["a"]["attempts_24h"], rows["a"]["successes_24h"], rows["a"]["avg_response_24h_ms"]) == (2, 1, 40)
     assert rows["b"]["connection_status"] == "unknown" and rows["b"]["attempts_24h"] == 0
+    # The latest poll's time, exact, although the published row is refreshed only every few minutes
+    assert rows["a"]["last_poll_at"] is not None and rows["b"]["last_poll_at"] is None
 
 
 @pytest.fixture

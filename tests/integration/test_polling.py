@@ -81,7 +81,7 @@ def test_a_hang_hits_the_learned_timeout(pve, add_server, poller, recorder, conn
     # Given enough fast polls that a timeout is learned (the stats refresh at least once a minute)
     for i in range(8):
         poll_and_record(poller, recorder, s["id"], start + timedelta(seconds=70 * i))
-    conn.execute("update proxmox_servers set last_health_check_at = now() - interval '2 minutes' where id = %s",
+    conn.execute("update proxmox_servers set last_health_check_at = now() - interval '10 minutes' where id = %s",
                  (s["id"],))
     conn.commit()
     poll_and_record(poller, recorder, s["id"], start + timedelta(seconds=70 * 8))

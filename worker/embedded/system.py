@@ -2,7 +2,7 @@
 
 Steps of `run`:
 1. embedded mode: start Postgres (data under PROXWATCH_HOME), apply the migrations with the
-   supabase CLI, start Redis and the Supabase stand-in (RPC, Auth; Realtime later);
+   supabase CLI, start Redis and the Supabase stand-in (RPC, Auth, Realtime);
 2. make sure a tenant and the local admin exist (embedded mode);
 3. demo: start the simulated fleet and register it in tenant "demo";
 4. start the Procfile's processes (worker, scheduler, web) with the endpoints in their env;
