@@ -22,6 +22,14 @@ Run by hand (never part of `make test`):
 
     cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_gateway.py -s -q -p no:cacheprovider
 
+Measured 2026-11-22 on the 2-core machine shared with other sessions (load average ~1.5), 6 rounds,
+asyncio loop (what the project installs): round trip p50 0.55 ms direct / 0.98 ms gateway, p99
+9.47 / 4.36 ms pooled (the direct side caught a burst of outside load in one window); per round the
+gateway added p50 +0.13…+0.97 ms and p99 −26…+4.1 ms, median p50 +0.39 ms, p99 +0.28 ms. The
+gateway used 0.20 CPU cores at ~1,000 round trips/s and 233 MiB with 500 sessions open (72 MiB
+idle, 330 KiB a session). With uvloop installed (optional; `serve()` uses it when present): 0.14
+cores and 115 MiB (85 KiB a session); its latency runs were swamped by outside load.
+
 Knobs (environment): BENCH_SESSIONS (500 each way), BENCH_ROUNDS (4), BENCH_WINDOW (5 s),
 BENCH_INTERVAL (0.5 s between a session's messages), BENCH_OPEN_CONCURRENCY (50 opens at a time).
 """
@@ -204,7 +212,7 @@ async def run(pve_url: str, fingerprint_hex: str, gateway_url: str, pids: dict, 
                 for name, pid in pids.items():
                     cpu[phase][name] += cpu_s(pid) - before[name]
                 rtts[phase] += window
-                summary(f"{phase} #{r + 1}", window)
+                results.setdefault("windows", []).append((phase, summary(f"{phase} #{r + 1}", window)))
         await asyncio.gather(*(t.ws.close() for t in direct + gateway))
     for phase in rtts:
         results[phase] = summary(f"{phase} (all)", rtts[phase])
@@ -271,8 +279,17 @@ def test_500_console_sessions_through_one_gateway(db_url, secret_key, tmp_path):
         results = asyncio.run(run(pve_url, fingerprint, f"http://127.0.0.1:{gw_port}", pids, tokens))
         added50 = results["gateway"]["p50"] - results["direct"]["p50"]
         added99 = results["gateway"]["p99"] - results["direct"]["p99"]
+        # Each gateway window against the direct window just before it: the machine is shared, so a
+        # burst of someone else's load lands in one window; the median over rounds shrugs it off.
+        windows = results["windows"]
+        rounds = [(g["p50"] - d["p50"], g["p99"] - d["p99"])
+                  for (_, d), (_, g) in zip(windows[0::2], windows[1::2])]
+        print("\nadded per round (gateway window − the direct window before it): " + ", ".join(
+            f"p50 {a:+.2f} / p99 {b:+.2f} ms" for a, b in rounds))
+        print(f"median over rounds: p50 {statistics.median(a for a, _ in rounds):+.2f} ms, "
+              f"p99 {statistics.median(b for _, b in rounds):+.2f} ms")
         mem = results["memory"]
-        print(f"\nadded by the gateway: p50 {added50:+.2f} ms, p99 {added99:+.2f} ms (goal: p99 ≤ 5 ms)")
+        print(f"pooled: added p50 {added50:+.2f} ms, p99 {added99:+.2f} ms (goal: p99 ≤ 5 ms)")
         print(f"gateway memory: idle {idle['VmRSS'] / 1024:.0f} MiB, with {SESSIONS} open {mem['VmRSS'] / 1024:.0f} MiB "
               f"({(mem['VmRSS'] - idle['VmRSS']) / SESSIONS:.0f} KiB/session), peak {results['memory_end']['VmHWM'] / 1024:.0f} MiB")
         print(f"opening {SESSIONS} sessions: direct {results['direct_open_s']:.1f} s, through the gateway "
