@@ -120,7 +120,8 @@ def node_shells(client, server_ids: set[str]) -> None:
 
 
 def page(client) -> None:
-    feed = live.watch(st.session_state, [("guests", None)])   # before reading: no change falls in between
+    # Before reading, so no change falls in between; sessions too, for the sidebar's list.
+    feed = live.watch(st.session_state, [("guests", None), ("connection_sessions", None)])
     try:
         rows = sessions_ui.rpc(client, "guests_overview") or []
     except data.DataError as exc:
