@@ -66,20 +66,8 @@ def expire_sessions(scheduled_at: str) -> None:
         _sessions.expire_and_purge(conn)
 
 
-def _cs_register(*jobs: _CSJob) -> None:
-    # Into worker.scheduler.JOBS and, when `python -m worker.scheduler` runs this, its __main__ copy's.
-    import sys
-
-    main = sys.modules.get("__main__")
-    lists = [_CS_JOBS]
-    if getattr(getattr(main, "__spec__", None), "name", None) == "worker.scheduler" and main.JOBS is not _CS_JOBS:
-        lists.append(main.JOBS)
-    for jobs_list in lists:
-        jobs_list.extend(job for job in jobs if job not in jobs_list)
-
-
-_cs_register(_CSJob("sync_guests", per_server=True, interval_s=_inventory.interval_s()),
-             _CSJob("expire_sessions", per_server=False, interval_s=30))
+_CS_JOBS.append(_CSJob("sync_guests", per_server=True, interval_s=_inventory.interval_s()))
+_CS_JOBS.append(_CSJob("expire_sessions", per_server=False, interval_s=30))
 
 
 # ---- operations (worker/operations.py) ----
