@@ -67,7 +67,7 @@ def expire_sessions(scheduled_at: str) -> None:
 
 
 _CS_JOBS.append(_CSJob("sync_guests", per_server=True, interval_s=_inventory.interval_s()))
-_CS_JOBS.append(_CSJob("expire_sessions", per_server=False, interval_s=30))
+_CS_JOBS.append(_CSJob("expire_sessions", per_server=False, interval_s=_sessions.sweep_interval_s()))
 
 
 # ---- operations (worker/operations.py) ----

@@ -113,3 +113,55 @@ def test_the_cli_syncs_and_lists_guests(db_url, redis_server, secret_key, tmp_pa
     wrong = cli("guests", "sync", "nope", "--once")
     assert wrong.returncode == 2 and "there is no server named 'nope'" in wrong.stderr
     assert TOKEN.split("=")[1] not in synced.stdout + listed.stdout
+
+
+def test_the_scheduler_and_a_real_worker_sync_guests_and_expire_stale_sessions(conn, server, db_url, redis_server,
+                                                                              secret_key, tmp_path, pve):
+    import redis
+    import signal
+    import time
+
+    from tests.integration.sessions_seed import open_session
+
+    # Given a session whose heartbeat is long gone, and a grace of one second
+    stale = open_session(conn, server, None)
+    conn.execute("update public.connection_heartbeats set last_seen_at = now() - interval '1 minute'")
+    conn.execute("update public.connection_session_settings set stale_after = '1 second'")
+    conn.commit()
+    redis.Redis.from_url(redis_server.url).flushall()
+    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
+               PROXWATCH_HOME=str(tmp_path), PYTHONUNBUFFERED="1", PROXWATCH_GUEST_INTERVAL="5",
+               PROXWATCH_SESSION_SWEEP_S="5")
+    log = open(tmp_path / "procs.log", "wb")
+    procs = [subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+             for args in (["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "2"],
+                          ["-m", "worker.scheduler"])]
+    try:
+        # When the scheduler and the worker run (the product's processes)
+        deadline = time.monotonic() + 60
+        done = False
+        while time.monotonic() < deadline and not done:
+            conn.commit()
+            guests_n = conn.execute("select count(*) as n from public.guests").fetchone()["n"]
+            status = conn.execute("select status from public.connection_sessions where id = %s",
+                                  (stale["id"],)).fetchone()["status"]
+            done = guests_n == 3 and status == "expired"
+            time.sleep(0.5)
+        # Then the guests are there and the stale session is expired by the periodic job
+        assert done, (tmp_path / "procs.log").read_text()[-3000:]
+        # A guest that PVE stops listing disappears on a later sync
+        pve.vms.remove(pve.vm(101))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            conn.commit()
+            if conn.execute("select count(*) as n from public.guests").fetchone()["n"] == 2:
+                break
+            time.sleep(0.5)
+        assert sorted(guests(conn)) == [100, 200]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(20)
+        log.close()
