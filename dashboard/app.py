@@ -100,7 +100,7 @@ def _server_detail(client, row: dict) -> None:
     if row.get("health_check_error"):
         st.warning(f"Last error: {row['health_check_error']}", icon=":material/error:")
 
-    history = data.history(client, row["id"], 24)
+    history = _last_good(f"pw_last_history_{row['id']}", lambda: data.history(client, row["id"], 24))
     figures = charts.summary_figures(history)
     left, middle, right = st.columns(3)
     left.metric("Success rate", f"{figures['success_rate']:.1f} %" if figures["success_rate"] is not None else "no data",
@@ -155,9 +155,23 @@ def fleet_view(client, status_slot) -> None:
         live.rerun_on_change(*feeds, fallback_s=FALLBACK_S)
 
 
+def _last_good(key: str, fetch):
+    """fetch(), remembered per session; when the API cannot be reached, the last answer stays on
+    the page under a warning (the stale banner says why) instead of the data vanishing."""
+    try:
+        value = fetch()
+    except data.DataError as exc:
+        if key not in st.session_state:
+            raise
+        st.warning(f"{exc} Showing the last data received.", icon=":material/history:")
+        return st.session_state[key]
+    st.session_state[key] = value
+    return value
+
+
 def _fleet_view(client, feeds: list) -> None:
     try:
-        rows = data.fleet(client)
+        rows = _last_good("pw_last_fleet", lambda: data.fleet(client))
     except data.DataError as exc:
         st.error(str(exc))
         return
