@@ -12,10 +12,8 @@ Run by hand (never part of `make test`):
     cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_fleet_cycle.py -s -q -p no:cacheprovider
 
 Knobs (environment): BENCH_SERVERS (1000), BENCH_LATENCY (0.05), BENCH_CYCLES (3),
-BENCH_PVE_HOSTS (2: simulator processes, one loopback address each), BENCH_WORKER (product |
-patched: tests/bench/patched_worker.py, the same worker with the proposed TLS-context fix applied
-in memory, to measure its gain), BENCH_PHASES=1 (time the phases of each poll inside the worker
-processes, through the same wrapper), BENCH_PVE_IMPL
+BENCH_PVE_HOSTS (2: simulator processes, one loopback address each), BENCH_PHASES=1 (time the
+phases of each poll inside the worker processes, through tests/bench/patched_worker.py), BENCH_PVE_IMPL
 (aiohttp | fakepve: the minimal simulator in tests/bench/simpve.py, or fakepve's FakePve with
 slow_network(latency)), PROXWATCH_WORKER_PROCESSES / PROXWATCH_WORKER_THREADS (2 / 16).
 """
@@ -48,7 +46,6 @@ LATENCY = float(os.environ.get("BENCH_LATENCY", "0.05"))
 CYCLES = int(os.environ.get("BENCH_CYCLES", "3"))
 PVE_HOSTS = int(os.environ.get("BENCH_PVE_HOSTS", "2"))
 PVE_IMPL = os.environ.get("BENCH_PVE_IMPL", "aiohttp")
-WORKER = os.environ.get("BENCH_WORKER", "product")
 PHASES = os.environ.get("BENCH_PHASES") == "1"
 TOKEN = "root@pam!bench=5d1c0b9e-7a51-4c1e-9e55-0a1b2c3d4e5f"
 CALLS = 2  # GET /version + GET /cluster/status
@@ -236,13 +233,10 @@ def test_fleet_cycle(pg_server, db_url, redis_server, secret_key, tmp_path):
         env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
                    PROXWATCH_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
         phases_dir = tmp_path / "phases"
-        if WORKER == "patched" or PHASES:
-            # The same worker through tests/bench/patched_worker.py: the proposed fix (patched)
-            # and/or phase timers (BENCH_PHASES=1), applied in memory.
+        if PHASES:
+            # The same worker through tests/bench/patched_worker.py, with phase timers in memory.
             phases_dir.mkdir()
-            env.update(PYTHONPATH=str(ROOT), BENCH_FIX_SSL="1" if WORKER == "patched" else "0")
-            if PHASES:
-                env["BENCH_PHASES_DIR"] = str(phases_dir)
+            env.update(PYTHONPATH=str(ROOT), BENCH_PHASES_DIR=str(phases_dir))
             entry = [str(HERE / "patched_worker.py")]
         else:
             entry = ["-m", "dramatiq"]
@@ -322,7 +316,7 @@ def test_fleet_cycle(pg_server, db_url, redis_server, secret_key, tmp_path):
                           text=True).stdout.strip()
     print(f"\n\n=== product HEAD {head}")
     print(f"=== Fleet cycle: {SERVERS} servers, {CALLS} calls x {LATENCY * 1000:.0f} ms, "
-          f"worker ({WORKER}) --processes {processes} --threads {threads}, simulator: {PVE_IMPL} x {len(hosts)} processes ===")
+          f"worker --processes {processes} --threads {threads}, simulator: {PVE_IMPL} x {len(hosts)} processes ===")
     print(f"setup: {SERVERS} servers registered through worker.admin in {setup_s:.1f} s; "
           f"ideal = {SERVERS} x {CALLS} x {LATENCY} s / {concurrency} = {ideal:.3f} s; "
           f"goal <= {1.1 * ideal:.3f} s and <= 10 s")

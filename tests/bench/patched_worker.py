@@ -4,12 +4,7 @@ changed by this file.
 
     PYTHONPATH=. python3 tests/bench/patched_worker.py worker.broker worker.actors --processes 2 --threads 16
 
-BENCH_FIX_SSL=1 — the fix: worker/pve.py `_PinnedAdapter` hands urllib3 one shared, pre-built
-SSLContext (CERT_NONE, check_hostname off; urllib3 still asserts the pinned fingerprint on every
-connection). Without it, urllib3 builds a fresh context for every new connection and calls
-context.load_default_certs() on it (urllib3/connection.py `_ssl_wrap_socket_and_match_hostname`:
-only when it made the context itself), parsing the whole system CA bundle: ~30 ms of CPU and
-~0.7 MB of memory per connection, for a bundle a pinned connection never consults.
+(The shared-SSL-context fix this file once applied in memory has landed in worker/pve.py.)
 
 BENCH_PHASES_DIR=DIR — time the phases of each poll (poll_target query, PVE probe, group-commit
 wait in Recorder.record, Recorder.write per batch) and dump the running totals of each worker
@@ -18,31 +13,11 @@ process to DIR/phases.<pid>.json every 0.25 s.
 
 import json
 import os
-import ssl
 import sys
 import threading
 import time
 
 from worker import polling, pve
-
-if os.environ.get("BENCH_FIX_SSL") == "1":
-    from urllib3.util.ssl_ import create_urllib3_context
-
-    _CONTEXT = create_urllib3_context(cert_reqs=ssl.CERT_NONE)  # check_hostname is off for CERT_NONE
-    _init_poolmanager = pve._PinnedAdapter.init_poolmanager
-    _key_attributes = pve._PinnedAdapter.build_connection_pool_key_attributes
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_context"] = _CONTEXT
-        return _init_poolmanager(self, *args, **kwargs)
-
-    def build_connection_pool_key_attributes(self, request, verify, cert=None):
-        host_params, pool_kwargs = _key_attributes(self, request, verify, cert)
-        pool_kwargs["ssl_context"] = _CONTEXT
-        return host_params, pool_kwargs
-
-    pve._PinnedAdapter.init_poolmanager = init_poolmanager
-    pve._PinnedAdapter.build_connection_pool_key_attributes = build_connection_pool_key_attributes
 
 PHASES_DIR = os.environ.get("BENCH_PHASES_DIR")
 if PHASES_DIR:
