@@ -227,6 +227,9 @@ def main() -> None:
         st.session_state.pop(STATUS_KEY, None)
         st.session_state[SIGNED_OUT_KEY] = True
         st.rerun()
+    from dashboard import sessions_ui
+
+    sessions_ui.sidebar(st, client)  # the top active connections, as on every page
     fleet_view(client, st.container())  # the live indicator's line, above the figures
 
 

@@ -95,6 +95,10 @@ def guest_actions(client, guest: dict) -> None:
                                                               guest["guest_type"], guest["name"]),
                         icon=":material/open_in_new:", help="Needs your browser to be signed in to PVE.")
     _link_area(key)
+    # Power actions (Start / Shutdown / Stop / Reset), tracked as operations.
+    from dashboard import ops_ui
+
+    ops_ui.guest_operations(client, {"id": guest["server_id"], "name": guest["server_name"]}, guest)
 
 
 def node_shells(client, server_ids: set[str]) -> None:
