@@ -5,23 +5,18 @@ Bad input gets one clear sentence on stderr and exit code 2, and writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Iterator, Optional
+from typing import Optional
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from worker import admin, db, runtime, settings as settings_mod
-from worker.admin import InputError
-from worker.crypto import Box, SecretKeyError
-from worker.embedded.services import EmbeddedError
-from worker.settings import SettingsError
+from worker.crypto import Box
 
 app = typer.Typer(help="proxwatch: one live place for a fleet of Proxmox VE servers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -40,43 +35,7 @@ err = Console(stderr=True)
 STATUS_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "unknown": "dim"}
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
-    """A connection to DATABASE_URL, or to the embedded database (started for this command when
-    `proxwatch up` is not running, and migrated when it is new)."""
-    from worker.embedded import system
-
-    s = settings_mod.load()
-    ep = runtime.endpoints(s)
-    started = None
-    try:
-        if s.embedded:
-            started = system.ensure_database(s)
-        with db.connect(ep.database_url) as conn:
-            yield ep, conn
-    finally:
-        if started is not None:
-            started.stop()
-
-
-def guarded(fn):
-    """Turn the project's expected errors into one sentence and a non-zero exit."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, SettingsError, SecretKeyError, EmbeddedError, db.MigrationError) as exc:
-            fail(str(exc))
-        except psycopg.OperationalError as exc:
-            fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)
-    return wrapper
+from worker.cli_common import database, fail, guarded  # noqa: E402  (shared with the other groups)
 
 
 # ------------------------------------------------------------------------------------------ db

@@ -13,21 +13,16 @@ with the service role (every team). Bad input gets one sentence on stderr, exit 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 from datetime import timedelta
 from typing import Optional
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from worker import admin, db, sessions
-from worker.admin import InputError
-from worker.crypto import SecretKeyError
-from worker.settings import SettingsError
+from worker.cli_common import database, fail, guarded_by
 
 guests_app = typer.Typer(help="Guests (VMs and containers) of the servers.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Console and SSH sessions: list, kill, clean up, limits.", no_args_is_help=True)
@@ -42,34 +37,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def database():
-    # worker.cli imports this module while it registers command groups: use it only at run time.
-    from worker import cli
-
-    with cli.database() as found:
-        yield found
-
-
-def guarded(fn):
-    """The project's expected errors and the registry's refusals as one sentence and a non-zero exit."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from worker.embedded.services import EmbeddedError
-
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, SettingsError, SecretKeyError, EmbeddedError, db.MigrationError,
-                sessions.RegistryError, ValueError) as exc:
-            fail(str(exc))
-        except psycopg.OperationalError as exc:
-            fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)
-    return wrapper
+guarded = guarded_by(sessions.RegistryError, ValueError)
 
 
 def _ago(value) -> str:

@@ -15,12 +15,10 @@ Bad input gets one sentence on stderr, exit code 2, and writes nothing; a failed
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import psycopg
 import typer
@@ -28,10 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from worker import admin, db, operations, runtime, settings as settings_mod
+from worker import admin, db, operations
+from worker.crypto import Box
 from worker.admin import InputError
-from worker.crypto import Box, SecretKeyError
-from worker.settings import SettingsError
+from worker.cli_common import database as _database, fail as _fail, guarded_by
 
 ops_app = typer.Typer(help="Operations: SSH test, service restart, certificate renewal, guest power actions.",
                       no_args_is_help=True)
@@ -48,43 +46,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(ops_app, name="ops")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
-    """As `proxwatch`'s other commands: DATABASE_URL, or the embedded database (started for this
-    command when `proxwatch up` is not running)."""
-    from worker.embedded import system
-
-    s = settings_mod.load()
-    ep = runtime.endpoints(s)
-    started = None
-    try:
-        if s.embedded:
-            started = system.ensure_database(s)
-        with db.connect(ep.database_url) as conn:
-            yield ep, conn
-    finally:
-        if started is not None:
-            started.stop()
-
-
-def _guarded(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from worker.embedded.services import EmbeddedError
-
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, operations.RequestRefused, SettingsError, SecretKeyError, EmbeddedError,
-                db.MigrationError) as exc:
-            _fail(str(exc))
-        except psycopg.OperationalError as exc:
-            _fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)
-    return wrapper
+_guarded = guarded_by(operations.RequestRefused)
 
 
 def _send(operation_id: str) -> None:

@@ -1,0 +1,63 @@
+"""What every `proxwatch` command group shares: the database of the current mode, and expected
+errors turned into one sentence on stderr with a non-zero exit (a traceback is a bug)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+import psycopg
+import typer
+from rich.console import Console
+
+from worker import db, runtime, settings as settings_mod
+from worker.admin import InputError
+from worker.crypto import SecretKeyError
+from worker.settings import SettingsError
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
+    """A connection to DATABASE_URL, or to the embedded database (started for this command when
+    `proxwatch up` is not running, and migrated when it is new)."""
+    from worker.embedded import system
+
+    s = settings_mod.load()
+    ep = runtime.endpoints(s)
+    started = None
+    try:
+        if s.embedded:
+            started = system.ensure_database(s)
+        with db.connect(ep.database_url) as conn:
+            yield ep, conn
+    finally:
+        if started is not None:
+            started.stop()
+
+
+def guarded_by(*refusals: type[BaseException]):
+    """A decorator: the project's expected errors, and these refusals, become one sentence."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from worker.embedded.services import EmbeddedError
+
+            try:
+                return fn(*args, **kwargs)
+            except (InputError, SettingsError, SecretKeyError, EmbeddedError, db.MigrationError, *refusals) as exc:
+                fail(str(exc))
+            except psycopg.OperationalError as exc:
+                fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)
+        return wrapper
+    return decorate
+
+
+guarded = guarded_by()
