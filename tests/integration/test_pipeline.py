@@ -92,59 +92,57 @@ def test_two_schedulers_and_a_worker_poll_each_server_once_per_interval(pve, add
         log.close()
 
 
-def test_polls_survive_a_postgres_restart_without_losing_a_tick(pve, add_server, conn, services_env, tmp_path,
-                                                                pg_server, db_url):
-    s = add_server("pve1", pve.url, interval=2)
+@pytest.fixture
+def running(services_env, tmp_path, db_url):
+    """A worker (1 process, 2 threads) and a scheduler running; yields (count_metrics, log_tail)."""
+    import psycopg
+
     log = open(tmp_path / "procs.log", "wb")
     procs = [spawn(["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "2"],
                    services_env, log),
              spawn(["-m", "worker.scheduler"], services_env, log)]
-    import psycopg
-    try:
-        def count():
-            with psycopg.connect(db_url) as c:
-                return c.execute("select count(*) from connection_metrics").fetchone()[0]
-        assert wait_for(lambda: count() >= 3, 60), (tmp_path / "procs.log").read_text()[-3000:]
-        conn.close()
-        # When Postgres restarts (down for a few seconds)
-        pg_server.stop()
-        time.sleep(4)
-        pg_server.start()
-        n = count()
-        assert wait_for(lambda: count() >= n + 4, 60), (tmp_path / "procs.log").read_text()[-3000:]
+
+    def count():
         with psycopg.connect(db_url) as c:
-            ticks = [r[0] for r in c.execute("select scheduled_at from connection_metrics where server_id = %s "
-                                             "order by scheduled_at", (s["id"],))]
-        # Then the polls of the outage were retried and landed: no tick is missing
-        gaps = [(b - a).total_seconds() for a, b in zip(ticks, ticks[1:])]
-        assert set(gaps) == {2.0}, gaps
-    finally:
-        for p in procs:
-            stop(p)
-        log.close()
-
-
-def test_polling_resumes_after_a_redis_restart(pve, add_server, conn, services_env, tmp_path, redis_server, db_url):
-    add_server("pve1", pve.url, interval=2)
-    log = open(tmp_path / "procs.log", "wb")
-    procs = [spawn(["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "2"],
-                   services_env, log),
-             spawn(["-m", "worker.scheduler"], services_env, log)]
-    import psycopg
+            return c.execute("select count(*) from connection_metrics").fetchone()[0]
     try:
-        def count():
-            with psycopg.connect(db_url) as c:
-                return c.execute("select count(*) from connection_metrics").fetchone()[0]
-        assert wait_for(lambda: count() >= 2, 60), (tmp_path / "procs.log").read_text()[-3000:]
-        # When Redis restarts
-        redis_server.stop()
-        time.sleep(3)
-        redis_server.start()
-        n = count()
-        # Then the scheduler and the worker reconnect by themselves and the polls go on
-        assert wait_for(lambda: count() >= n + 4, 90), (tmp_path / "procs.log").read_text()[-3000:]
-        assert all(p.poll() is None for p in procs)
+        yield count, lambda: (tmp_path / "procs.log").read_text()[-3000:], procs
     finally:
         for p in procs:
             stop(p)
         log.close()
+
+
+def test_polls_survive_a_postgres_restart_without_losing_a_tick(pve, add_server, conn, pg_server, db_url, running):
+    import psycopg
+
+    s = add_server("pve1", pve.url, interval=2)
+    count, log_tail, _ = running
+    assert wait_for(lambda: count() >= 3, 60), log_tail()
+    conn.close()
+    # When Postgres restarts (down for a few seconds)
+    pg_server.stop()
+    time.sleep(4)
+    pg_server.start()
+    n = count()
+    assert wait_for(lambda: count() >= n + 4, 60), log_tail()
+    with psycopg.connect(db_url) as c:
+        ticks = [r[0] for r in c.execute("select scheduled_at from connection_metrics where server_id = %s "
+                                         "order by scheduled_at", (s["id"],))]
+    # Then the polls of the outage were retried and landed: no tick is missing
+    gaps = [(b - a).total_seconds() for a, b in zip(ticks, ticks[1:])]
+    assert set(gaps) == {2.0}, gaps
+
+
+def test_polling_resumes_after_a_redis_restart(pve, add_server, redis_server, running):
+    add_server("pve1", pve.url, interval=2)
+    count, log_tail, procs = running
+    assert wait_for(lambda: count() >= 2, 60), log_tail()
+    # When Redis restarts
+    redis_server.stop()
+    time.sleep(3)
+    redis_server.start()
+    n = count()
+    # Then the scheduler and the worker reconnect by themselves and the polls go on
+    assert wait_for(lambda: count() >= n + 4, 90), log_tail()
+    assert all(p.poll() is None for p in procs)
