@@ -5,6 +5,8 @@ Bad input raises InputError with one sentence, before anything is written.
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import re
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ URL_RE = re.compile(r"^https://[^/\s:]+(:[0-9]{1,5})?/?$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-class InputError(Exception):
+class InputError(ProxwatchError):
     """The input is not valid; nothing was written."""
 
 

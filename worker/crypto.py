@@ -6,10 +6,12 @@ Ciphertexts are what server_credentials stores; plain secrets never reach the da
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 from cryptography.fernet import Fernet, InvalidToken
 
 
-class SecretKeyError(Exception):
+class SecretKeyError(ProxwatchError):
     """The secret key is missing or cannot decrypt the stored credentials."""
 
 

@@ -6,6 +6,8 @@ so the SQL can be read, reviewed and explained without reading Python.
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import re
 import subprocess
 from functools import cache
@@ -21,7 +23,7 @@ SQL_DIR = ROOT / "sql"
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.M)
 
 
-class MigrationError(Exception):
+class MigrationError(ProxwatchError):
     """The schema could not be applied."""
 
 

@@ -24,6 +24,8 @@ enqueue, so it cannot start a renewal that is already running.
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import asyncio
 import logging
 import os
@@ -89,11 +91,11 @@ class Tuning:
                    task_deadline_s=env_int("PROXWATCH_OPERATION_DEADLINE_S", 1800, 10, 86400))
 
 
-class RequestRefused(Exception):
+class RequestRefused(ProxwatchError):
     """The request was refused; nothing was written."""
 
 
-class OperationFailed(Exception):
+class OperationFailed(ProxwatchError):
     """The operation failed; the message is the sentence a person reads."""
 
     def __init__(self, message: str, kind: str = "failed", metadata: dict | None = None):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import requests
 import urllib3
+from worker.errors import ProxwatchError
 from proxmoxer.backends.https import JsonSerializer, ProxmoxHttpSession, ProxmoxHTTPApiTokenAuth, ProxmoxHTTPAuth
 from proxmoxer.core import AuthenticationError, ProxmoxResource, ResourceException
 from requests.adapters import HTTPAdapter
@@ -37,7 +38,7 @@ TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za
 FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 
 
-class PveError(Exception):
+class PveError(ProxwatchError):
     """The Proxmox VE API could not be used."""
 
     def __init__(self, kind: str, message: str, permanent: bool = False):

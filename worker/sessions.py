@@ -25,6 +25,7 @@ from datetime import timedelta
 import psycopg
 
 from worker import db
+from worker.errors import ProxwatchError
 
 PROTOCOLS = ("vnc", "term", "ssh")
 HEARTBEAT_S = 30
@@ -37,7 +38,7 @@ def sweep_interval_s() -> int:
     return env_int("PROXWATCH_SESSION_SWEEP_S", 30, 5, 3600)
 
 
-class RegistryError(Exception):
+class RegistryError(ProxwatchError):
     """The registry refused or failed; the message is one sentence for a person."""
 
 

@@ -8,12 +8,14 @@ Two modes, one code path (see DESIGN.md):
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class SettingsError(Exception):
+class SettingsError(ProxwatchError):
     """The environment holds a value proxwatch cannot use."""
 
 

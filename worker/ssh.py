@@ -21,6 +21,8 @@ fingerprint to a person before storing it). `fingerprint(line)` gives OpenSSH's 
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import asyncio
 import socket
 import time
@@ -32,7 +34,7 @@ TIMEOUT, REFUSED, DNS, NETWORK, HOSTKEY, AUTH, CONFIG = (
     "timeout", "refused", "dns", "network", "hostkey", "auth", "config")
 
 
-class SshError(Exception):
+class SshError(ProxwatchError):
     """The SSH connection could not be used."""
 
     def __init__(self, kind: str, message: str):

@@ -6,6 +6,8 @@ Postgres refuses to run as root, so when proxwatch runs as root the server runs 
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import glob
 import json
 import os
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 
-class EmbeddedError(Exception):
+class EmbeddedError(ProxwatchError):
     """An embedded service could not be started or stopped."""
 
 

@@ -20,6 +20,8 @@ Run it with `StandIn(database_url, jwt_secret).start()` from code, or as its own
 
 from __future__ import annotations
 
+from worker.errors import ProxwatchError
+
 import asyncio
 import hashlib
 import json
@@ -56,7 +58,7 @@ API_VERSION = "2024-01-01"
 _DUMMY_HASH = bcrypt.hashpw(b"proxwatch-no-such-user", bcrypt.gensalt(rounds=10))
 
 
-class StandInError(Exception):
+class StandInError(ProxwatchError):
     """The stand-in could not start."""
 
 

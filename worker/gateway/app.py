@@ -40,6 +40,7 @@ from worker.pve import PveError
 from worker.sessions import HEARTBEAT_S, RegistryError, Registry, SessionRefused, TokenError
 from worker.settings import env_bool, env_int
 from worker.ssh import SshError
+from worker.errors import ProxwatchError
 
 log = logging.getLogger("proxwatch.gateway")
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ CLOSE_KILLED, CLOSE_EXPIRED, CLOSE_SERVER_ENDED, CLOSE_REFUSED, CLOSE_FAILED = 4
 GC_THRESHOLDS = (50_000, 50, 1000)
 
 
-class GatewayError(Exception):
+class GatewayError(ProxwatchError):
     """The gateway cannot start."""
 
 
