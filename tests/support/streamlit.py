@@ -1,0 +1,69 @@
+"""The dashboard for the tests: through Streamlit's AppTest in the test's process (app_test), or
+`streamlit run` as its own process for a real browser (streamlit_server)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+from streamlit.testing.v1 import AppTest
+
+from tests.support.processes import ROOT
+from tests.support.waiting import free_port, wait_for_http
+
+DASHBOARD = ROOT / "dashboard"
+APP = DASHBOARD / "app.py"
+
+
+def app_test(monkeypatch, script, env: dict[str, str | None], query: dict | None = None) -> AppTest:
+    """The script run once in AppTest with env set (None: unset) and the page's query parameters,
+    checked to raise nothing."""
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    app = AppTest.from_file(str(script), default_timeout=30)
+    for key, value in (query or {}).items():
+        app.query_params[key] = value
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def sign_in_env(standin, who: tuple[str, str] | None, url: str | None = None) -> dict[str, str | None]:
+    """The dashboard's environment for the stand-in, signed in automatically as who (None: nobody)."""
+    return {"SUPABASE_URL": url or standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
+            "PROXWATCH_DASHBOARD_EMAIL": who[0] if who else None,
+            "PROXWATCH_DASHBOARD_PASSWORD": who[1] if who else None}
+
+
+@contextlib.contextmanager
+def streamlit_server(standin, who: tuple[str, str], name: str):
+    """`streamlit run dashboard/app.py` on a free port, signed in as who, with its own HOME under
+    .home/<name> (its log: streamlit.log there). Yields the dashboard's URL once it answers."""
+    home = ROOT / ".home" / name
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(ROOT),
+           "SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
+           "PROXWATCH_DASHBOARD_EMAIL": who[0], "PROXWATCH_DASHBOARD_PASSWORD": who[1],
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    with open(home / "streamlit.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+             "--client.toolbarMode", "minimal"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{url}/_stcore/health", 60, proc=proc, log=home / "streamlit.log", name="streamlit")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
