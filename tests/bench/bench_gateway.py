@@ -40,7 +40,6 @@ import asyncio
 import hashlib
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from psycopg.rows import dict_row
 
-from tests.integration.sessions_seed import TOKEN, seed
+from tests.support.seed import TOKEN, seed_teams
+from tests.support.waiting import free_port, wait_for_port
 from worker import consoles, db, inventory
 from worker.crypto import Box
 from worker.polling import Poller
@@ -85,12 +85,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """ % FIRST_VMID
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memory_kib(pid: int) -> dict:
@@ -238,7 +232,7 @@ def test_500_console_sessions_through_one_gateway(db_url, secret_key, tmp_path):
         assert pve.stdout.readline().strip() == "ready"
         pve_url = f"https://127.0.0.1:{pve_port}"
         with db.connect(db_url) as conn:
-            fleet = seed(conn, secret_key, servers={"pve1": ("acme", pve_url)}, fingerprint=fingerprint)
+            fleet = seed_teams(conn, secret_key, servers={"pve1": ("acme", pve_url)}, fingerprint=fingerprint)
             conn.execute(db.q("update_session_settings"), {"max_total": 10 * SESSIONS, "max_per_host": 10 * SESSIONS,
                                                            "stale_after": None, "retention": None})
             conn.commit()
@@ -265,12 +259,7 @@ def test_500_console_sessions_through_one_gateway(db_url, secret_key, tmp_path):
                "PROXWATCH_GATEWAY_PING_S": "60", "PYTHONPATH": str(ROOT)}
         gateway = subprocess.Popen([sys.executable, "-m", "worker.gateway"], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", gw_port)) == 0:
-                    break
-            time.sleep(0.1)
+        wait_for_port(gw_port, 30, proc=gateway, name="the gateway")
         idle = memory_kib(gateway.pid)
         print(f"\n{SESSIONS} sessions each way, one message of {PAYLOAD} bytes every {INTERVAL} s per streaming "
               f"session (~{SESSIONS / INTERVAL:.0f} round trips/s); {os.cpu_count()} cores; load average "

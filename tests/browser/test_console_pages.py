@@ -5,76 +5,37 @@ screenshots in tests/browser/screenshots/ (gitignored) to look at."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from psycopg.rows import dict_row
 
-from tests.integration.sessions_seed import PASSWORD, USERS, add_guest, call, open_session, seed
-from tests.integration.test_gateway import RunningGateway, add_ssh_access, free_port, sshd  # noqa: F401
-from worker import inventory
+from tests.support.browser import SHOTS
+from tests.support.gateway import make_gateway
+from tests.support.seed import PASSWORD, USERS, add_guest, add_ssh_access, call, open_session, seed_teams, sync_guests
+from tests.support.streamlit import streamlit_server
+from worker import db
 from worker.crypto import Box
 from worker.embedded.demo import demo_screen
-from worker.embedded.standin import StandIn
-from worker.gateway.app import GatewayConfig
-from worker.polling import Poller
-from worker import db
-from worker.settings import load
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "tests" / "browser" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-TOKEN = "root@pam!monitor=8f0c2b6e-1111-4222-8333-944455556666"
 
 
 @pytest.fixture
-def browser():
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `apt-get install -y chromium` (make test does)"
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def world(db_url, secret_key, fakepve, fakepve_cafile):
+def world(db_url, secret_key, pve, fingerprint, conn, uconn):
     """The fake PVE (one VM with a 320×200 screen), team acme with it as pve1, guests synced, a gateway."""
-    user, rest = TOKEN.split("!", 1)
-    fakepve.apitokens[f"{user}!{rest.split('=')[0]}"] = rest.split("=")[1]
-    vm = fakepve.add_vm(100, "web", status="running")
+    vm = pve.add_vm(100, "web", status="running")
     vm.screen = demo_screen(320, 200)
-    der = x509.load_pem_x509_certificate(Path(fakepve_cafile).read_bytes()).public_bytes(Encoding.DER)
-    with db.connect(db_url) as conn:
-        fleet = seed(conn, secret_key, servers={"pve1": ("acme", fakepve.url)},
-                     fingerprint=hashlib.sha256(der).hexdigest())
+    fleet = seed_teams(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
+    conn.commit()
     pool = db.make_pool(db_url, min_size=1, max_size=2)
     try:
-        inventory.sync_guests(Poller(pool, Box(secret_key), load()), fleet.servers["pve1"])
+        sync_guests(pool, Box(secret_key), fleet.servers["pve1"])
     finally:
         pool.close()
-    gw = RunningGateway(GatewayConfig(database_url=db_url, secret_key=secret_key, port=free_port()))
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as uconn:
-        yield fleet, gw, uconn
+    gw = make_gateway(db_url, secret_key)
+    yield fleet, gw, uconn
     gw.stop()
-
-
-@pytest.fixture
-def conn(db_url):
-    with db.connect(db_url) as c:
-        yield c
 
 
 def link(uconn, fleet, protocol, vmid=None, node=None) -> str:
@@ -149,45 +110,14 @@ def test_a_used_link_shows_a_sentence_in_the_browser(browser, world):
 
 
 @pytest.fixture
-def dashboard(db_url, secret_key, pw_secrets):
-    with db.connect(db_url) as conn:
-        fleet = seed(conn, secret_key)
-        add_guest(conn, fleet.servers["pve1"], 100, "web")
-        open_session(conn, fleet.servers["pve1"], fleet.users["olga"], "vnc", "web (qemu/100)", "192.0.2.10")
-        open_session(conn, fleet.servers["pve1"], fleet.users["alice"], "term", "dns (lxc/200)", "192.0.2.11")
-        open_session(conn, fleet.servers["pve2"], fleet.users["olga"], "ssh", "node pve1", "198.51.100.4")
-    standin = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    home = ROOT / ".home" / "browser-test-consoles"
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(ROOT),
-           "SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
-           "PROXWATCH_DASHBOARD_EMAIL": USERS["alice"][0], "PROXWATCH_DASHBOARD_PASSWORD": PASSWORD,
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = open(home / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--client.toolbarMode", "minimal"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (home / "streamlit.log").read_text()[-2000:]
-        time.sleep(0.3)
-    yield url, fleet, db_url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    standin.stop()
+def dashboard(db_url, conn, teams, standin):
+    fleet = teams
+    add_guest(conn, fleet.servers["pve1"], 100, "web")
+    open_session(conn, fleet.servers["pve1"], fleet.users["olga"], "vnc", "web (qemu/100)", "192.0.2.10")
+    open_session(conn, fleet.servers["pve1"], fleet.users["alice"], "term", "dns (lxc/200)", "192.0.2.11")
+    open_session(conn, fleet.servers["pve2"], fleet.users["olga"], "ssh", "node pve1", "198.51.100.4")
+    with streamlit_server(standin, (USERS["alice"][0], PASSWORD), "browser-test-consoles") as url:
+        yield url, fleet, db_url
 
 
 def test_the_connections_page_shows_live_sessions_and_follows_a_kill(browser, dashboard):

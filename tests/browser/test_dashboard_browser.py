@@ -5,78 +5,22 @@ goes away. Leaves screenshots in tests/browser/screenshots/ (gitignored) to look
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.seeding import ALICE, seed_fleet
-from worker.embedded.standin import StandIn
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "tests" / "browser" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
+from tests.support.seed import ALICE
+from tests.support.streamlit import streamlit_server
 
 
 @pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def dashboard(standin, db_url, secret_key):
-    seed_fleet(db_url, secret_key)
-    home = ROOT / ".home" / "browser-test"
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(ROOT),
-           "SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
-           "PROXWATCH_DASHBOARD_EMAIL": ALICE[0], "PROXWATCH_DASHBOARD_PASSWORD": ALICE[1],
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = open(home / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--client.toolbarMode", "minimal"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"streamlit exited: {(home / 'streamlit.log').read_text()[-2000:]}")
-        time.sleep(0.3)
-    else:
-        raise AssertionError("streamlit did not answer within 60 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+def dashboard(standin, fleet):
+    with streamlit_server(standin, ALICE, "browser-test") as url:
+        yield url
 
 
 def test_the_dashboard_shows_the_fleet_and_a_chart_in_chromium(dashboard):

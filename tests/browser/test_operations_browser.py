@@ -5,39 +5,21 @@ other, live, and both see it finish. Screenshots land in tests/browser/screensho
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import free_port
-from tests.integration.conftest import TOKEN, box, conn, fingerprint  # noqa: F401  (fixtures)
-from tests.integration.test_operations_support import ops_env, opspve, procs  # noqa: F401  (fixtures)
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
+from tests.support.seed import TOKEN
+from tests.support.streamlit import streamlit_server
 from worker import admin
-from worker.embedded.standin import StandIn
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "tests" / "browser" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN = ("ada@acme.test", "ada-password-12")
 
 
 @pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def system(standin, db_url, conn, box, fingerprint, opspve, procs):  # noqa: F811
+def system(standin, db_url, conn, box, fingerprint, opspve, procs):
     """acme with pve1 (the fake PVE), the admin signed in automatically; worker, scheduler, dashboard."""
     admin.add_tenant(conn, "acme")
     admin.add_user(conn, ADMIN[0], ADMIN[1], "acme", "admin")
@@ -45,41 +27,11 @@ def system(standin, db_url, conn, box, fingerprint, opspve, procs):  # noqa: F81
                                                   tenant="acme"))
     procs.scheduler()
     procs.worker()
-    home = ROOT / ".home" / "browser-ops-test"
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(ROOT),
-           "SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": standin.anon_key,
-           "PROXWATCH_DASHBOARD_EMAIL": ADMIN[0], "PROXWATCH_DASHBOARD_PASSWORD": ADMIN[1],
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    log = open(home / "streamlit.log", "w")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--client.toolbarMode", "minimal"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert web.poll() is None, (home / "streamlit.log").read_text()[-2000:]
-        time.sleep(0.3)
-    else:
-        raise AssertionError("streamlit did not answer within 60 s")
-    yield url
-    web.terminate()
-    try:
-        web.wait(15)
-    except subprocess.TimeoutExpired:
-        web.kill()
-        web.wait()
-    log.close()
+    with streamlit_server(standin, ADMIN, "browser-ops-test") as url:
+        yield url
 
 
-def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspve, conn):  # noqa: F811
+def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspve, conn):
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `apt-get install -y chromium` (make test does)"
     SHOTS.mkdir(parents=True, exist_ok=True)
     opspve.restart_secs = 250  # 25 s here: long enough to watch

@@ -11,29 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.conftest import TOKEN
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import ROOT, run_cli, service_env
+from tests.support.seed import TOKEN, count
+from tests.support.waiting import free_port
 
 
 @pytest.fixture
 def cli(db_url, redis_server, secret_key, tmp_path):
-    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
-               PROXWATCH_HOME=str(tmp_path), COLUMNS="200", NO_COLOR="1")
+    env = service_env(db_url, redis_server.url, secret_key, tmp_path)
 
     def run(*args, ok=True):
-        proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+        proc = run_cli(env, *args)
         if ok:
             assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
     return run
-
-
-def count(conn, table):
-    conn.commit()
-    return conn.execute(f"select count(*) as n from {table}").fetchone()["n"]
 
 
 def test_add_poll_and_read_history_of_a_server(cli, pve, fingerprint, conn):

@@ -9,10 +9,9 @@ import hashlib
 import psycopg
 import pytest
 from postgrest.exceptions import APIError
-from psycopg.rows import dict_row
 from supabase import create_client
 
-from tests.integration.sessions_seed import PASSWORD, USERS, add_guest, call, seed
+from tests.support.seed import PASSWORD, USERS, add_guest, call
 from worker import consoles, db
 from worker.consoles import ConsoleTarget
 from worker.crypto import Box
@@ -24,14 +23,8 @@ TAKE = "select public.console_token(%s, %s) as info"
 
 
 @pytest.fixture
-def uconn(db_url):
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
-        yield c
-
-
-@pytest.fixture
-def fleet(conn, secret_key):
-    f = seed(conn, secret_key)
+def fleet(conn, teams):
+    f = teams
     add_guest(conn, f.servers["pve1"], 100, "web")
     add_guest(conn, f.servers["pve1"], 101, "old", status="stopped")
     add_guest(conn, f.servers["pve1"], 200, "dns", guest_type="lxc")
@@ -134,10 +127,9 @@ def test_the_pve_web_ui_fallback_links():
 
 
 def test_request_console_through_the_stand_in_with_the_official_client(db_url, pw_secrets, fleet):
-    from worker.embedded.standin import StandIn
+    from tests.support.standin import running_standin
 
-    standin = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    try:
+    with running_standin(db_url, pw_secrets["jwt_secret"]) as standin:
         client = create_client(standin.url, standin.anon_key)
         client.auth.sign_in_with_password({"email": USERS["olga"][0], "password": PASSWORD})
         link = client.rpc("request_console", {"p_server_id": fleet.servers["pve1"], "p_protocol": "vnc",
@@ -152,5 +144,3 @@ def test_request_console_through_the_stand_in_with_the_official_client(db_url, p
         rows = client.rpc("active_connections", {"p_team_id": "personal"}).execute().data
         assert rows == []
         assert db.q("console_token")
-    finally:
-        standin.stop()

@@ -3,42 +3,15 @@ it reads only through the API with the signed-in user's JWT, so each user sees t
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.seeding import ALICE, BOB, seed_fleet
-from worker.embedded.standin import StandIn
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-
-
-@pytest.fixture
-def fleet(db_url, secret_key):
-    return seed_fleet(db_url, secret_key)
-
-
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
+from tests.support.seed import ALICE, BOB
+from tests.support.standin import running_standin
+from tests.support.streamlit import APP, app_test, sign_in_env
 
 
 def run_as(monkeypatch, standin, who, url: str | None = None) -> AppTest:
-    monkeypatch.setenv("SUPABASE_URL", url or standin.url)
-    monkeypatch.setenv("SUPABASE_ANON_KEY", standin.anon_key)
-    if who:
-        monkeypatch.setenv("PROXWATCH_DASHBOARD_EMAIL", who[0])
-        monkeypatch.setenv("PROXWATCH_DASHBOARD_PASSWORD", who[1])
-    else:
-        monkeypatch.delenv("PROXWATCH_DASHBOARD_EMAIL", raising=False)
-        monkeypatch.delenv("PROXWATCH_DASHBOARD_PASSWORD", raising=False)
-    app = AppTest.from_file(APP, default_timeout=30)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return app_test(monkeypatch, APP, sign_in_env(standin, who, url))
 
 
 def fleet_table(app: AppTest):
@@ -156,8 +129,7 @@ def test_an_expired_access_token_is_refreshed_without_signing_in_again(monkeypat
 
     from dashboard import data
 
-    short = StandIn(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=2).start()
-    try:
+    with running_standin(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=2) as short:
         app = run_as(monkeypatch, short, ALICE)
         first = app.session_state[data.SESSION_KEY].auth.get_session().access_token
         time.sleep(3)  # the first access token has expired by now
@@ -165,5 +137,3 @@ def test_an_expired_access_token_is_refreshed_without_signing_in_again(monkeypat
         assert not app.exception and not app.error, [e.value for e in app.error]
         assert fleet_table(app)["Server"].tolist() == ["pve-alpha", "pve-beta", "pve-delta"]
         assert app.session_state[data.SESSION_KEY].auth.get_session().access_token != first
-    finally:
-        short.stop()

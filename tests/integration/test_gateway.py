@@ -4,7 +4,6 @@ database with the registry, and WebSocket clients playing the browser."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
@@ -13,58 +12,22 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
-from psycopg.rows import dict_row
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.integration.sessions_seed import call, seed
+from tests.support.gateway import make_gateway
+from tests.support.processes import ROOT
+from tests.support.seed import add_ssh_access, call, seed_teams
+from tests.support.waiting import free_port, wait_until as wait_for
 from worker import consoles, db, inventory
 from worker.crypto import Box
-from worker.gateway.app import GatewayConfig, start
 from worker.polling import Poller
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RunningGateway:
-    """The gateway on its own event loop in a thread (as `python -m worker.gateway` runs it)."""
-
-    def __init__(self, config: GatewayConfig):
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner, self.gateway = asyncio.run_coroutine_threadsafe(start(config), self.loop).result(30)
-        self.url = f"http://127.0.0.1:{config.port}"
-
-    def ws(self, token: str):
-        return ws_connect(f"ws://127.0.0.1:{self.config.port}/ws?token={token}", open_timeout=10, max_size=None)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def uconn(db_url):
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
-        yield c
 
 
 @pytest.fixture
@@ -73,14 +36,10 @@ def fleet(conn, secret_key, pve, fingerprint, pool, settings):
     pve.add_vm(100, "web", status="running")
     pve.add_vm(101, "db", status="running")
     pve.add_vm(102, "old", status="stopped")
-    f = seed(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
+    f = seed_teams(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
     result = inventory.sync_guests(Poller(pool, Box(secret_key), settings), f.servers["pve1"])
     assert result.error_message is None and result.guests == 3
     return f
-
-
-def make_gateway(db_url, secret_key, **kw) -> RunningGateway:
-    return RunningGateway(GatewayConfig(database_url=db_url, secret_key=secret_key, port=free_port(), **kw))
 
 
 @pytest.fixture
@@ -99,16 +58,6 @@ def session_rows(conn) -> list[dict]:
     conn.rollback()
     return conn.execute("select id, status, close_reason, protocol, target, host(client_ip) as ip, user_email"
                         " from public.connection_sessions order by started_at").fetchall()
-
-
-def wait_for(predicate, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def vnc_response(password: str, challenge: bytes) -> bytes:
@@ -290,7 +239,7 @@ def test_a_gateway_killed_outright_leaves_sessions_that_the_sweep_expires(conn, 
     proc = subprocess.Popen([sys.executable, "-m", "worker.gateway"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _answers(port), timeout=20, step=0.2)
+        wait_for(lambda: _answers(port), timeout=20, interval=0.2)
         ws = ws_connect(f"ws://127.0.0.1:{port}/ws?token={console_token(uconn, fleet)}", open_timeout=10)
         ready(ws)
         # When the gateway dies without closing anything
@@ -331,47 +280,6 @@ def test_stopping_the_gateway_closes_its_sessions_with_the_reason(conn, uconn, f
 
 
 # ----------------------------------------------------------------------------------------- SSH
-
-@pytest.fixture
-def sshd(tmp_path):
-    """A real sshd on 127.0.0.1 with its own host key and config; the system's sshd is untouched."""
-    d = tmp_path / "sshd"
-    d.mkdir(mode=0o700)
-    for name in ("host_key", "client_key", "other_host_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    port = free_port()
-    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers {user}\n"
-        "PrintMotd no\nPrintLastLog no\nAcceptEnv LANG\n")
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.05)
-    yield {"port": port, "user": user, "dir": d,
-           "host_key": " ".join((d / "host_key.pub").read_text().split()[:2]),
-           "other_host_key": " ".join((d / "other_host_key.pub").read_text().split()[:2]),
-           "client_key": (d / "client_key").read_text()}
-    proc.terminate()
-    proc.wait(10)
-
-
-def add_ssh_access(conn, secret_key, server_id, sshd, host_key):
-    conn.execute("insert into public.server_ssh_credentials (server_id, node, host, port, username, host_key,"
-                 " auth_kind, secret_ciphertext) values (%s, 'pve1', '127.0.0.1', %s, %s, %s, 'key', %s)",
-                 (server_id, sshd["port"], sshd["user"], host_key, Box(secret_key).seal(sshd["client_key"])))
-    conn.commit()
-
-
 def test_an_ssh_terminal_to_a_node_runs_echo_hi(conn, uconn, fleet, gateway, sshd, secret_key):
     add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["host_key"])
     with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:

@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TOKEN
+from tests.support.processes import ROOT
+from tests.support.seed import TOKEN
 from worker import inventory
 from worker.crypto import Box
 from worker.polling import Poller
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -121,7 +119,7 @@ def test_the_scheduler_and_a_real_worker_sync_guests_and_expire_stale_sessions(c
     import signal
     import time
 
-    from tests.integration.sessions_seed import open_session
+    from tests.support.seed import open_session
 
     # Given a session whose heartbeat is long gone, and a grace of one second
     stale = open_session(conn, server, None)

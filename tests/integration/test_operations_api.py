@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.integration.test_operations_support import opspve, sync_guests  # noqa: F401  (fixtures)
+from tests.support.seed import count, sync_guests
 from worker import admin, operations
 from worker.embedded.standin import StandIn
 
@@ -19,14 +19,7 @@ OUTSIDER = ("otto@globex.test", "otto-password-1")
 
 
 @pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def acme(conn, add_server, opspve):  # noqa: F811
+def acme(conn, add_server, opspve):
     """Tenant acme with server pve1 (the fake PVE) and an operator, a viewer and an admin; tenant
     globex with its own member."""
     server = add_server("pve1", opspve.url)
@@ -58,11 +51,6 @@ def api(standin):
     a = Api(standin)
     yield a
     a.http.close()
-
-
-def count(conn, table: str) -> int:
-    conn.commit()
-    return conn.execute(f"select count(*) as n from {table}").fetchone()["n"]
 
 
 def test_fifty_identical_requests_start_one_operation_and_the_others_learn_its_id(api, acme, conn):
@@ -165,7 +153,7 @@ def test_bad_input_is_refused_with_a_sentence_and_writes_nothing(api, acme, conn
 
 
 def test_power_actions_need_a_guest_the_sync_has_seen_and_containers_cannot_be_reset(api, acme, conn, pool, box,
-                                                                                     opspve):  # noqa: F811
+                                                                                     opspve):
     sync_guests(pool, box, acme["id"])
     token = api.token(OPERATOR)
     ok = api.rpc(token, "request_operation", p_server_id=str(acme["id"]), p_type="start", p_params={"vmid": 100})

@@ -5,34 +5,25 @@ from __future__ import annotations
 
 import getpass
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.integration.conftest import TOKEN
-from tests.integration.test_operations_support import (ROOT, ops_env, opspve, procs, sshd,  # noqa: F401  (fixtures)
-                                                       sync_guests)
+from tests.support.processes import run_cli
+from tests.support.seed import TOKEN, count, sync_guests
 
 
 @pytest.fixture
 def cli(ops_env):
     def run(*args, ok=True, env=None):
-        proc = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env or ops_env,
-                              capture_output=True, text=True, timeout=180)
+        proc = run_cli(env or ops_env, *args, timeout=180)
         if ok:
             assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
     return run
 
 
-def count(conn, table):
-    conn.commit()
-    return conn.execute(f"select count(*) as n from {table}").fetchone()["n"]
-
-
 @pytest.fixture
-def fleet(cli, opspve, fingerprint, conn, pool, box):  # noqa: F811
+def fleet(cli, opspve, fingerprint, conn, pool, box):
     cli("tenants", "add", "acme")
     cli("servers", "add", "pve1", opspve.url, "--token", TOKEN, "--fingerprint", fingerprint)
     server_id = conn.execute("select id from proxmox_servers where name = 'pve1'").fetchone()["id"]
@@ -40,7 +31,7 @@ def fleet(cli, opspve, fingerprint, conn, pool, box):  # noqa: F811
     return server_id
 
 
-def test_request_follow_list_and_show_operations(cli, fleet, procs, conn, opspve, sshd, tmp_path):  # noqa: F811
+def test_request_follow_list_and_show_operations(cli, fleet, procs, conn, opspve, sshd, tmp_path):
     procs.worker()
     # SSH access, with the node's host key from its .pub file and a private key file
     (tmp_path / "host.pub").write_text(sshd.key("host_key")[1] + " root@pve1\n")
@@ -110,7 +101,7 @@ def test_bad_ssh_settings_are_refused(cli, fleet, conn, tmp_path):
 
 
 def test_without_a_broker_the_operation_fails_at_once_instead_of_starting_later(cli, fleet, ops_env, conn):
-    from tests.conftest import free_port
+    from tests.support.waiting import free_port
 
     env = dict(ops_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     proc = cli("ops", "request", "pve1", "certificate_renewal", "--node", "pve1", ok=False, env=env)

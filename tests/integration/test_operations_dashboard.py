@@ -4,17 +4,14 @@ user's JWT, two sessions seeing the same state, a viewer who cannot press."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.seeding import ALICE, BOB, seed_fleet
+from tests.support.seed import ALICE, BOB, seed_fleet
+from tests.support.streamlit import APP, DASHBOARD, app_test, sign_in_env
 from worker import admin, operations
-from worker.embedded.standin import StandIn
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
-APP = str(DASHBOARD / "app.py")
 PAGE = str(DASHBOARD / "pages" / "3_Operations.py")
 VIEWER = ("vera@acme.test", "vera-password-1")
 
@@ -26,22 +23,8 @@ def fleet(db_url, secret_key, conn):
     return f
 
 
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
 def run_as(monkeypatch, standin, who, script=APP) -> AppTest:
-    monkeypatch.setenv("SUPABASE_URL", standin.url)
-    monkeypatch.setenv("SUPABASE_ANON_KEY", standin.anon_key)
-    monkeypatch.setenv("PROXWATCH_DASHBOARD_EMAIL", who[0])
-    monkeypatch.setenv("PROXWATCH_DASHBOARD_PASSWORD", who[1])
-    app = AppTest.from_file(script, default_timeout=30)
-    app.run()
-    assert not app.exception, app.exception
-    return app
+    return app_test(monkeypatch, script, sign_in_env(standin, who))
 
 
 def buttons(app) -> dict:

@@ -13,8 +13,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.integration.test_operations_support import (DAY, PVEVERSION, opspve, sshd,  # noqa: F401  (fixtures)
-                                                       sync_guests)
+from tests.support.fleet import DAY
+from tests.support.seed import sync_guests
+from tests.support.sshd import PVEVERSION
 from worker import operations
 from worker.operations import Operations, Tuning, parse_upid
 from worker.polling import Poller
@@ -24,7 +25,7 @@ TUNING = Tuning(stale_s=30, pending_timeout_s=600, heartbeat_s=0.5, task_poll_ms
 
 
 @pytest.fixture
-def server(add_server, opspve):  # noqa: F811
+def server(add_server, opspve):
     return add_server("pve1", opspve.url)
 
 
@@ -88,7 +89,7 @@ def audit_of(conn, operation_id) -> list[tuple[str, str]]:
 
 
 # -------------------------------------------------------------------------------- service restart
-def test_a_service_restart_runs_as_a_pve_task_and_its_progress_reaches_100(ops, server, conn, opspve,  # noqa: F811
+def test_a_service_restart_runs_as_a_pve_task_and_its_progress_reaches_100(ops, server, conn, opspve,
                                                                          db_url):
     opspve.restart_secs = 25  # 2.5 s here
     op_id = request(conn, server, "service_restart", {"service": "pveproxy"})
@@ -112,7 +113,7 @@ def test_a_service_restart_runs_as_a_pve_task_and_its_progress_reaches_100(ops, 
     assert conn.execute("select node, is_local from operation_nodes").fetchall() == [{"node": "pve1", "is_local": True}]
 
 
-def test_a_failing_restart_task_is_reported_in_plain_words(ops, server, conn, opspve):  # noqa: F811
+def test_a_failing_restart_task_is_reported_in_plain_words(ops, server, conn, opspve):
     # PVE starts the task, which then ends with TASK ERROR (pve-manager PVE/API2/Services.pm)
     opspve.fail("POST", "/nodes/pve1/services/pveproxy/restart", error="unknown_service_command")
     op_id = request(conn, server, "service_restart", {"service": "pveproxy", "node": "pve1"})
@@ -123,7 +124,7 @@ def test_a_failing_restart_task_is_reported_in_plain_words(ops, server, conn, op
     assert audit_of(conn, op_id) == [("operation.request", "user"), ("operation.fail", "user")]
 
 
-def test_a_restart_pve_refuses_fails_with_pves_reason(ops, server, conn, opspve):  # noqa: F811
+def test_a_restart_pve_refuses_fails_with_pves_reason(ops, server, conn, opspve):
     opspve.fail("POST", "/nodes/pve1/services/pvestatd/restart", error="permission_denied")
     op_id = request(conn, server, "service_restart", {"service": "pvestatd", "node": "pve1"})
     done = ops.run(op_id)
@@ -145,7 +146,7 @@ def test_an_operation_runs_once_even_if_its_message_arrives_twice(ops, server, c
 
 
 # ---------------------------------------------------------------------------- certificate renewal
-def test_a_certificate_renewal_reports_each_step_of_the_acme_task(ops, server, conn, opspve, db_url):  # noqa: F811
+def test_a_certificate_renewal_reports_each_step_of_the_acme_task(ops, server, conn, opspve, db_url):
     opspve.cert_expiry["pve1"] = time.time() + 10 * DAY
     op_id = request(conn, server, "certificate_renewal", {"node": "pve1"})
     with Watch(psycopg.connect(db_url, row_factory=dict_row), op_id) as watch:
@@ -165,7 +166,7 @@ def test_a_certificate_renewal_reports_each_step_of_the_acme_task(ops, server, c
     assert done["message"] == f"Certificate of pve1 renewed; valid until {new_expiry:%Y-%m-%d}"
 
 
-def test_a_failed_acme_validation_is_reported(ops, server, conn, opspve):  # noqa: F811
+def test_a_failed_acme_validation_is_reported(ops, server, conn, opspve):
     opspve.cert_expiry["pve1"] = time.time() + 5 * DAY
     opspve.acme_error = "validating challenge 'https://acme-v02.api.letsencrypt.org/acme/authz-v3/4567890' failed"
     op_id = request(conn, server, "certificate_renewal", {"node": "pve1"})
@@ -176,7 +177,7 @@ def test_a_failed_acme_validation_is_reported(ops, server, conn, opspve):  # noq
     assert done["progress"] == 45  # where it stopped: "Triggering validation"
 
 
-def test_a_renewal_pve_refuses_says_why(ops, server, conn, opspve):  # noqa: F811
+def test_a_renewal_pve_refuses_says_why(ops, server, conn, opspve):
     opspve.cert_expiry["pve1"] = time.time() + 60 * DAY
     op_id = request(conn, server, "certificate_renewal", {"node": "pve1"})
     done = ops.run(op_id)
@@ -187,7 +188,7 @@ def test_a_renewal_pve_refuses_says_why(ops, server, conn, opspve):  # noqa: F81
     assert forced["status"] == "completed"
 
 
-def test_the_daily_job_renews_what_expires_within_30_days_once(ops, server, conn, opspve):  # noqa: F811
+def test_the_daily_job_renews_what_expires_within_30_days_once(ops, server, conn, opspve):
     opspve.add_node("pve2")
     opspve.add_node("pve3")
     opspve.cert_expiry.update(pve1=time.time() + 10 * DAY, pve2=time.time() + 80 * DAY)  # pve3: no ACME certificate
@@ -215,7 +216,7 @@ def test_the_daily_job_renews_what_expires_within_30_days_once(ops, server, conn
     assert conn.execute("select count(*) as n from active_operations").fetchone()["n"] == 1
 
 
-def test_the_daily_job_does_not_start_a_renewal_a_person_already_started(ops, server, conn, opspve):  # noqa: F811
+def test_the_daily_job_does_not_start_a_renewal_a_person_already_started(ops, server, conn, opspve):
     opspve.cert_expiry["pve1"] = time.time() + 3 * DAY
     mine = request(conn, server, "certificate_renewal", {})  # the node the address answers on …
     found = ops.renew_expiring(str(server["id"]))
@@ -226,7 +227,7 @@ def test_the_daily_job_does_not_start_a_renewal_a_person_already_started(ops, se
 
 
 # ----------------------------------------------------------------------------------- power actions
-def test_a_start_follows_its_task_and_the_guests_row_follows(ops, server, conn, opspve, pool, box):  # noqa: F811
+def test_a_start_follows_its_task_and_the_guests_row_follows(ops, server, conn, opspve, pool, box):
     opspve.vm(100).start_secs = 20  # 2 s here
     sync_guests(pool, box, server["id"])
     assert conn.execute("select status from guests where vmid = 100").fetchone()["status"] == "stopped"
@@ -247,7 +248,7 @@ def test_a_start_follows_its_task_and_the_guests_row_follows(ops, server, conn, 
     assert reset["status"] == "completed" and parse_upid(reset["upid"])["type"] == "qmreset"
 
 
-def test_a_guest_that_fails_to_start_is_reported(ops, server, conn, opspve, pool, box):  # noqa: F811
+def test_a_guest_that_fails_to_start_is_reported(ops, server, conn, opspve, pool, box):
     opspve.vm(100).start_error = "QEMU exited with code 1"
     sync_guests(pool, box, server["id"])
     done = ops.run(request(conn, server, "start", {"vmid": 100}))
@@ -259,7 +260,7 @@ def test_a_guest_that_fails_to_start_is_reported(ops, server, conn, opspve, pool
 
 
 # ------------------------------------------------------------------------------------------ SSH
-def ssh_setup(conn, box, server, sshd, key="client_key", host_key=None, password=None):  # noqa: F811
+def ssh_setup(conn, box, server, sshd, key="client_key", host_key=None, password=None):
     private, _ = sshd.key(key)
     operations.set_ssh_credentials(conn, box, server["id"], host=sshd.host, port=sshd.port,
                                    username=getpass.getuser(), host_key=host_key or sshd.host_key,
@@ -268,7 +269,7 @@ def ssh_setup(conn, box, server, sshd, key="client_key", host_key=None, password
 
 
 def test_an_ssh_test_logs_in_with_the_pinned_key_and_records_latency_and_version(ops, server, conn, box,
-                                                                                 sshd):  # noqa: F811
+                                                                                 sshd):
     ssh_setup(conn, box, server, sshd)
     done = ops.run(request(conn, server, "ssh_test"))
     assert done["status"] == "completed", done["error"]
@@ -282,7 +283,7 @@ def test_an_ssh_test_logs_in_with_the_pinned_key_and_records_latency_and_version
     assert "PRIVATE KEY" not in stored
 
 
-def test_an_ssh_test_refuses_a_host_key_that_is_not_the_pinned_one(ops, server, conn, box, sshd):  # noqa: F811
+def test_an_ssh_test_refuses_a_host_key_that_is_not_the_pinned_one(ops, server, conn, box, sshd):
     ssh_setup(conn, box, server, sshd, host_key=sshd.key("other_host_key")[1])
     done = ops.run(request(conn, server, "ssh_test"))
     assert done["status"] == "failed" and done["error_kind"] == "hostkey"
@@ -290,7 +291,7 @@ def test_an_ssh_test_refuses_a_host_key_that_is_not_the_pinned_one(ops, server, 
 
 
 @pytest.mark.parametrize("how", ["stranger_key", "password"])
-def test_an_ssh_test_with_bad_credentials_fails(ops, server, conn, box, sshd, how):  # noqa: F811
+def test_an_ssh_test_with_bad_credentials_fails(ops, server, conn, box, sshd, how):
     if how == "password":
         ssh_setup(conn, box, server, sshd, password="not-the-password")
     else:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import signal
 
-from tests.integration.test_operations_support import (finished, op_row, ops_env, opspve,  # noqa: F401  (fixtures)
-                                                       procs, wait_for)
+from tests.support.seed import finished, op_row
+from tests.support.waiting import wait_for
 from worker import operations
 
 
-def test_an_api_request_runs_on_the_worker_and_a_killed_worker_leaves_it_failed(procs, ops_env, add_server,  # noqa: F811
+def test_an_api_request_runs_on_the_worker_and_a_killed_worker_leaves_it_failed(procs, ops_env, add_server,
                                                                                 opspve, conn, db_url):
     server = add_server("pve1", opspve.url)
     env = dict(ops_env, PROXWATCH_OPERATION_STALE_S="4")

@@ -3,50 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-import redis
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def spawn(args, env, log):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture
-def services_env(db_url, redis_server, secret_key, tmp_path):
-    redis.Redis.from_url(redis_server.url).flushall()
-    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
-               PROXWATCH_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
-    return env
-
-
-def wait_for(predicate, timeout, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+from tests.support.processes import spawn, stop
+from tests.support.waiting import wait_for
 
 
 def test_two_schedulers_and_a_worker_poll_each_server_once_per_interval(pve, add_server, conn, services_env,

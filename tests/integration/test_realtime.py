@@ -24,23 +24,12 @@ import websockets
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from supabase import acreate_client
 
-from tests.seeding import ALICE, BOB, seed_fleet
+from tests.support.seed import ALICE, BOB
+from tests.support.standin import sign_in as token_for
 from worker import admin, db
 from worker.embedded.standin import StandIn
 
 WAIT_S = 10
-
-
-@pytest.fixture
-def fleet(db_url, secret_key):
-    return seed_fleet(db_url, secret_key)
-
-
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
 
 
 def run(coro):
@@ -72,13 +61,6 @@ class Sub:
 
     async def close(self):
         await self.client.close()
-
-
-def token_for(standin, who) -> str:
-    """A user's access token through the official client's password sign-in."""
-    from supabase import create_client
-    client = create_client(standin.url, standin.anon_key)
-    return client.auth.sign_in_with_password({"email": who[0], "password": who[1]}).session.access_token
 
 
 async def subscribe(standin, token: str | None, bindings: dict[str, dict], topic: str = "test",

@@ -8,40 +8,18 @@ import time
 
 import psycopg
 import pytest
-from supabase import create_client
 
 from dashboard import live
-from tests.seeding import ALICE, BOB, seed_fleet
+from tests.support.seed import ALICE, BOB
+from tests.support.standin import signed_in
+from tests.support.waiting import wait_until
 from worker.embedded.standin import StandIn
 
 WAIT_S = 20
 
 
-@pytest.fixture
-def fleet(db_url, secret_key):
-    return seed_fleet(db_url, secret_key)
-
-
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
-def signed_in(standin, who):
-    client = create_client(standin.url, standin.anon_key)
-    client.auth.sign_in_with_password({"email": who[0], "password": who[1]})
-    return client
-
-
 def until(predicate, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
+    wait_until(predicate, timeout, interval=0.05, what=what)
 
 
 def set_status(db_url, server_id, status):

@@ -13,7 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from tests.integration.sessions_seed import USERS, add_guest, call, open_session, seed
+from tests.support.seed import USERS, add_guest, call, open_session
 from worker import db, sessions
 from worker.sessions import Registry, SessionRefused
 
@@ -21,14 +21,8 @@ API = "select * from public.active_connections(%s, %s, %s, %s, %s)"
 
 
 @pytest.fixture
-def fleet(conn, secret_key):
-    return seed(conn, secret_key)
-
-
-@pytest.fixture
-def uconn(db_url):
-    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
-        yield c
+def fleet(teams):
+    return teams
 
 
 def set_limits(conn, **kw):

@@ -4,32 +4,25 @@ cleanup, stats, limits; bad input gets one sentence, exit code 2, and writes not
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.integration.sessions_seed import open_session, seed
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import run_cli, service_env
+from tests.support.seed import open_session
 
 
 @pytest.fixture
-def fleet(conn, secret_key):
-    return seed(conn, secret_key)
+def fleet(teams):
+    return teams
 
 
 @pytest.fixture
 def cli(db_url, redis_server, secret_key, tmp_path):
-    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_server.url, PROXWATCH_SECRET_KEY=secret_key,
-               PROXWATCH_HOME=str(tmp_path), COLUMNS="220", NO_COLOR="1")
+    env = service_env(db_url, redis_server.url, secret_key, tmp_path, COLUMNS="220")
 
     def run(*args, code=0):
-        proc = subprocess.run([sys.executable, "-m", "worker.cli", "sessions", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = run_cli(env, "sessions", *args)
         assert proc.returncode == code, proc.stdout + proc.stderr
         return proc
     return run

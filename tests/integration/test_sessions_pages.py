@@ -3,22 +3,20 @@ seeded database: what each user sees is what the API (under RLS) lets them see."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 from streamlit.testing.v1 import AppTest
 
-from tests.integration.sessions_seed import PASSWORD, USERS, add_guest, open_session, seed
-from worker.embedded.standin import StandIn
+from tests.support.seed import PASSWORD, USERS, add_guest, open_session
+from tests.support.streamlit import DASHBOARD, app_test, sign_in_env
 
-PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "pages"
+PAGES = DASHBOARD / "pages"
 
 
 @pytest.fixture
-def fleet(conn, secret_key):
-    f = seed(conn, secret_key)
+def fleet(conn, teams):
+    f = teams
     add_guest(conn, f.servers["pve1"], 100, "web")
     add_guest(conn, f.servers["pve1"], 101, "old", status="stopped")
     add_guest(conn, f.servers["pveg"], 300, "globex-db", node="g1")
@@ -28,24 +26,9 @@ def fleet(conn, secret_key):
     return f
 
 
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
 def run_page(monkeypatch, standin, who: str, page: str, query: dict | None = None) -> AppTest:
-    monkeypatch.setenv("SUPABASE_URL", standin.url)
-    monkeypatch.setenv("SUPABASE_ANON_KEY", standin.anon_key)
-    monkeypatch.setenv("PROXWATCH_DASHBOARD_EMAIL", USERS[who][0])
-    monkeypatch.setenv("PROXWATCH_DASHBOARD_PASSWORD", PASSWORD)
-    monkeypatch.setenv("PROXWATCH_GATEWAY_URL", "http://127.0.0.1:8765")
-    app = AppTest.from_file(str(PAGES / page), default_timeout=30)
-    for key, value in (query or {}).items():
-        app.query_params[key] = value
-    app.run()
-    assert not app.exception, app.exception
+    env = dict(sign_in_env(standin, (USERS[who][0], PASSWORD)), PROXWATCH_GATEWAY_URL="http://127.0.0.1:8765")
+    app = app_test(monkeypatch, PAGES / page, env, query)
     assert not app.error, [e.value for e in app.error]
     return app
 

@@ -12,27 +12,10 @@ from postgrest.exceptions import APIError
 from supabase import ClientOptions, create_client
 from supabase_auth.errors import AuthApiError
 
-from tests.seeding import ALICE, BOB, seed_fleet
+from tests.support.seed import ALICE, BOB
+from tests.support.standin import signed_in
 from worker import admin, db
 from worker.embedded.standin import StandIn, make_keys, verify_jwt
-
-
-@pytest.fixture
-def fleet(db_url, secret_key):
-    return seed_fleet(db_url, secret_key)
-
-
-@pytest.fixture
-def standin(db_url, pw_secrets):
-    server = StandIn(db_url, pw_secrets["jwt_secret"]).start()
-    yield server
-    server.stop()
-
-
-def signed_in(standin, who):
-    client = create_client(standin.url, standin.anon_key)
-    client.auth.sign_in_with_password({"email": who[0], "password": who[1]})
-    return client
 
 
 def test_make_keys_signs_anon_and_service_role_keys_for_ten_years(pw_secrets):
