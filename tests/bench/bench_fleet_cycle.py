@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,9 @@ import psycopg
 import pytest
 import redis
 
+from tests.bench.reporting import table
+from tests.support import processes
+from tests.support.processes import spawn
 from worker import admin, db
 from worker.crypto import Box
 from worker.settings import load as load_settings
@@ -137,19 +139,8 @@ class CpuMeter:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def spawn(args, env, log, **kw):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, **kw)
-
-
 def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    processes.stop(proc, timeout=30)
 
 
 def wait_for_text(path: Path, text: str, count: int, timeout: float) -> None:
@@ -178,16 +169,6 @@ def read_phases(directory: Path) -> dict:
             t["rows"] += v["rows"]
             t["max"] = max(t["max"], v["max"])
     return total
-
-
-def table(title, header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join("{:>%d}" % w for w in widths)
-    print(f"\n{title}")
-    print(line.format(*header))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line.format(*r))
 
 
 @pytest.mark.timeout(1200)

@@ -32,6 +32,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.bench.reporting import pct, table
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = int(os.environ.get("BENCH_HISTORY_SERVERS", "200"))
 POLLS = int(os.environ.get("BENCH_HISTORY_POLLS", "50000"))
@@ -96,21 +98,6 @@ def timed(fn, n):
         fn()
         out.append((time.perf_counter() - t) * 1000)
     return out
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def table(title, header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join("{:>%d}" % w for w in widths)
-    print(f"\n{title}")
-    print(line.format(*header))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line.format(*r))
 
 
 def explain(conn, sql, params):

@@ -39,6 +39,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from tests.bench.reporting import table
 from worker import db
 from worker.polling import PollResult, Recorder
 from worker.settings import load as load_settings
@@ -89,16 +90,6 @@ def count_rows(url: str) -> tuple[int, int]:
     with psycopg.connect(url) as conn:
         return conn.execute("select (select count(*) from connection_metrics),"
                             " (select coalesce(sum(attempts), 0) from connection_metrics_hourly)").fetchone()
-
-
-def table(title, header, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join("{:>%d}" % w for w in widths)
-    print(f"\n{title}")
-    print(line.format(*header))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(line.format(*r))
 
 
 class Timings:

@@ -41,7 +41,8 @@ import psycopg
 import pytest
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
-from tests.bench.bench_realtime_support import StandInProcess, seed_servers, sign_in
+from tests.support.seed import seed_servers
+from tests.support.standin import StandInProcess, sign_in
 from worker import db
 from worker.polling import PollResult, Recorder
 from worker.settings import load as load_settings

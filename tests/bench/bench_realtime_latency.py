@@ -32,7 +32,9 @@ import time
 import psycopg
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
-from tests.bench.bench_realtime_support import StandInProcess, pct, seed_servers, sign_in
+from tests.bench.reporting import pct
+from tests.support.seed import seed_servers
+from tests.support.standin import StandInProcess, sign_in
 
 CHANGES = int(os.environ.get("BENCH_CHANGES", "1000"))
 PACE_MS = float(os.environ.get("BENCH_PACE_MS", "20"))
