@@ -23,11 +23,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support import fleet as fakes
 from tests.support import processes, seed
 from tests.support.processes import Procs
 from tests.support.sshd import running_sshd
-from tests.support.standin import running_standin
 from tests.support.waiting import free_port
 from worker import db
 from worker.crypto import Box
@@ -135,6 +133,8 @@ def pool(db_url):
 @pytest.fixture
 def standin(db_url, pw_secrets):
     """The embedded Supabase stand-in (Auth, PostgREST RPC, Realtime) for the test's database."""
+    from tests.support.standin import running_standin  # imported here: the unit tests need none of it
+
     with running_standin(db_url, pw_secrets["jwt_secret"]) as server:
         yield server
 
@@ -155,12 +155,16 @@ def teams(conn, secret_key):
 @pytest.fixture
 def fingerprint(fakepve_cafile):
     """The SHA-256 fingerprint of every fake PVE's certificate (what a server pins)."""
+    from tests.support import fleet as fakes
+
     return fakes.fingerprint_of(fakepve_cafile)
 
 
 @pytest.fixture
 def pve(fakepve):
     """A fake PVE over HTTPS that also knows the API token seed.TOKEN."""
+    from tests.support import fleet as fakes
+
     return fakes.allow_token(fakepve)
 
 
@@ -168,6 +172,8 @@ def pve(fakepve):
 def opspve(_fakepve_pki):
     """An OpsPve over HTTPS where 1 PVE second is 0.1 s (a 3 s restart takes 0.3 s), with VM 100
     ("web", stopped) and container 200 ("dns", running) on node pve1."""
+    from tests.support import fleet as fakes
+
     pve, serving = fakes.serve_ops(_fakepve_pki, 0.1)
     pve.add_vm(100, "web", node="pve1", status="stopped")
     pve.add_ct(200, "dns", node="pve1", status="running")
