@@ -17,7 +17,7 @@ def main() -> None:
     try:
         s = settings.load()
         ep = runtime.endpoints(s)
-        config = GatewayConfig.from_env(ep.database_url, ep.secret_key)
+        config = GatewayConfig.from_settings(s, ep.database_url, ep.secret_key)
         serve(config)
     except (SettingsError, GatewayError) as exc:
         print(f"console gateway: {exc}", file=sys.stderr)
