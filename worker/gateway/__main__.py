@@ -7,8 +7,8 @@ import logging
 import sys
 
 from worker import runtime, settings
-from worker.gateway.app import GatewayConfig, GatewayError, serve
-from worker.settings import SettingsError
+from worker.errors import ProxwatchError
+from worker.gateway.app import GatewayConfig, serve
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
         ep = runtime.endpoints(s)
         config = GatewayConfig.from_settings(s, ep.database_url, ep.secret_key)
         serve(config)
-    except (SettingsError, GatewayError) as exc:
+    except ProxwatchError as exc:
         print(f"console gateway: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -34,13 +34,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker import consoles, db
 from worker.crypto import Box, SecretKeyError
+from worker.errors import ProxwatchError
 from worker.gateway import pages
 from worker.gateway.upstream import Opener
-from worker.pve import PveError
 from worker.sessions import HEARTBEAT_S, RegistryError, Registry, SessionRefused, TokenError
 from worker.settings import Settings
-from worker.ssh import SshError
-from worker.errors import ProxwatchError
 
 log = logging.getLogger("proxwatch.gateway")
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,7 +287,7 @@ class Gateway:
                 user_id=t.user_id, server_id=t.server_id, protocol=t.protocol, target=t.target,
                 guest_type=t.guest_type, vmid=t.vmid, node=t.node, client_ip=self.client_ip(request),
                 user_email=t.user_email)
-        except (RegistryError, PveError, SshError, SecretKeyError, psycopg.Error, OSError) as exc:
+        except (ProxwatchError, psycopg.Error, OSError) as exc:
             if isinstance(exc, (psycopg.OperationalError, OSError)) and not isinstance(exc, ConnectionError):
                 message = "the session registry (database) is unreachable: try again in a moment"
             elif isinstance(exc, psycopg.Error):
