@@ -1,5 +1,5 @@
 """This browser session and the chrome every page shares: the configuration, the signed-in supabase
-client, sign-in and sign-out, the page header, links between the pages, and
+client, sign-in and sign-out, the page header, the pages in the sidebar and links between them, and
 the guard that turns an unexpected error into a sentence.
 
 One client per Streamlit session (kept in st.session_state), never a global: each browser session
@@ -26,12 +26,14 @@ log = logging.getLogger("proxwatch.dashboard")
 SESSION_KEY = "proxwatch_client"
 SIGNED_OUT_KEY = "proxwatch_signed_out"
 
-# The pages (scripts relative to dashboard/) → their names in URLs; the home page is at the root.
+# The pages in the sidebar, in order: script (relative to dashboard/) → title. The first is the
+# home page, at the app's root URL; the others at /<title> (/Guests, /Connections?filter=all, …).
+# Not in dashboard/pages/: Streamlit would list that folder itself, with the entry script as "app".
 PAGES = {
-    "app.py": "",
-    "pages/1_Guests.py": "Guests",
-    "pages/2_Connections.py": "Connections",
-    "pages/3_Operations.py": "Operations",
+    "views/0_Fleet.py": "Fleet",
+    "views/1_Guests.py": "Guests",
+    "views/2_Connections.py": "Connections",
+    "views/3_Operations.py": "Operations",
 }
 FLEET_PAGE, GUESTS_PAGE, CONNECTIONS_PAGE, OPERATIONS_PAGE = PAGES
 
@@ -119,6 +121,12 @@ def sign_out(client: Client) -> None:
 
 
 # ------------------------------------------------------------------------------- the chrome
+def navigation():
+    """The pages in the sidebar, titled for what they show (app.py runs the chosen one)."""
+    return st.navigation([st.Page(path, title=title, default=True) if path == FLEET_PAGE
+                          else st.Page(path, title=title, url_path=title) for path, title in PAGES.items()])
+
+
 def page_header(title: str, *, tab_title: str | None = None, icon: str = ":material/dns:",
                 sidebar: str = "auto", css: str = "") -> None:
     st.set_page_config(page_title=tab_title or f"{title} · proxwatch", page_icon=icon, layout="wide",
@@ -135,7 +143,7 @@ def page_link(where, page: str, label: str, icon: str | None = None, query: dict
     try:
         where.page_link(page, label=label, icon=icon, query_params=query)
     except StreamlitAPIException:
-        url = "/" + PAGES[page] + ("?" + urlencode(query) if query else "")
+        url = "/" + ("" if page == FLEET_PAGE else PAGES[page]) + ("?" + urlencode(query) if query else "")
         where.markdown(f"<a href='{html.escape(url)}' target='_self'>{html.escape(label)}</a>", unsafe_allow_html=True)
 
 
@@ -171,7 +179,7 @@ def _account_bar(client: Client, email: str) -> None:
 
 def signed_in(*, home: bool = False) -> Client | None:
     """This session's client, signed in — embedded mode signs the local admin in by itself, unless
-    they just signed out — or None after saying how to sign in. The home page (the fleet) has the
+    they just signed out — or None after saying how to sign in. The home page (Fleet) has the
     sign-in form and the "Signed in as … / Sign out" bar; the other pages link to it."""
     try:
         cfg = config()
@@ -189,7 +197,7 @@ def signed_in(*, home: bool = False) -> Client | None:
             return None
     if email is None:
         if not home:
-            st.info("Sign in on the main page first.")
+            st.info("Sign in on the Fleet page first.")
             page_link(st, FLEET_PAGE, "Go to sign-in", ":material/login:")
             return None
         if st.session_state.get(SIGNED_OUT_KEY):
