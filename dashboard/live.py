@@ -268,6 +268,8 @@ class _Hub:
             feed.joining = False
 
 
+# Where dashboard/session.py keeps the signed-in client in st.session_state.
+CLIENT_KEY = "proxwatch_client"
 _loop: _Loop | None = None
 _hubs: dict[tuple, _Hub] = {}
 _registry_lock = threading.Lock()
@@ -276,9 +278,7 @@ _registry_lock = threading.Lock()
 def _client_of(client_state):
     if hasattr(client_state, "auth") and hasattr(client_state, "supabase_url"):
         return client_state
-    from dashboard.session import SESSION_KEY
-
-    client = client_state.get(SESSION_KEY)
+    client = client_state.get(CLIENT_KEY)
     if client is None:
         raise RuntimeError("live.watch() needs a signed-in supabase client: call session.session_client() first")
     return client

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -19,11 +18,14 @@ import streamlit as st
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError
 
+from dashboard import live
 from dashboard.data import DataError, unreachable
+from worker import settings
+from worker.settings import SettingsError
 
 log = logging.getLogger("proxwatch.dashboard")
 
-SESSION_KEY = "proxwatch_client"
+SESSION_KEY = live.CLIENT_KEY
 SIGNED_OUT_KEY = "proxwatch_signed_out"
 
 # The pages in the sidebar, in order: script (relative to dashboard/) → title. The first is the
@@ -62,21 +64,14 @@ class Config:
 
 
 def config() -> Config:
-    """The dashboard's settings: the one place in dashboard/ that reads the environment."""
-    env = os.environ
-    refresh = (env.get("PROXWATCH_DASHBOARD_REFRESH") or "60").strip()
-    if not refresh.isdigit():
-        raise DataError(f"PROXWATCH_DASHBOARD_REFRESH={refresh!r} is not a number of seconds: unset it or"
-                        " set it to 60, for example.")
-    gateway = (env.get("PROXWATCH_GATEWAY_URL") or "").strip().rstrip("/")
-    return Config(
-        url=(env.get("SUPABASE_URL") or "").strip().rstrip("/"),
-        anon_key=(env.get("SUPABASE_ANON_KEY") or "").strip(),
-        email=env.get("PROXWATCH_DASHBOARD_EMAIL") or None,
-        password=env.get("PROXWATCH_DASHBOARD_PASSWORD") or None,
-        gateway_url=gateway or f"http://127.0.0.1:{env.get('PROXWATCH_GATEWAY_PORT') or 8765}",
-        refresh_s=max(5, int(refresh)),
-    )
+    """The dashboard's settings, from worker/settings.py (where every variable is read and checked);
+    a bad value is a DataError with the settings' sentence."""
+    try:
+        s = settings.load()
+    except SettingsError as exc:
+        raise DataError(str(exc)) from None
+    return Config(url=s.supabase_url or "", anon_key=s.supabase_anon_key or "", email=s.dashboard.email,
+                  password=s.dashboard.password, gateway_url=s.gateway.url, refresh_s=s.dashboard.refresh_s)
 
 
 # ------------------------------------------------------------------------------- the client
@@ -166,8 +161,6 @@ def _account_bar(client: Client, email: str) -> None:
     left, right = st.columns([5, 1], vertical_alignment="center")
     left.caption(f"Signed in as {email}")
     if right.button("Sign out", width="stretch"):
-        from dashboard import live
-
         live.forget(st.session_state)
         sign_out(client)
         # Nothing of this user stays in the session: not the client, nor the last data shown.
