@@ -43,7 +43,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import db
-from worker.embedded.realtime import Realtime
+from worker.embedded.standin.realtime import Realtime
 
 log = logging.getLogger("proxwatch.standin")
 
@@ -613,7 +613,3 @@ def main() -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     standin.stop()
-
-
-if __name__ == "__main__":
-    main()
