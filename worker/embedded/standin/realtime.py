@@ -73,10 +73,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from worker import db
+from worker.embedded.standin.common import ROLES, JoinError, JWTError
 
 log = logging.getLogger("proxwatch.realtime")
 
-ROLES = ("anon", "authenticated", "service_role")
 EVENTS = ("*", "INSERT", "UPDATE", "DELETE")
 OPERATORS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in"}
 HEARTBEAT_TIMEOUT_S = 60
@@ -85,10 +85,6 @@ MAX_BATCH = 2_000
 PUBLICATION_REFRESH_S = 5
 RECONNECT_DELAYS_S = (0.2, 0.5, 1, 2, 5)
 DB_TIMEOUT_S = 5
-
-
-class JoinError(Exception):
-    """A join the server refuses; the message is the reason sent back."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +420,6 @@ class Realtime:
                                              "message": "Subscribed to PostgreSQL", "channel": channel.sub_topic})
 
     def _claims(self, token) -> dict:
-        from worker.embedded.standin import JWTError
-
         if not isinstance(token, str) or not token:
             raise JoinError("InvalidJWTToken: no access_token was given")
         try:

@@ -43,12 +43,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import db
+from worker.embedded.standin.common import ROLES, JWTError, bearer, make_keys, verify_jwt
 from worker.embedded.standin.realtime import Realtime
 
 log = logging.getLogger("proxwatch.standin")
 
-ROLES = ("anon", "authenticated", "service_role")
-TEN_YEARS_S = 10 * 365 * 24 * 3600
 ACCESS_TOKEN_TTL_S = 3600
 # Supabase's default statement timeouts for its API roles.
 STATEMENT_TIMEOUT = {"anon": "3s", "authenticated": "8s", "service_role": "60s"}
@@ -60,56 +59,6 @@ _DUMMY_HASH = bcrypt.hashpw(b"proxwatch-no-such-user", bcrypt.gensalt(rounds=10)
 
 class StandInError(ProxwatchError):
     """The stand-in could not start."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Keys and tokens
-
-
-def make_keys(jwt_secret: str, now: int | None = None) -> dict:
-    """The anon and service_role API keys: HS256 JWTs as Supabase issues them, valid ~10 years."""
-    iat = int(now if now is not None else time.time())
-
-    def key(role: str) -> str:
-        return jwt.encode({"iss": "supabase", "role": role, "iat": iat, "exp": iat + TEN_YEARS_S},
-                          jwt_secret, algorithm="HS256")
-
-    return {"anon_key": key("anon"), "service_key": key("service_role")}
-
-
-class JWTError(Exception):
-    """The JWT is missing, malformed, badly signed, expired or has no role."""
-
-    def __init__(self, message: str, expired: bool = False):
-        super().__init__(message)
-        self.expired = expired
-
-
-def verify_jwt(token: str, secret: str) -> dict:
-    """The claims of a token signed by the secret; exp and role are required (JWTError otherwise)."""
-    if not token:
-        raise JWTError("No JWT was given")
-    try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"],
-                            options={"require": ["exp"], "verify_aud": False})
-    except jwt.ExpiredSignatureError:
-        raise JWTError("JWT expired", expired=True) from None
-    except jwt.InvalidSignatureError:
-        raise JWTError("JWT cannot be verified: the signature does not match") from None
-    except jwt.MissingRequiredClaimError:
-        raise JWTError("JWT has no exp claim") from None
-    except jwt.InvalidTokenError as exc:
-        raise JWTError(f"JWT is invalid: {exc}") from None
-    if not isinstance(claims.get("role"), str) or not claims["role"]:
-        raise JWTError("JWT has no role claim")
-    return claims
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -263,7 +212,7 @@ class _App:
 
     async def rpc(self, request: web.Request) -> web.Response:
         """POST /rest/v1/rpc/<fn>: verify the JWT, find the function, run it as the JWT's role."""
-        token = _bearer(request) or request["apikey"]
+        token = bearer(request) or request["apikey"]
         try:
             claims = verify_jwt(token, self.secret)
         except JWTError as exc:
@@ -453,7 +402,7 @@ class _App:
 
     def _user_claims(self, request: web.Request) -> dict | web.Response:
         try:
-            claims = verify_jwt(_bearer(request) or "", self.secret)
+            claims = verify_jwt(bearer(request) or "", self.secret)
         except JWTError as exc:
             return self._auth_error(request, 403, "bad_jwt", f"invalid JWT: {exc}")
         if not claims.get("sub") or not claims.get("session_id"):
