@@ -49,7 +49,7 @@ class _App:
         self.pool: AsyncConnectionPool | None = None
         self.rest = Rpc(jwt_secret)
         self.auth = Auth(jwt_secret, access_token_ttl_s)
-        self.realtime = Realtime(database_url, lambda token: verify_jwt(token, jwt_secret))
+        self.realtime = Realtime(database_url, jwt_secret)
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self.apikey_middleware], client_max_size=1024 * 1024)
