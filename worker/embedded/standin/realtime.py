@@ -278,6 +278,8 @@ class Realtime:
                 finally:
                     await conn.rollback()
 
+    # -- tokens -------------------------------------------------------------------------------
+
     def _arm_expiry(self, channel: Channel) -> None:
         if channel.expiry:
             channel.expiry.cancel()

@@ -43,6 +43,9 @@ class StandInError(ProxwatchError):
 
 
 class _App:
+    """One aiohttp application: Supabase's API-key gateway in front of the routes of the three
+    surfaces, and the database pool they share (opened on startup, closed on cleanup)."""
+
     def __init__(self, database_url: str, jwt_secret: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S):
         self.database_url = database_url
         self.secret = jwt_secret
