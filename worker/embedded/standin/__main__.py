@@ -4,30 +4,26 @@ SIGTERM (`proxwatch up` and the tests launch it this way)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
 from worker.embedded.standin.server import StandIn, StandInError
+from worker.settings import SettingsError, load
 
 log = logging.getLogger("proxwatch.standin")
 
 
 def configuration() -> tuple[str, str, int]:
-    """(database URL, JWT secret, port) from the environment: DATABASE_URL, PROXWATCH_JWT_SECRET,
-    PROXWATCH_SUPABASE_PORT (default 54321). Every environment read of the stand-in is here."""
-    from worker.settings import SettingsError, env_int
-
-    database_url = os.environ.get("DATABASE_URL")
-    secret = os.environ.get("PROXWATCH_JWT_SECRET")
+    """(database URL, JWT secret, port) from worker/settings.py: DATABASE_URL, PROXWATCH_JWT_SECRET,
+    PROXWATCH_SUPABASE_PORT (default 54321)."""
     try:
-        port = env_int("PROXWATCH_SUPABASE_PORT", 54321, 1024, 65535)
+        s = load()
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
-    if not database_url or not secret:
+    if not s.database_url or not s.jwt_secret:
         raise SystemExit("Set DATABASE_URL and PROXWATCH_JWT_SECRET to run the Supabase stand-in"
                          " (`proxwatch up` starts it for you in embedded mode).")
-    return database_url, secret, port
+    return s.database_url, s.jwt_secret, s.standin_port
 
 
 def main() -> None:
