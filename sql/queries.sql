@@ -65,9 +65,11 @@ select id, poll_interval_s from public.proxmox_servers where enabled order by id
 
 -- name: poll_target
 -- Everything one poll needs: the address, TLS settings, credentials and the learned timeout.
+-- Credentials are null when update_server() dropped them (the address or TLS settings changed):
+-- the poll then fails as a configuration error instead of sending the old secret anywhere.
 select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_fingerprint,
        s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext
-from public.proxmox_servers s join public.server_credentials c on c.server_id = s.id
+from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
 where s.id = %(server_id)s;
 
 -- name: insert_metrics
