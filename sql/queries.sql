@@ -56,6 +56,11 @@ order by t.name, s.name;
 select s.id, s.name, t.name as tenant from public.proxmox_servers s join public.tenants t on t.id = s.tenant_id
 where s.name = %(name)s and (%(tenant)s::text is null or t.name = %(tenant)s);
 
+-- name: update_server
+-- The one write path for a server's settings (see the migration api_write_paths): null keeps a field.
+select public.update_server(%(id)s, %(name)s, %(base_url)s, %(fallback_url)s, %(tls_mode)s, %(tls_fingerprint)s,
+                            %(poll_interval_s)s, %(enabled)s, %(credentials)s) as result;
+
 -- name: delete_server
 delete from public.proxmox_servers where id = %(id)s;
 

@@ -215,6 +215,21 @@ def test_any_change_of_reach_drops_the_credentials(conn, uconn, secret_key, chan
         assert (r["tls_mode"], r["tls_fingerprint"], r["trust_dropped"]) == ("pinned", ":".join(["CD"] * 32), False)
 
 
+def test_new_credentials_in_the_same_call_are_kept(conn, secret_key):
+    fleet = seed(conn, secret_key, fingerprint=FINGERPRINT)
+    box = Box(secret_key)
+    old = credentials(conn, fleet.servers["pve1"])
+    r = admin.update_server(conn, box, "pve1", "acme", url="https://pve-new.example:8006",
+                            fingerprint="cd" * 32, token="root@pam!new=11111111-2222-4333-8444-555566667777")
+    assert (r["credentials_replaced"], r["credentials_dropped"], r["trust_dropped"]) == (True, False, False)
+    new = credentials(conn, fleet.servers["pve1"])
+    assert new["token_id"] == "new" and new["secret_ciphertext"] != old["secret_ciphertext"]
+    assert box.open(new["secret_ciphertext"]) == "11111111-2222-4333-8444-555566667777"
+    # The CLI path without credentials drops them like the API does.
+    r = admin.update_server(conn, box, "pve1", "acme", url="https://pve-other.example:8006")
+    assert r["credentials_dropped"] is True and credentials(conn, fleet.servers["pve1"]) is None
+
+
 def test_update_server_checks_the_role_and_the_input(conn, uconn, fleet):
     sid, u = fleet.servers["pve1"], fleet.users
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only an admin"):
