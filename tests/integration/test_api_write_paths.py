@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.integration.sessions_seed import TOKEN, add_guest, call, open_session, seed
+from tests.integration.sessions_seed import add_guest, call, open_session, seed
 from worker import admin, db
 from worker.crypto import Box
 from worker.pve import CONFIG, PveError
@@ -138,12 +138,12 @@ def test_a_user_cannot_move_the_audit_sequence(conn, uconn, fleet):
 # ------------------------------------------------------------- 2. servers are not written through the table
 
 @pytest.mark.parametrize("statement", [
-    "update public.proxmox_servers set base_url = 'https://listener.example:8006', tls_mode = 'insecure',"
-    " tls_fingerprint = null",
+    ("update public.proxmox_servers set base_url = 'https://listener.example:8006', tls_mode = 'insecure',"
+     " tls_fingerprint = null"),
     "update public.proxmox_servers set connection_status = 'online', health_check_error = null",
     "delete from public.proxmox_servers",
-    "insert into public.proxmox_servers (tenant_id, name, base_url, auth_kind)"
-    " select tenant_id, 'x', 'https://listener.example:8006', 'token' from public.tenant_members limit 1",
+    ("insert into public.proxmox_servers (tenant_id, name, base_url, auth_kind)"
+     " select tenant_id, 'x', 'https://listener.example:8006', 'token' from public.tenant_members limit 1"),
     "truncate public.connection_metrics",
     "insert into public.audit_log (tenant_id, action) select tenant_id, 'forged.entry' from public.tenant_members",
     "update public.tenant_members set role = 'admin'",
