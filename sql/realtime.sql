@@ -123,10 +123,11 @@ where pub.pubname = 'supabase_realtime';
 -- name: realtime_table
 -- One table as a subscription needs it: whether it exists, its columns with their types (the short
 -- type name Supabase reports, and the full one to cast filter values to), its primary key, whether
--- row-level security is on, and whether the given role may select from it.
+-- row-level security is on, and whether the given role may select from it (some of its columns,
+-- as Supabase Realtime checks: connection_sessions.client_ip is not selectable by authenticated).
 select c.oid::int as oid,
        c.relrowsecurity as rls,
-       has_table_privilege(%(role)s, c.oid, 'SELECT') as can_select,
+       has_any_column_privilege(%(role)s, c.oid, 'SELECT') as can_select,
        array(select a.attname::text from pg_attribute a where a.attrelid = c.oid and a.attnum > 0
              and not a.attisdropped order by a.attnum) as columns,
        array(select t.typname::text from pg_attribute a join pg_type t on t.oid = a.atttypid

@@ -166,6 +166,8 @@ def sync_guests(poller, server_id: str) -> SyncResult | None:
         found = poller.client(server_id)
     except SecretKeyError as exc:  # the stored credential no longer decrypts: a result, not a retry
         return apply(poller.pool, server_id, None, PveError(CONFIG, str(exc)))
+    except PveError as exc:  # no credentials (update_server dropped them): a result, not a retry
+        return apply(poller.pool, server_id, None, exc)
     if found is None:
         return None
     row, client = found

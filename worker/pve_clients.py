@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 from worker.crypto import Box
-from worker.pve import PveClient, Target
+from worker.pve import CONFIG, PveClient, PveError, Target
 
 # The columns of a server's row that decide how it is reached and authenticated.
 KEY_COLUMNS = ("base_url", "fallback_url", "tls_mode", "tls_fingerprint", "username", "token_id",
@@ -31,6 +31,9 @@ class PveClients:
 
     def get(self, row: dict) -> tuple[PveClient, Target]:
         """The server's client and the target it was made for (decrypting the secret once)."""
+        if row["secret_ciphertext"] is None:
+            raise PveError(CONFIG, "this server has no credentials: its address or TLS settings changed, so they were"
+                           " removed; enter them again with `proxwatch servers update NAME --token …`", permanent=True)
         key = tuple(row[c] for c in KEY_COLUMNS)
         sid = str(row["id"])
         with self._lock:
