@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from worker import admin, db, operations
+from worker import admin, db, operations, ssh
 from worker.crypto import Box
 from worker.admin import InputError
 from worker.cli_common import database as _database, fail as _fail, guarded_by
@@ -210,8 +210,6 @@ def ssh_set(server: str,
         host_key = _read(host_key_file, "host key file")
     private_key = _read(key_file, "key file") if key_file else None
     if scan:
-        from worker import ssh
-
         try:
             host_key = asyncio.run(ssh.fetch_host_key(host, port))
         except ssh.SshError as exc:
@@ -223,9 +221,9 @@ def ssh_set(server: str,
     with _database() as (ep, conn):
         srv = admin.find_server(conn, server, tenant)
         try:
-            stored = operations.set_ssh_credentials(conn, Box(ep.secret_key), srv["id"], host=host, username=user,
-                                                    host_key=host_key, port=port, password=password,
-                                                    private_key=private_key, node=node)
+            stored = ssh.set_credentials(conn, Box(ep.secret_key), srv["id"], host=host, username=user,
+                                         host_key=host_key, port=port, password=password,
+                                         private_key=private_key, node=node)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         conn.commit()

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-import asyncssh  # key checks of `ops ssh-set`; connections go through worker.ssh
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -307,64 +306,6 @@ async def ssh_pveversion(host: str, port: int, username: str, host_key: str, pas
         raise OperationFailed(f"SSH to {where} works, but {exc}", "not_pve") from None
     return SshResult(version=version, latency_ms=latency_ms, command_ms=result.ms, output=result.stdout.strip(),
                      host_key_fingerprint=ssh.fingerprint(host_key))
-
-
-def check_host_key(text: str) -> str:
-    """An OpenSSH public key line ('ssh-ed25519 AAAA… [comment]', or a known_hosts line) → 'type base64',
-    or ValueError with a sentence."""
-    parts = text.strip().split()
-    # A known_hosts line starts with the host pattern(s).
-    if len(parts) >= 3 and not re.match(r"^(ssh-|ecdsa-|sk-)", parts[0]):
-        parts = parts[1:]
-    if len(parts) < 2:
-        raise ValueError("the host key must be an OpenSSH public key line, e.g. the contents of "
-                         "/etc/ssh/ssh_host_ed25519_key.pub on the node")
-    line = f"{parts[0]} {parts[1]}"
-    try:
-        asyncssh.import_public_key(line)
-    except (asyncssh.KeyImportError, ValueError):
-        raise ValueError("the host key is not a valid OpenSSH public key (copy /etc/ssh/ssh_host_ed25519_key.pub "
-                         "of the node)") from None
-    return line
-
-
-def check_private_key(text: str) -> str:
-    try:
-        asyncssh.import_private_key(text)
-    except asyncssh.KeyEncryptionError:
-        raise ValueError("the private key is protected by a passphrase: use a key without one, kept for "
-                         "proxwatch only") from None
-    except (asyncssh.KeyImportError, ValueError):
-        raise ValueError("the private key file is not an SSH private key (OpenSSH or PEM format)") from None
-    return text
-
-
-def set_ssh_credentials(conn: psycopg.Connection, box: Box, server_id, *, host: str, username: str, host_key: str,
-                        port: int = 22, password: str | None = None, private_key: str | None = None,
-                        node: str = "") -> dict:
-    """Store (or replace) the SSH access of a server's node ('' = every node without its own):
-    everything checked first (ValueError with a sentence, nothing written), the secret encrypted."""
-    host = (host or "").strip()
-    if not host or len(host) > 255 or re.search(r"\s", host):
-        raise ValueError("the SSH host must be a host name or address, without spaces")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError(f"the SSH port must be between 1 and 65535, not {port}")
-    username = (username or "").strip()
-    if not username or len(username) > 64 or re.search(r"[\s@:]", username):
-        raise ValueError("the SSH user must be a plain user name (like root)")
-    if node and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", node):
-        raise ValueError(f"{node!r} is not a PVE node name")
-    if bool(password) == bool(private_key):
-        raise ValueError("give either a password or a private key for SSH (exactly one)")
-    line = check_host_key(host_key)
-    if private_key:
-        check_private_key(private_key)
-    conn.execute(db.q("ops_upsert_ssh_credentials"), {
-        "server_id": server_id, "node": node, "host": host, "port": int(port), "username": username,
-        "host_key": line, "auth_kind": "key" if private_key else "password",
-        "secret_ciphertext": box.seal(private_key or password)})
-    return {"host": host, "port": int(port), "username": username, "node": node,
-            "auth_kind": "key" if private_key else "password", "fingerprint": ssh.fingerprint(line)}
 
 
 # ---------------------------------------------------------------------------------- the manager

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.integration.test_operations_support import opspve, sync_guests  # noqa: F401  (fixtures)
-from worker import admin, operations
+from worker import admin, operations, ssh
 from worker.embedded.standin import StandIn
 
 OPERATOR = ("olga@acme.test", "olga-password-1")
@@ -224,8 +224,8 @@ def test_a_node_that_the_server_does_not_have_is_refused_once_its_nodes_are_know
 
 
 def test_ssh_secrets_are_never_readable_through_the_api_nor_published(conn, acme, box):
-    operations.set_ssh_credentials(conn, box, acme["id"], host="10.0.0.5", username="root", password="s3cret-pw",
-                                   host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX")
+    ssh.set_credentials(conn, box, acme["id"], host="10.0.0.5", username="root", password="s3cret-pw",
+                        host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX")
     conn.commit()
     published = {r["tablename"] for r in conn.execute(
         "select tablename from pg_publication_tables where pubname = 'supabase_realtime'")}

@@ -9,7 +9,7 @@ import pytest
 from proxmoxer.core import ResourceException
 
 from dashboard import ops_ui
-from worker import operations
+from worker import operations, ssh
 from worker.pve import PveError
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -106,10 +106,10 @@ def test_cli_parameters_are_typed():
 
 def test_host_keys_are_taken_from_a_pub_file_or_a_known_hosts_line():
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX"
-    assert operations.check_host_key(key + " root@pve1\n") == key
-    assert operations.check_host_key("[10.0.0.5]:22 " + key) == key
+    assert ssh.check_host_key(key + " root@pve1\n") == key
+    assert ssh.check_host_key("[10.0.0.5]:22 " + key) == key
     with pytest.raises(ValueError, match="not a valid OpenSSH public key"):
-        operations.check_host_key("ssh-ed25519 bm90IGEga2V5")
+        ssh.check_host_key("ssh-ed25519 bm90IGEga2V5")
 
 
 # ---------------------------------------------------------------------------------- the buttons
