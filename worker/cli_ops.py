@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,6 +39,7 @@ out = Console()
 err = Console(stderr=True)
 
 TYPE_HELP = "ssh_test, service_restart, certificate_renewal, start, stop, shutdown or reset"
+RUNNING = ("pending", "in_progress")
 STATUS_STYLE = {"pending": "yellow", "in_progress": "cyan", "completed": "green", "failed": "red"}
 # After this long still pending, the follower says what is probably wrong.
 NO_WORKER_HINT_S = 20
@@ -69,7 +72,7 @@ def request(server: str = typer.Argument(..., metavar="SERVER", help="The server
     params: dict = {}
     for text in param:
         try:
-            key, value = operations.parse_param(text)
+            key, value = parse_param(text)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         params[key] = value
@@ -118,9 +121,9 @@ def follow(conn: psycopg.Connection, operation_id: str, interval_s: float = 0.5)
         while True:
             row = conn.execute(db.q("ops_get"), {"id": operation_id}).fetchone()
             conn.rollback()  # a fresh snapshot next time; no transaction left open
-            left = operations.remaining_s(row)
+            left = remaining_s(row)
             bar.update(task, completed=row["progress"], description=row["message"] or row["status"],
-                       remaining=f"{operations.clock(left)} remaining" if left is not None and
+                       remaining=f"{clock(left)} remaining" if left is not None and
                        row["operation_type"] == "service_restart" else "")
             if row["status"] in ("completed", "failed"):
                 return row
@@ -237,3 +240,35 @@ def _read(path: Path, what: str) -> str:
         return path.read_text()
     except OSError as exc:
         raise InputError(f"the {what} {str(path)!r} cannot be read: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------- formatting
+def remaining_s(row: dict, now: datetime | None = None) -> float | None:
+    """Seconds left by the estimate (never below 0), for a running operation; None otherwise."""
+    if row.get("status") not in RUNNING or not row.get("estimated_duration_ms") or not row.get("started_at"):
+        return None
+    now = now or row.get("db_now") or row.get("now") or datetime.now(timezone.utc)
+    elapsed = (now - row["started_at"]).total_seconds()
+    return max(0.0, row["estimated_duration_ms"] / 1000 - elapsed)
+
+
+def clock(seconds: float) -> str:
+    """4:32 — minutes and seconds, as the seed's "Restarting… (4:32 remaining)"."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' of the CLI → (key, value): true/false become booleans, digits integers."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"{text!r} is not KEY=VALUE (for example --param service=pveproxy)")
+    value = value.strip()
+    if value.lower() in ("true", "yes", "1") and key in ("force", "order"):
+        return key, True
+    if value.lower() in ("false", "no", "0") and key in ("force", "order"):
+        return key, False
+    if re.fullmatch(r"[0-9]+", value) and key == "vmid":
+        return key, int(value)
+    return key, value

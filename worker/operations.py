@@ -58,7 +58,6 @@ SERVICES = ("chrony", "corosync", "cron", "ksmtuned", "lxcfs", "postfix", "proxm
             "systemd-journald", "systemd-timesyncd")
 POWER_ACTIONS = ("start", "stop", "shutdown", "reset")
 TYPES = ("ssh_test", "service_restart", "certificate_renewal") + POWER_ACTIONS
-RUNNING = ("pending", "in_progress")
 # Audit actions of the lifecycle.
 AUDIT_COMPLETE, AUDIT_FAIL = "operation.complete", "operation.fail"
 # The certificate ACME manages on a node (pveproxy-ssl.pem); pve-ssl.pem is the cluster CA's own.
@@ -141,37 +140,6 @@ def fail_unsent(conn: psycopg.Connection, operation_id, error: str) -> None:
                                           "kind": "not_started", "metadata": Jsonb({})}).fetchone()
     if row is not None:
         Operations._audit(conn, AUDIT_FAIL, row, {"error": error, "kind": "not_started"}, actor="system")
-
-
-def remaining_s(row: dict, now: datetime | None = None) -> float | None:
-    """Seconds left by the estimate (never below 0), for a running operation; None otherwise."""
-    if row.get("status") not in RUNNING or not row.get("estimated_duration_ms") or not row.get("started_at"):
-        return None
-    now = now or row.get("db_now") or row.get("now") or utcnow()
-    elapsed = (now - row["started_at"]).total_seconds()
-    return max(0.0, row["estimated_duration_ms"] / 1000 - elapsed)
-
-
-def clock(seconds: float) -> str:
-    """4:32 — minutes and seconds, as the seed's "Restarting… (4:32 remaining)"."""
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def parse_param(text: str) -> tuple[str, object]:
-    """'KEY=VALUE' of the CLI → (key, value): true/false become booleans, digits integers."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"{text!r} is not KEY=VALUE (for example --param service=pveproxy)")
-    value = value.strip()
-    if value.lower() in ("true", "yes", "1") and key in ("force", "order"):
-        return key, True
-    if value.lower() in ("false", "no", "0") and key in ("force", "order"):
-        return key, False
-    if re.fullmatch(r"[0-9]+", value) and key == "vmid":
-        return key, int(value)
-    return key, value
 
 
 # ------------------------------------------------------------------------ reading PVE's answers

@@ -9,7 +9,7 @@ import pytest
 from proxmoxer.core import ResourceException
 
 from dashboard import ops_ui
-from worker import operations, ssh
+from worker import cli_ops, operations, ssh
 from worker.pve import PveError
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -96,12 +96,12 @@ def test_pves_per_parameter_reasons_are_kept_in_the_sentence():
 
 
 def test_cli_parameters_are_typed():
-    assert operations.parse_param("service=pveproxy") == ("service", "pveproxy")
-    assert operations.parse_param("vmid=100") == ("vmid", 100)
-    assert operations.parse_param("force=true") == ("force", True)
-    assert operations.parse_param("order=no") == ("order", False)
+    assert cli_ops.parse_param("service=pveproxy") == ("service", "pveproxy")
+    assert cli_ops.parse_param("vmid=100") == ("vmid", 100)
+    assert cli_ops.parse_param("force=true") == ("force", True)
+    assert cli_ops.parse_param("order=no") == ("order", False)
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
-        operations.parse_param("pveproxy")
+        cli_ops.parse_param("pveproxy")
 
 
 def test_host_keys_are_taken_from_a_pub_file_or_a_known_hosts_line():
@@ -182,4 +182,4 @@ def test_a_buttons_state_is_its_targets_latest_operation():
     assert ops_ui.pick_state(rows, "certificate_renewal", "pve1") is None
     # requested before the node's name was known: counts for the node shown
     assert ops_ui.pick_state([state("ssh_test", node=None)], "ssh_test", "pve1")["operation_type"] == "ssh_test"
-    assert ops_ui.clock(272) == "4:32" and operations.clock(59.6) == "1:00"
+    assert ops_ui.clock(272) == "4:32" and cli_ops.clock(59.6) == "1:00"
