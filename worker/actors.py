@@ -70,7 +70,7 @@ _CS_JOBS.append(_CSJob("sync_guests", per_server=True, interval_s=_inventory.int
 _CS_JOBS.append(_CSJob("expire_sessions", per_server=False, interval_s=_sessions.sweep_interval_s()))
 
 
-# ---- operations (worker/operations.py) ----
+# ---- operations (worker/operations/) ----
 from worker import operations as _operations  # noqa: E402
 from worker.scheduler import JOBS as _JOBS, Job as _Job  # noqa: E402
 

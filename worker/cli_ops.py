@@ -32,13 +32,14 @@ from worker import admin, db, operations, ssh
 from worker.crypto import Box
 from worker.admin import InputError
 from worker.cli_common import database as _database, fail as _fail, guarded_by
+from worker.operations.registry import TYPES
 
 ops_app = typer.Typer(help="Operations: SSH test, service restart, certificate renewal, guest power actions.",
                       no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 
-TYPE_HELP = "ssh_test, service_restart, certificate_renewal, start, stop, shutdown or reset"
+TYPE_HELP = ", ".join(TYPES[:-1]) + " or " + TYPES[-1]
 RUNNING = ("pending", "in_progress")
 STATUS_STYLE = {"pending": "yellow", "in_progress": "cyan", "completed": "green", "failed": "red"}
 # After this long still pending, the follower says what is probably wrong.
@@ -145,7 +146,7 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     """Running and past operations, newest first."""
     if status and status not in ("running", "pending", "in_progress", "completed", "failed"):
         raise InputError(f"unknown status {status!r}: use running, pending, in_progress, completed or failed")
-    if op_type and op_type not in operations.TYPES:
+    if op_type and op_type not in TYPES:
         raise InputError(f"unknown operation type {op_type!r}: use {TYPE_HELP}")
     with _database() as (_, conn):
         sid = admin.find_server(conn, server, tenant)["id"] if server else None

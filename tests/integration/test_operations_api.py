@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_operations_support import opspve, sync_guests  # noqa: F401  (fixtures)
 from worker import admin, operations, ssh
 from worker.embedded.standin import StandIn
+from worker.operations.service_restart import SERVICES
 
 OPERATOR = ("olga@acme.test", "olga-password-1")
 VIEWER = ("victor@acme.test", "victor-password-1")
@@ -187,7 +188,7 @@ def test_power_actions_need_a_guest_the_sync_has_seen_and_containers_cannot_be_r
 
 
 def test_the_service_list_is_the_same_in_sql_and_python(conn):
-    assert conn.execute("select public.operation_services() as s").fetchone()["s"] == list(operations.SERVICES)
+    assert conn.execute("select public.operation_services() as s").fetchone()["s"] == list(SERVICES)
 
 
 def test_the_estimate_is_learned_from_the_last_completed_runs(conn, acme):

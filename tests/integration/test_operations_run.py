@@ -16,7 +16,8 @@ from psycopg.rows import dict_row
 from tests.integration.test_operations_support import (DAY, PVEVERSION, opspve, sshd,  # noqa: F401  (fixtures)
                                                        sync_guests)
 from worker import operations, ssh
-from worker.operations import Operations, Tuning, parse_upid
+from worker.operations.manager import Operations, Tuning
+from worker.operations.tasks import parse_upid
 from worker.polling import Poller
 
 TUNING = Tuning(stale_s=30, pending_timeout_s=600, heartbeat_s=0.5, task_poll_ms=100, progress_min_interval_s=0.3,
