@@ -14,7 +14,7 @@ from worker.operations.common import utcnow
 from worker.operations.context import Context
 from worker.operations.requests import RequestRefused, enqueue
 from worker.operations.tasks import run_task
-from worker.pve import PveError
+from worker.pve import PveClient, PveError
 
 if TYPE_CHECKING:
     from worker.operations.manager import Operations
@@ -65,6 +65,17 @@ def certificate_step(line: str) -> tuple[int, str] | None:
     return None
 
 
+def acme_certificate(client: PveClient, node: str) -> dict | None:
+    """The node's ACME certificate as certificates/info describes it (filename, notafter,
+    fingerprint …), or None when it has none (a custom or only the self-signed certificate).
+    PveError when the node cannot be asked.
+
+    For manual test: pvesh get /nodes/<node>/certificates/info
+    """
+    info = client.request("GET", f"nodes/{node}/certificates/info")
+    return next((c for c in info or [] if isinstance(c, dict) and c.get("filename") == ACME_CERT_FILE), None)
+
+
 def run(ctx: Context) -> tuple[str, dict]:
     node = ctx.resolve_node()
     order = bool(ctx.params.get("order"))
@@ -77,8 +88,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     meta = dict(ctx.metadata)
     notafter = None
     try:
-        info = ctx.pve("GET", f"nodes/{node}/certificates/info")
-        cert = next((c for c in info or [] if isinstance(c, dict) and c.get("filename") == ACME_CERT_FILE), None)
+        cert = acme_certificate(ctx.client(), node)
         if cert and cert.get("notafter"):
             notafter = datetime.fromtimestamp(int(cert["notafter"]), timezone.utc)
             meta.update(notafter=notafter.isoformat(), fingerprint=cert.get("fingerprint"))
@@ -106,13 +116,11 @@ def renew_expiring(ops: Operations, server_id: str, scheduled_at: datetime | Non
     for node in [n for n in nodes if n["online"]]:
         name = node["node"]
         try:
-            # For manual test: pvesh get /nodes/<node>/certificates/info
-            info = client.request("GET", f"nodes/{name}/certificates/info")
+            cert = acme_certificate(client, name)
         except PveError as exc:
             log.warning("certificate check of %s/%s failed: %s", row["name"], name, exc.message)
             found.append({"node": name, "notafter": None, "result": f"not checked: {exc.message}"})
             continue
-        cert = next((c for c in info or [] if isinstance(c, dict) and c.get("filename") == ACME_CERT_FILE), None)
         if cert is None or cert.get("notafter") is None:
             continue  # no ACME (custom) certificate: the self-signed pve-ssl.pem is not ACME's to renew
         notafter = datetime.fromtimestamp(int(cert["notafter"]), timezone.utc)
