@@ -57,14 +57,11 @@ def follow_guest_row(ctx: Context, vmid: int, status: str, within_s: float = 10.
     """Make the guest's row (public.guests, kept by worker.inventory) show the new state: sync the
     server's guests now, and again while /cluster/resources still lags behind (it trails reality by
     a few seconds). Returns the row's status, or a note when it could not be brought along."""
-    sync = getattr(inventory, "sync_guests", None)
-    if sync is None:
-        return "not synced: worker.inventory has no guest sync"
     deadline = time.monotonic() + within_s
     row_status = None
     while True:
         try:
-            sync(ctx.ops.poller, str(ctx.op["server_id"]))
+            inventory.sync_guests(ctx.ops.poller, str(ctx.op["server_id"]))
             with ctx.ops.pool.connection() as conn:
                 row = conn.execute(db.q("ops_guest_status"), {"server_id": ctx.op["server_id"], "vmid": vmid}).fetchone()
             row_status = row["status"] if row else None
