@@ -3,6 +3,7 @@ PostgREST RPC with each user's JWT, on a real database. Never twice, roles, bad 
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from tests.integration.test_operations_support import opspve, sync_guests  # noqa: F401  (fixtures)
 from worker import admin, operations, ssh
 from worker.embedded.standin import StandIn
+from worker.operations.registry import TYPES
 from worker.operations.service_restart import SERVICES
 
 OPERATOR = ("olga@acme.test", "olga-password-1")
@@ -189,6 +191,22 @@ def test_power_actions_need_a_guest_the_sync_has_seen_and_containers_cannot_be_r
 
 def test_the_service_list_is_the_same_in_sql_and_python(conn):
     assert conn.execute("select public.operation_services() as s").fetchone()["s"] == list(SERVICES)
+
+
+def test_the_operation_types_are_the_same_in_sql_and_python(conn, add_server):
+    check = conn.execute("select pg_get_constraintdef(oid) as d from pg_constraint"
+                         " where conname = 'active_operations_operation_type_check'").fetchone()["d"]
+    assert tuple(re.findall(r"'(\w+)'::text", check)) == TYPES
+    # enqueue_operation() knows each type (it gets as far as checking its parameters) and
+    # operation_estimate() has a default duration for each
+    server = add_server("pve1", "https://127.0.0.1:8006")
+    for op_type in TYPES:
+        with pytest.raises(operations.RequestRefused, match=f"{op_type} takes no parameter 'nonsense'"):
+            operations.enqueue(conn, server["id"], op_type, {"nonsense": 1})
+        assert conn.execute("select public.operation_estimate(%s, %s, 'x') as ms",
+                            (server["id"], op_type)).fetchone()["ms"] > 0
+    with pytest.raises(operations.RequestRefused, match="unknown operation type 'migrate'"):
+        operations.enqueue(conn, server["id"], "migrate", {})
 
 
 def test_the_estimate_is_learned_from_the_last_completed_runs(conn, acme):
