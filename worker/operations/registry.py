@@ -11,7 +11,7 @@ from typing import Callable
 from worker.operations import certificate_renewal, guest_power, service_restart, ssh_test
 from worker.operations.context import Context
 
-Handler = Callable[[Context], "tuple[str, dict]"]
+Handler = Callable[[Context], tuple[str, dict]]
 
 
 @dataclass(frozen=True)

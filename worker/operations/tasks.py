@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from worker.operations.context import Context
 
 # A line of a task log → (progress, message), or None for lines that say nothing about progress.
-LineReader = Callable[[str], "tuple[int, str] | None"]
+LineReader = Callable[[str], tuple[int, str] | None]
 
 UPID_RE = re.compile(r"^UPID:(?P<node>[^:]+):(?P<pid>[0-9A-Fa-f]{8}):(?P<pstart>[0-9A-Fa-f]{8,9}):"
                      r"(?P<starttime>[0-9A-Fa-f]{8}):(?P<type>[^:]*):(?P<id>[^:]*):(?P<user>[^:]+):$")
