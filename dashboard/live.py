@@ -13,7 +13,7 @@ The API (stable — pages call it):
 - `watch(client_state, bindings)`: bindings are `(table, filter)` or `(table, filter, event)`
   tuples (schema public; filter in Supabase's syntax `col=eq.value`, `col=in.(a,b)`, or None; event
   `*` unless given). `client_state` is `st.session_state` (holding the dashboard's supabase client,
-  see data.session_client) or that client itself. Call it BEFORE reading the data: the version it
+  see session.session_client) or that client itself. Call it BEFORE reading the data: the version it
   sees is the one the page is drawn from, so no change falls between the read and the watch.
 - `LiveFeed`: `.version` (int; +1 for every change delivered for those bindings, and each time the
   channel joins — the first time and after a drop — since changes made before that moment were not
@@ -268,6 +268,8 @@ class _Hub:
             feed.joining = False
 
 
+# Where dashboard/session.py keeps the signed-in client in st.session_state.
+CLIENT_KEY = "proxwatch_client"
 _loop: _Loop | None = None
 _hubs: dict[tuple, _Hub] = {}
 _registry_lock = threading.Lock()
@@ -276,11 +278,9 @@ _registry_lock = threading.Lock()
 def _client_of(client_state):
     if hasattr(client_state, "auth") and hasattr(client_state, "supabase_url"):
         return client_state
-    from dashboard import data
-
-    client = client_state.get(data.SESSION_KEY)
+    client = client_state.get(CLIENT_KEY)
     if client is None:
-        raise RuntimeError("live.watch() needs a signed-in supabase client: call data.session_client() first")
+        raise RuntimeError("live.watch() needs a signed-in supabase client: call session.session_client() first")
     return client
 
 
@@ -334,6 +334,15 @@ def watch(client_state, bindings) -> LiveFeed:
                 lambda event, session, hub_key=hub.key: _token_refreshed(hub_key, session))
             client_state[_HOOKED_KEY] = client
     return feed
+
+
+def try_watch(client_state, bindings) -> LiveFeed | None:
+    """watch(), or None (logged) where live updates are not available: for widgets that work without."""
+    try:
+        return watch(client_state, bindings)
+    except Exception as exc:  # noqa: BLE001 - live updates are a nicety there
+        log.warning("live updates unavailable: %s", exc)
+        return None
 
 
 def _token_refreshed(hub_key: tuple, session) -> None:

@@ -25,20 +25,13 @@ from psycopg_pool import ConnectionPool
 from worker import db
 from worker.crypto import SecretKeyError
 from worker.pve import CONFIG, PveError
-from worker.settings import env_int
 
 log = logging.getLogger(__name__)
 
-# Seconds between syncs of one server's guests (PROXWATCH_GUEST_INTERVAL).
-DEFAULT_INTERVAL_S = 30
 STEP_PCT = 5                                   # usage is stored in steps of this many percent
 START_DRIFT = timedelta(minutes=2)             # a start time moving less than this is the same start
 COLUMNS = ("vmid", "guest_type", "node", "name", "status", "template", "tags", "cpu_pct", "maxcpu", "mem_pct",
            "maxmem", "maxdisk", "started_at", "hastate", "lock", "pool")
-
-
-def interval_s() -> int:
-    return env_int("PROXWATCH_GUEST_INTERVAL", DEFAULT_INTERVAL_S, 5, 3600)
 
 
 def _step(value: float | None) -> int | None:

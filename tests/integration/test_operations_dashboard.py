@@ -15,7 +15,7 @@ from worker.embedded.standin import StandIn
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboard"
 APP = str(DASHBOARD / "app.py")
-PAGE = str(DASHBOARD / "pages" / "3_Operations.py")
+PAGE = str(DASHBOARD / "views" / "3_Operations.py")
 VIEWER = ("vera@acme.test", "vera-password-1")
 
 

@@ -557,7 +557,7 @@ def test_select_narrows_the_row_to_the_columns_asked_for(standin, fleet, db_url)
 
 
 def test_filters_parse_supabases_syntax():
-    from worker.embedded.realtime import Condition, JoinError, parse_filter
+    from worker.embedded.standin.filters import Condition, JoinError, parse_filter
 
     assert parse_filter("server_id=eq.abc") == (Condition("server_id", "eq", "abc"),)
     assert parse_filter('name=in.(pve-1,"pve,2",pve-3)') == (Condition("name", "in", ("pve-1", "pve,2", "pve-3")),)

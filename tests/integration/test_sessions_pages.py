@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from tests.integration.sessions_seed import PASSWORD, USERS, add_guest, open_session, seed
 from worker.embedded.standin import StandIn
 
-PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "pages"
+PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "views"
 
 
 @pytest.fixture

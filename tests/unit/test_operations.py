@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from proxmoxer.core import ResourceException
 
-from dashboard import ops_ui
+from dashboard import ops_ui, timefmt
 from worker import cli_ops, ssh
 from worker.operations import certificate_renewal, ssh_test, tasks
 from worker.pve import PveError
@@ -183,4 +183,4 @@ def test_a_buttons_state_is_its_targets_latest_operation():
     assert ops_ui.pick_state(rows, "certificate_renewal", "pve1") is None
     # requested before the node's name was known: counts for the node shown
     assert ops_ui.pick_state([state("ssh_test", node=None)], "ssh_test", "pve1")["operation_type"] == "ssh_test"
-    assert ops_ui.clock(272) == "4:32" and cli_ops.clock(59.6) == "1:00"
+    assert timefmt.clock(272) == "4:32" and cli_ops.clock(59.6) == "1:00"

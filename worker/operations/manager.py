@@ -25,14 +25,14 @@ from worker.operations.registry import REGISTRY
 from worker.operations.tasks import pve_message
 from worker.polling import Poller
 from worker.pve import PveClient, PveError
-from worker.settings import env_int
+from worker.settings import OperationSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """Timeouts and intervals, from the environment (one place, loud on bad values)."""
+    """Timeouts and intervals (PROXWATCH_OPERATION_* in worker/settings.py)."""
     stale_s: int = 60               # no heartbeat for this long: the worker is gone, the operation fails
     pending_timeout_s: int = 600    # not taken by a worker within this: failed, never started late
     heartbeat_s: float = 5.0
@@ -43,14 +43,10 @@ class Tuning:
     task_deadline_s: int = 1800     # a PVE task running longer than this is given up on
 
     @classmethod
-    def from_env(cls) -> "Tuning":
-        stale = env_int("PROXWATCH_OPERATION_STALE_S", 60, 3, 86400)
-        return cls(stale_s=stale,
-                   pending_timeout_s=env_int("PROXWATCH_OPERATION_PENDING_TIMEOUT_S", 600, 10, 86400),
-                   heartbeat_s=max(0.5, min(5.0, stale / 4)),
-                   task_poll_ms=env_int("PROXWATCH_OPERATION_POLL_MS", 1000, 50, 30000),
-                   ssh_timeout_s=env_int("PROXWATCH_SSH_TIMEOUT_S", 15, 1, 300),
-                   task_deadline_s=env_int("PROXWATCH_OPERATION_DEADLINE_S", 1800, 10, 86400))
+    def from_settings(cls, s: OperationSettings) -> "Tuning":
+        return cls(stale_s=s.stale_s, pending_timeout_s=s.pending_timeout_s,
+                   heartbeat_s=max(0.5, min(5.0, s.stale_s / 4)), task_poll_ms=s.task_poll_ms,
+                   ssh_timeout_s=s.ssh_timeout_s, task_deadline_s=s.deadline_s)
 
 
 class Heartbeat:
@@ -87,7 +83,7 @@ class Operations:
         self.pool = pool
         self.poller = poller
         self.box = box
-        self.tuning = tuning or Tuning.from_env()
+        self.tuning = tuning or Tuning.from_settings(poller.settings.operations)
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         # Hands an operation id to the broker (run_operation.send).
         self.send = send
