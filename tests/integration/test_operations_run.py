@@ -16,7 +16,8 @@ from psycopg.rows import dict_row
 from tests.integration.test_operations_support import (DAY, PVEVERSION, opspve, sshd,  # noqa: F401  (fixtures)
                                                        sync_guests)
 from worker import operations, ssh
-from worker.operations.manager import Operations, Tuning
+from worker.operations.common import Tuning
+from worker.operations.manager import Operations
 from worker.operations.tasks import parse_upid
 from worker.polling import Poller
 

@@ -24,9 +24,11 @@ every node and requests a renewal (created_by 'cron') for every ACME certificate
 30 days — through the same enqueue, so it cannot start a renewal that is already running.
 
 The modules: requests.py (enqueue, dispatched, fail_unsent), manager.py (Operations: claim, lease,
-end, dispatch, sweep; Tuning), context.py (what a handler sees while it runs), tasks.py (following
-a PVE task), registry.py (the operation types), one module per handler (ssh_test.py,
-service_restart.py, certificate_renewal.py, guest_power.py).
+end, dispatch, sweep), context.py (what a handler sees while it runs; the server's nodes),
+tasks.py (following a PVE task), registry.py (the operation types), common.py (Tuning,
+OperationFailed, the audit entry), one module per handler (ssh_test.py, service_restart.py,
+certificate_renewal.py, guest_power.py). Handlers never see the manager, so the imports run one
+way: manager → registry → handlers → context, tasks, common.
 
 Adding an operation type = one handler file, one registry entry, one migration. For example an
 `apt_update` that refreshes a node's package lists:

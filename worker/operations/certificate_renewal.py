@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Callable
+
+from psycopg_pool import ConnectionPool
 
 from worker import db
 from worker.operations.common import utcnow
-from worker.operations.context import Context
+from worker.operations.context import Context, refresh_nodes
 from worker.operations.requests import RequestRefused, enqueue
 from worker.operations.tasks import run_task
+from worker.polling import Poller
 from worker.pve import PveClient, PveError
-
-if TYPE_CHECKING:
-    from worker.operations.manager import Operations
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,17 @@ def run(ctx: Context) -> tuple[str, dict]:
     return (f"Certificate of {node} renewed{until}" + (f" ({warnings})" if warnings else ""), meta)
 
 
-def renew_expiring(ops: Operations, server_id: str, scheduled_at: datetime | None = None,
-                   within_days: int = RENEW_WITHIN_DAYS) -> list[dict]:
+def renew_expiring(pool: ConnectionPool, poller: Poller, send: Callable[[str], None] | None, server_id: str,
+                   scheduled_at: datetime | None = None, within_days: int = RENEW_WITHIN_DAYS) -> list[dict]:
     """Request a renewal (created_by 'cron') of every node's ACME certificate that expires
-    within `within_days`. Returns what it found per node: {"node", "notafter", "result"}."""
-    pair = ops.poller.client(server_id)
+    within `within_days`, and hand each new one to the broker with `send`. Returns what it found
+    per node: {"node", "notafter", "result"}."""
+    pair = poller.client(server_id)
     if pair is None:
         return []
     row, client = pair
     try:
-        nodes = ops.refresh_nodes(server_id, client)
+        nodes = refresh_nodes(pool, server_id, client)
     except PveError as exc:
         log.warning("certificate check of %s: the node list could not be read: %s", row["name"], exc.message)
         return []
@@ -128,7 +129,7 @@ def renew_expiring(ops: Operations, server_id: str, scheduled_at: datetime | Non
         if notafter > limit:
             found.append({**entry, "result": "valid"})
             continue
-        with ops.pool.connection() as conn:
+        with pool.connection() as conn:
             recent = conn.execute(db.q("ops_recent_cron_renewal"), {"server_id": server_id, "node": name,
                                                                     "hours": CRON_REPEAT_HOURS}).fetchone()
             if recent is not None:
@@ -145,7 +146,7 @@ def renew_expiring(ops: Operations, server_id: str, scheduled_at: datetime | Non
             if result["status"] == "started":
                 conn.execute(db.q("ops_mark_dispatched"), {"id": result["operationId"]})
             conn.commit()
-        if result["status"] == "started" and ops.send:
-            ops.send(result["operationId"])
+        if result["status"] == "started" and send:
+            send(result["operationId"])
         found.append({**entry, "result": result["status"], "operationId": result["operationId"]})
     return found

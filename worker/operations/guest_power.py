@@ -61,8 +61,8 @@ def follow_guest_row(ctx: Context, vmid: int, status: str, within_s: float = 10.
     row_status = None
     while True:
         try:
-            inventory.sync_guests(ctx.ops.poller, str(ctx.op["server_id"]))
-            with ctx.ops.pool.connection() as conn:
+            inventory.sync_guests(ctx.poller, str(ctx.op["server_id"]))
+            with ctx.pool.connection() as conn:
                 row = conn.execute(db.q("ops_guest_status"), {"server_id": ctx.op["server_id"], "vmid": vmid}).fetchone()
             row_status = row["status"] if row else None
         except Exception as exc:  # noqa: BLE001 - the power action itself succeeded

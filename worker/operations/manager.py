@@ -1,6 +1,6 @@
 """The operation manager: claims an operation, keeps a lease on it while its handler runs, ends it
 (completed or failed, audited), hands requested ones to the broker, and sweeps the ones nobody
-finished."""
+finished. Handlers see a Context (context.py), never the manager."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
@@ -18,35 +17,15 @@ from psycopg_pool import ConnectionPool
 
 from worker import db
 from worker.crypto import Box
-from worker.operations import certificate_renewal
-from worker.operations.common import AUDIT_COMPLETE, AUDIT_FAIL, OperationFailed, audit_end
+from worker.operations.certificate_renewal import RENEW_WITHIN_DAYS, renew_expiring
+from worker.operations.common import AUDIT_COMPLETE, AUDIT_FAIL, OperationFailed, Tuning, audit_end
 from worker.operations.context import Context
 from worker.operations.registry import REGISTRY
 from worker.operations.tasks import pve_message
 from worker.polling import Poller
-from worker.pve import PveClient, PveError
-from worker.settings import OperationSettings
+from worker.pve import PveError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Timeouts and intervals (PROXWATCH_OPERATION_* in worker/settings.py)."""
-    stale_s: int = 60               # no heartbeat for this long: the worker is gone, the operation fails
-    pending_timeout_s: int = 600    # not taken by a worker within this: failed, never started late
-    heartbeat_s: float = 5.0
-    task_poll_ms: int = 1000        # how often a running PVE task's status and log are read
-    redispatch_s: int = 30          # a pending operation handed to the broker this long ago is sent again
-    progress_min_interval_s: float = 2.0   # timed progress is written at most this often
-    ssh_timeout_s: int = 15
-    task_deadline_s: int = 1800     # a PVE task running longer than this is given up on
-
-    @classmethod
-    def from_settings(cls, s: OperationSettings) -> "Tuning":
-        return cls(stale_s=s.stale_s, pending_timeout_s=s.pending_timeout_s,
-                   heartbeat_s=max(0.5, min(5.0, s.stale_s / 4)), task_poll_ms=s.task_poll_ms,
-                   ssh_timeout_s=s.ssh_timeout_s, task_deadline_s=s.deadline_s)
 
 
 class Heartbeat:
@@ -107,7 +86,7 @@ class Operations:
             log.info("operation %s is not pending any more; nothing to do", operation_id)
             return None
         beat = Heartbeat(self.pool, str(op["id"]), self.worker, self.tuning.heartbeat_s).start()
-        ctx = Context(self, op)
+        ctx = Context(op, self.pool, self.poller, self.box, self.tuning)
         try:
             handler = REGISTRY[op["operation_type"]].run
             message, metadata = handler(ctx)
@@ -165,32 +144,9 @@ class Operations:
             log.warning("operation %s (%s) failed: %s", row["id"], row["operation_type"], row["error"])
         return stale + unclaimed
 
-    # -- nodes ----------------------------------------------------------------------------------
-    def refresh_nodes(self, server_id, client: PveClient) -> list[dict]:
-        """The server's nodes from /cluster/status (name, local, online), remembered in operation_nodes."""
-        # For manual test: pvesh get /cluster/status
-        status = client.request("GET", "cluster/status")
-        nodes = [{"node": str(e["name"]), "is_local": bool(int(e.get("local", 0) or 0)),
-                  "online": bool(int(e.get("online", 1) or 0))}
-                 for e in status or [] if isinstance(e, dict) and e.get("type") == "node" and e.get("name")]
-        if len(nodes) == 1:
-            nodes[0]["is_local"] = True
-        local = next((n["node"] for n in nodes if n["is_local"]), None)
-        with self.pool.connection() as conn:
-            for n in nodes:
-                conn.execute(db.q("ops_upsert_node"), {"server_id": server_id, **n})
-            conn.execute(db.q("ops_forget_nodes"), {"server_id": server_id, "nodes": [n["node"] for n in nodes]})
-            if local:
-                try:
-                    with conn.transaction():
-                        conn.execute(db.q("ops_name_local_node"), {"server_id": server_id, "node": local})
-                except psycopg.errors.UniqueViolation:
-                    pass  # the worker fails the duplicate when it runs it (Context.resolve_node)
-        return nodes
-
     # -- the daily certificate job --------------------------------------------------------------
     def renew_expiring(self, server_id: str, scheduled_at: datetime | None = None,
-                       within_days: int = certificate_renewal.RENEW_WITHIN_DAYS) -> list[dict]:
+                       within_days: int = RENEW_WITHIN_DAYS) -> list[dict]:
         """Request a renewal of every node's ACME certificate that expires soon (the daily job;
         see certificate_renewal.renew_expiring)."""
-        return certificate_renewal.renew_expiring(self, server_id, scheduled_at, within_days)
+        return renew_expiring(self.pool, self.poller, self.send, server_id, scheduled_at, within_days)

@@ -8,7 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from worker.operations import certificate_renewal, guest_power, service_restart, ssh_test
+# Imported module by module, not from the package: the package imports the manager, which
+# imports this registry.
+import worker.operations.certificate_renewal as certificate_renewal
+import worker.operations.guest_power as guest_power
+import worker.operations.service_restart as service_restart
+import worker.operations.ssh_test as ssh_test
 from worker.operations.context import Context
 
 Handler = Callable[[Context], tuple[str, dict]]

@@ -27,17 +27,17 @@ class SshResult:
 
 def run(ctx: Context) -> tuple[str, dict]:
     """SSH to the node with the pinned host key, run pveversion, record latency and version."""
-    with ctx.ops.pool.connection() as conn:
+    with ctx.pool.connection() as conn:
         cred = conn.execute(db.q("ops_ssh_credentials"), {"server_id": ctx.op["server_id"],
                                                           "node": ctx.op["node"]}).fetchone()
     if cred is None:
         raise OperationFailed(f"no SSH credentials for {ctx.where}: set them with `proxwatch ops ssh-set`", "config")
-    secret = ctx.ops.box.open(cred["secret_ciphertext"])
+    secret = ctx.box.open(cred["secret_ciphertext"])
     ctx.progress(10, f"Connecting to {cred['username']}@{cred['host']}:{cred['port']}")
     result = asyncio.run(ssh_pveversion(
         cred["host"], cred["port"], cred["username"], cred["host_key"],
         password=secret if cred["auth_kind"] == "password" else None,
-        private_key=secret if cred["auth_kind"] == "key" else None, timeout=ctx.ops.tuning.ssh_timeout_s))
+        private_key=secret if cred["auth_kind"] == "key" else None, timeout=ctx.tuning.ssh_timeout_s))
     return (f"SSH OK: pve-manager {result.version}, login in {result.latency_ms} ms",
             {"latency_ms": result.latency_ms, "command_ms": result.command_ms, "version": result.version,
              "pveversion": result.output[:300], "host": cred["host"], "port": cred["port"],

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from proxmoxer.core import ResourceException
 
 from worker.operations.common import OperationFailed, utcnow
+from worker.operations.context import Context
 from worker.pve import CONNECTION_LEVEL, PveError
-
-if TYPE_CHECKING:
-    from worker.operations.context import Context
 
 # A line of a task log → (progress, message), or None for lines that say nothing about progress.
 LineReader = Callable[[str], tuple[int, str] | None]
@@ -80,7 +78,7 @@ def follow_task(ctx: Context, node: str, upid: str, message: str,
 
     For manual test: pvesh get /nodes/<node>/tasks/<upid>/status; … /log --start 0
     """
-    t = ctx.ops.tuning
+    t = ctx.tuning
     started = time.monotonic()
     lines: list[str] = []
     failures = 0
