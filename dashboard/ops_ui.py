@@ -26,11 +26,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import httpx
 import streamlit as st
-from postgrest.exceptions import APIError
 
-from dashboard import data
+from dashboard import data, live, timefmt
 
 log = logging.getLogger("proxwatch.ops_ui")
 
@@ -48,28 +46,6 @@ RUNNING = ("pending", "in_progress")
 
 
 # ------------------------------------------------------------------------------- pure helpers
-def parse_time(value) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def remaining_s(state: dict, now: datetime | None = None) -> float | None:
-    """Seconds left by the estimate for a running operation (not below 0); None without one."""
-    if state.get("status") not in RUNNING or not state.get("estimated_duration_ms"):
-        return None
-    started = parse_time(state.get("started_at"))
-    now = now or parse_time(state.get("now")) or datetime.now(timezone.utc)
-    if started is None:
-        return None
-    return max(0.0, state["estimated_duration_ms"] / 1000 - (now - started).total_seconds())
-
-
 def active_label(op_type: str, progress: int, remaining: float | None) -> str:
     """The label of a running operation's (disabled) button, as the seed words it."""
     if op_type == "certificate_renewal":
@@ -77,8 +53,15 @@ def active_label(op_type: str, progress: int, remaining: float | None) -> str:
     if op_type == "service_restart":
         if remaining is None:
             return "Restarting…"
-        return f"Restarting… ({clock(remaining)} remaining)" if remaining >= 1 else "Restarting… (finishing)"
+        return f"Restarting… ({timefmt.clock(remaining)} remaining)" if remaining >= 1 else "Restarting… (finishing)"
     return ACTIVE.get(op_type, "Working…")
+
+
+def running_label(state: dict, now: datetime | None = None, op_type: str | None = None) -> str:
+    """active_label() of a running operation (an operation_states or operations_list row), the time
+    left counted from its start against its estimate."""
+    left = timefmt.remaining_s(state.get("started_at"), state.get("estimated_duration_ms"), now or state.get("now"))
+    return active_label(state.get("operation_type") or op_type, int(state.get("progress") or 0), left)
 
 
 @dataclass
@@ -95,13 +78,11 @@ def button_state(op_type: str, state: dict | None, now: datetime | None = None, 
                  base_label: str | None = None) -> ButtonState:
     """What one operation button shows, from its target's latest operation (operation_states row)."""
     label = base_label or LABELS.get(op_type, op_type)
-    now = now or (parse_time(state.get("now")) if state else None) or datetime.now(timezone.utc)
+    now = now or (timefmt.parse_time(state.get("now")) if state else None) or datetime.now(timezone.utc)
     if state and state.get("status") in RUNNING:
-        kind = state.get("operation_type") or op_type
-        progress = int(state.get("progress") or 0)
-        return ButtonState("active", active_label(kind, progress, remaining_s(state, now)), True, progress,
+        return ButtonState("active", running_label(state, now, op_type), True, int(state.get("progress") or 0),
                            state.get("message") or "Waiting for a worker")
-    ended = parse_time(state.get("completed_at")) if state else None
+    ended = timefmt.parse_time(state.get("completed_at")) if state else None
     age = (now - ended).total_seconds() if ended else None
     if state and state.get("status") == "completed" and age is not None and age < SUCCESS_S:
         return ButtonState("success", label, not can_operate, 100, state.get("message"))
@@ -116,8 +97,8 @@ def needs_ticking(states: list[dict], now: datetime | None = None) -> bool:
     for s in states:
         if s.get("status") in RUNNING:
             return True
-        ended = parse_time(s.get("completed_at"))
-        ref = now or parse_time(s.get("now")) or datetime.now(timezone.utc)
+        ended = timefmt.parse_time(s.get("completed_at"))
+        ref = now or timefmt.parse_time(s.get("now")) or datetime.now(timezone.utc)
         if s.get("status") == "completed" and ended and (ref - ended).total_seconds() < SUCCESS_S:
             return True
     return False
@@ -145,35 +126,38 @@ def pick_state(states: list[dict], op_type: str | tuple, node: str | None, servi
     return max(found, key=lambda s: (s.get("status") in RUNNING, str(s.get("started_at") or "")))
 
 
-# ------------------------------------------------------------------------------------- the API
-def _rpc(client, fn: str, params: dict):
-    try:
-        return client.rpc(fn, params).execute().data
-    except APIError as exc:
-        if exc.code in ("PGRST301", "PGRST303"):
-            raise data.DataError("Your session has expired: sign in again.") from None
-        raise data.DataError((exc.message or "unknown error").rstrip(".") + ".") from None
-    except httpx.HTTPError as exc:
-        raise data.DataError(f"The proxwatch API does not answer ({type(exc).__name__}): is proxwatch running?") from None
+# ------------------------------------------------------------------- the Operations page's table
+OPERATION_STATUS = {"pending": "○ waiting", "in_progress": "◐ running", "completed": "● completed",
+                    "failed": "✕ failed"}
+OPERATION_STATUS_COLOR = {"○ waiting": "#b45309", "◐ running": "#1d4ed8", "● completed": "#15803d",
+                          "✕ failed": "#b91c1c"}
+REQUESTED_BY = {"user": "person", "cron": "daily job", "auto": "proxwatch"}
 
 
-def states(client, server_id: str) -> list[dict]:
-    return _rpc(client, "operation_states", {"p_server_id": server_id}) or []
+def operation_target(row: dict) -> str:
+    """What an operation acts on: 'VM 100 (web)', 'pveproxy on pve1', 'pve1'."""
+    params = row.get("params") or {}
+    if row["operation_type"] in POWER:
+        kind = "CT" if params.get("guest_type") == "lxc" else "VM"
+        return f"{kind} {params.get('vmid')}" + (f" ({params['guest_name']})" if params.get("guest_name") else "")
+    if row["operation_type"] == "service_restart":
+        return f"{params.get('service')} on {row.get('node') or 'default node'}"
+    return row.get("node") or "default node"
 
 
-def options(client, server_id: str) -> dict:
-    return _rpc(client, "operation_options", {"p_server_id": server_id}) or {}
-
-
-def request(client, server_id: str, op_type: str, params: dict) -> dict:
-    """request_operation(): the seed's shape, or DataError with the API's sentence."""
-    return _rpc(client, "request_operation", {"p_server_id": server_id, "p_type": op_type, "p_params": params})
-
-
-def operations_list(client, server_id: str | None = None, status: str | None = None, op_type: str | None = None,
-                    limit: int = 200) -> list[dict]:
-    return _rpc(client, "operations_list", {"p_server_id": server_id, "p_status": status, "p_type": op_type,
-                                            "p_limit": limit}) or []
+def operation_rows(rows: list[dict]) -> list[dict]:
+    """operations_list() rows → the history table's cells."""
+    return [{
+        "Started": timefmt.local_datetime(r.get("started_at")),
+        "Server": r.get("server_name"),
+        "Operation": LABELS.get(r["operation_type"], r["operation_type"]),
+        "Target": operation_target(r),
+        "Status": OPERATION_STATUS.get(r["status"], r["status"]),
+        "Progress": f"{r['progress']} %",
+        "Requested by": r.get("requested_by_email") or REQUESTED_BY.get(r.get("created_by"), r.get("created_by")),
+        "Took": timefmt.took(r.get("started_at"), r.get("completed_at")),
+        "Result": (r.get("error") if r["status"] == "failed" else r.get("message")) or "",
+    } for r in rows]
 
 
 # --------------------------------------------------------------------------------- the widgets
@@ -189,7 +173,7 @@ def _show_flash(key: str) -> None:
 
 def _press(client, server_id: str, op_type: str, params: dict, flash_key: str) -> None:
     try:
-        result = request(client, server_id, op_type, params)
+        result = data.request_operation(client, server_id, op_type, params)
     except data.DataError as exc:
         _flash(flash_key, str(exc), "error")
         return
@@ -273,8 +257,8 @@ def _panel(client, server: dict, rows: list[dict] | None = None) -> bool:
     """Draw the server's panel; True while it needs redrawing every second."""
     sid = str(server["id"])
     try:
-        opts = options(client, sid)
-        rows = states(client, sid) if rows is None else rows
+        opts = data.operation_options(client, sid)
+        rows = data.operation_states(client, sid) if rows is None else rows
     except data.DataError as exc:
         st.error(str(exc))
         return False
@@ -288,34 +272,13 @@ def _ticking_panel(client, server: dict) -> None:
         st.rerun()  # nothing runs any more: redraw the page, which draws the still panel
 
 
-def _watch(bindings: list) -> object | None:
-    """A Realtime feed (dashboard/live.py), or None where live updates are not available."""
-    try:
-        from dashboard import live
-    except ImportError:
-        return None
-    try:
-        return live.watch(st.session_state, bindings)
-    except Exception as exc:  # noqa: BLE001 - live updates are a nicety; the panel still works
-        log.warning("live updates for operations unavailable: %s", exc)
-        return None
-
-
-def _rerun_on_change(feed) -> None:
-    if feed is None:
-        return
-    from dashboard import live
-
-    live.rerun_on_change(feed, show_status=False)
-
-
 def server_operations(client, server: dict) -> None:
     """The operations of one server: Test SSH, Restart Service (choose the service), Renew Certificate."""
     sid = str(server["id"])
-    feed = _watch([("active_operations", f"server_id=eq.{sid}")])
+    feed = live.try_watch(st.session_state, [("active_operations", f"server_id=eq.{sid}")])
     st.markdown("##### Operations")
     try:
-        rows = states(client, sid)
+        rows = data.operation_states(client, sid)
     except data.DataError as exc:
         st.error(str(exc))
         return
@@ -323,7 +286,8 @@ def server_operations(client, server: dict) -> None:
         _ticking_panel(client, server)
     else:
         _panel(client, server, rows)
-    _rerun_on_change(feed)
+    if feed is not None:
+        live.rerun_on_change(feed, show_status=False)
 
 
 def guest_operations(client, server: dict, guest: dict, can_operate: bool | None = None,
@@ -333,9 +297,9 @@ def guest_operations(client, server: dict, guest: dict, can_operate: bool | None
     button shows the state and the others wait."""
     sid = str(server.get("id") or guest.get("server_id"))
     if rows is None:
-        rows = states(client, sid)
+        rows = data.operation_states(client, sid)
     if can_operate is None:
-        can_operate = bool(options(client, sid).get("canOperate"))
+        can_operate = bool(data.operation_options(client, sid).get("canOperate"))
     target = f"{guest['guest_type']}/{guest['vmid']}"
     current = pick_state(rows, POWER, None, target=target)
     running = current if current and current.get("status") in RUNNING else None

@@ -56,6 +56,11 @@ order by t.name, s.name;
 select s.id, s.name, t.name as tenant from public.proxmox_servers s join public.tenants t on t.id = s.tenant_id
 where s.name = %(name)s and (%(tenant)s::text is null or t.name = %(tenant)s);
 
+-- name: update_server
+-- The one write path for a server's settings (see the migration api_write_paths): null keeps a field.
+select public.update_server(%(id)s, %(name)s, %(base_url)s, %(fallback_url)s, %(tls_mode)s, %(tls_fingerprint)s,
+                            %(poll_interval_s)s, %(enabled)s, %(credentials)s) as result;
+
 -- name: delete_server
 delete from public.proxmox_servers where id = %(id)s;
 
@@ -65,9 +70,11 @@ select id, poll_interval_s from public.proxmox_servers where enabled order by id
 
 -- name: poll_target
 -- Everything one poll needs: the address, TLS settings, credentials and the learned timeout.
+-- Credentials are null when update_server() dropped them (the address or TLS settings changed):
+-- the poll then fails as a configuration error instead of sending the old secret anywhere.
 select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_fingerprint,
        s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext
-from public.proxmox_servers s join public.server_credentials c on c.server_id = s.id
+from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
 where s.id = %(server_id)s;
 
 -- name: insert_metrics

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import bcrypt
 import psycopg
+from psycopg.types.json import Jsonb
 
 from worker import db
 from worker.crypto import Box
@@ -104,6 +105,25 @@ class ServerInput:
     interval: int = 10
 
 
+def parse_credentials(token: str | None, user: str | None, password: str | None) -> tuple | None:
+    """(username, token_id, secret, auth_kind) from --token or --user/--password; None when none given."""
+    if token and (user or password):
+        raise InputError("give either --token or --user/--password, not both")
+    if token:
+        try:
+            username, token_id, secret = parse_token(token)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return username, token_id, secret, "token"
+    if user or password:
+        if not (user and password):
+            raise InputError("give both --user and --password")
+        if "@" not in user:
+            raise InputError(f"the user {user!r} needs a realm, like root@pam")
+        return user, None, password, "password"
+    return None
+
+
 def add_server(conn: psycopg.Connection, box: Box, spec: ServerInput) -> dict:
     """Validate everything, then write the server and its encrypted credentials in one transaction."""
     name = spec.name.strip()
@@ -111,20 +131,10 @@ def add_server(conn: psycopg.Connection, box: Box, spec: ServerInput) -> dict:
         raise InputError("the server name is empty")
     base_url = check_url(spec.url)
     fallback = check_url(spec.fallback_url, "fallback URL") if spec.fallback_url else None
-    if spec.token and (spec.user or spec.password):
-        raise InputError("give either --token or --user/--password, not both")
-    if spec.token:
-        try:
-            username, token_id, secret = parse_token(spec.token)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        auth_kind = "token"
-    elif spec.user and spec.password:
-        if "@" not in spec.user:
-            raise InputError(f"the user {spec.user!r} needs a realm, like root@pam")
-        username, token_id, secret, auth_kind = spec.user, None, spec.password, "password"
-    else:
+    creds = parse_credentials(spec.token, spec.user, spec.password)
+    if creds is None:
         raise InputError("give credentials: --token USER@REALM!ID=SECRET (preferred) or --user U --password P")
+    username, token_id, secret, auth_kind = creds
     if spec.fingerprint and spec.insecure:
         raise InputError("give either --fingerprint or --insecure, not both")
     fingerprint = None
@@ -170,3 +180,29 @@ def remove_server(conn: psycopg.Connection, name: str, tenant_name: str | None =
 
 def list_servers(conn: psycopg.Connection, tenant_name: str | None = None) -> list[dict]:
     return conn.execute(db.q("servers_list"), {"tenant": tenant_name}).fetchall()
+
+
+def update_server(conn: psycopg.Connection, box: Box, name: str, tenant_name: str | None = None, *,
+                  rename: str | None = None, url: str | None = None, fallback_url: str | None = None,
+                  fingerprint: str | None = None, tls_mode: str | None = None, token: str | None = None,
+                  user: str | None = None, password: str | None = None, interval: int | None = None,
+                  enabled: bool | None = None) -> dict:
+    """Change a server through public.update_server(), the one write path for people and the CLI:
+    a changed address or TLS setting drops the stored credentials unless new ones are given here
+    (fallback_url "" removes the fallback address)."""
+    row = find_server(conn, name, tenant_name)
+    creds = parse_credentials(token, user, password)
+    credentials = None
+    if creds:
+        username, token_id, secret, _ = creds
+        credentials = Jsonb({"username": username, "token_id": token_id, "secret_ciphertext": box.seal(secret)})
+    try:
+        result = conn.execute(db.q("update_server"), {
+            "id": row["id"], "name": rename, "base_url": url, "fallback_url": fallback_url, "tls_mode": tls_mode,
+            "tls_fingerprint": fingerprint, "poll_interval_s": interval, "enabled": enabled,
+            "credentials": credentials}).fetchone()["result"]
+    except (psycopg.errors.InvalidParameterValue, psycopg.errors.InsufficientPrivilege) as exc:
+        conn.rollback()
+        raise InputError(exc.diag.message_primary or str(exc)) from None
+    conn.commit()
+    return {**result, "tenant": row["tenant"]}

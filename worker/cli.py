@@ -145,6 +145,36 @@ def servers_list(tenant: Optional[str] = typer.Option(None, "--tenant")) -> None
     out.print(table)
 
 
+@servers_app.command("update")
+@guarded
+def servers_update(
+    name: str,
+    tenant: Optional[str] = typer.Option(None, "--tenant"),
+    rename: Optional[str] = typer.Option(None, "--rename", help="A new name"),
+    url: Optional[str] = typer.Option(None, "--url", help="A new address https://HOST[:PORT]"),
+    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="A new fallback address ('' removes it)"),
+    fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="Pin this SHA-256 certificate fingerprint"),
+    tls: Optional[str] = typer.Option(None, "--tls", help="verify, pinned or insecure"),
+    token: Optional[str] = typer.Option(None, "--token", help="New credentials: USER@REALM!TOKENID=SECRET"),
+    user: Optional[str] = typer.Option(None, "--user", help="New credentials: USER@REALM for password login"),
+    password: Optional[str] = typer.Option(None, "--password"),
+    interval: Optional[int] = typer.Option(None, "--interval", help="Seconds between polls"),
+    enabled: Optional[bool] = typer.Option(None, "--enable/--disable", help="Poll it or not"),
+) -> None:
+    """Change a server. A new address or TLS setting drops its stored credentials unless new ones are given."""
+    with database() as (ep, conn):
+        row = admin.update_server(conn, Box(ep.secret_key), name, tenant, rename=rename, url=url,
+                                  fallback_url=fallback_url, fingerprint=fingerprint, tls_mode=tls, token=token,
+                                  user=user, password=password, interval=interval, enabled=enabled)
+    out.print(f"server [bold]{row['name']}[/bold] of tenant {row['tenant']}: {row['base_url']}, TLS {row['tls_mode']}")
+    if row["trust_dropped"]:
+        out.print("[yellow]the pinned fingerprint was for the old address: TLS is verified by system CAs now "
+                  "(pin the new one with --fingerprint)[/yellow]")
+    if row["credentials_dropped"]:
+        out.print("[yellow]its credentials were for the old address or TLS setting and were removed: "
+                  "give new ones with --token (or --user/--password) before it can be polled[/yellow]")
+
+
 @servers_app.command("remove")
 @guarded
 def servers_remove(name: str, tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:

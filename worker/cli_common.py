@@ -12,9 +12,7 @@ import typer
 from rich.console import Console
 
 from worker import db, runtime, settings as settings_mod
-from worker.admin import InputError
-from worker.crypto import SecretKeyError
-from worker.settings import SettingsError
+from worker.errors import ProxwatchError
 
 err = Console(stderr=True)
 
@@ -44,15 +42,14 @@ def database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
 
 
 def guarded_by(*refusals: type[BaseException]):
-    """A decorator: the project's expected errors, and these refusals, become one sentence."""
+    """A decorator: proxwatch's own errors (ProxwatchError), and these other refusals, become one
+    sentence on stderr and exit code 2; an unreachable database exits 1."""
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from worker.embedded.services import EmbeddedError
-
             try:
                 return fn(*args, **kwargs)
-            except (InputError, SettingsError, SecretKeyError, EmbeddedError, db.MigrationError, *refusals) as exc:
+            except (ProxwatchError, *refusals) as exc:
                 fail(str(exc))
             except psycopg.OperationalError as exc:
                 fail(f"the database is unreachable: {str(exc).strip().splitlines()[0]}", 1)

@@ -37,7 +37,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-guarded = guarded_by(sessions.RegistryError, ValueError)
+guarded = guarded_by(ValueError)
 
 
 def _ago(value) -> str:

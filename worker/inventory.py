@@ -11,7 +11,7 @@ Steps of a sync (sync_guests):
 A PVE failure is a result (guest_syncs.error_message; the known guests stay as they were), not an
 exception. Database errors propagate, so the actor retries.
 
-Guest power actions live in worker/operations.py.
+Guest power actions live in worker/operations/guest_power.py.
 """
 
 from __future__ import annotations
@@ -25,20 +25,13 @@ from psycopg_pool import ConnectionPool
 from worker import db
 from worker.crypto import SecretKeyError
 from worker.pve import CONFIG, PveError
-from worker.settings import env_int
 
 log = logging.getLogger(__name__)
 
-# Seconds between syncs of one server's guests (PROXWATCH_GUEST_INTERVAL).
-DEFAULT_INTERVAL_S = 30
 STEP_PCT = 5                                   # usage is stored in steps of this many percent
 START_DRIFT = timedelta(minutes=2)             # a start time moving less than this is the same start
 COLUMNS = ("vmid", "guest_type", "node", "name", "status", "template", "tags", "cpu_pct", "maxcpu", "mem_pct",
            "maxmem", "maxdisk", "started_at", "hastate", "lock", "pool")
-
-
-def interval_s() -> int:
-    return env_int("PROXWATCH_GUEST_INTERVAL", DEFAULT_INTERVAL_S, 5, 3600)
 
 
 def _step(value: float | None) -> int | None:
@@ -173,6 +166,8 @@ def sync_guests(poller, server_id: str) -> SyncResult | None:
         found = poller.client(server_id)
     except SecretKeyError as exc:  # the stored credential no longer decrypts: a result, not a retry
         return apply(poller.pool, server_id, None, PveError(CONFIG, str(exc)))
+    except PveError as exc:  # no credentials (update_server dropped them): a result, not a retry
+        return apply(poller.pool, server_id, None, exc)
     if found is None:
         return None
     row, client = found

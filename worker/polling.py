@@ -5,7 +5,8 @@ Steps of a poll:
 2. GET /version and GET /cluster/status through worker.pve (fallback address on a
    connection-level failure), timing each call;
 3. hand the result to the Recorder, which writes the metric row and rewrites the server row
-   only when something a person sees changes (or "last checked" is a minute old).
+   only when something a person sees changes (or "last checked" is older than
+   PROXWATCH_STATUS_REFRESH, five minutes by default).
 
 A failed poll is a result, not an error: it becomes a metric row with error_kind and a sentence.
 Database errors propagate, so the actor retries them.
@@ -26,7 +27,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker import db
 from worker.crypto import Box
-from worker.pve import CONFIG, PveClient, PveError, Target
+from worker.pve import CONFIG, PveClient, PveError
+from worker.pve_clients import PveClients
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -236,27 +238,12 @@ class Poller:
         self.pool = pool
         self.box = box
         self.settings = settings
-        self.ca_file = ca_file
-        self._clients: dict[str, tuple[tuple, PveClient]] = {}
+        self.ca_file = ca_file or settings.pve_ca_file
+        self.clients = PveClients(box, self.ca_file)
         self._targets: dict[str, tuple[float, dict]] = {}
-        self._lock = threading.Lock()
 
     def _client(self, row: dict) -> PveClient:
-        key = (row["base_url"], row["fallback_url"], row["tls_mode"], row["tls_fingerprint"], row["username"],
-               row["token_id"], row["secret_ciphertext"])
-        sid = str(row["id"])
-        with self._lock:
-            cached = self._clients.get(sid)
-            if cached and cached[0] == key:
-                return cached[1]
-            if cached:
-                cached[1].close()
-            target = Target(base_url=row["base_url"], fallback_url=row["fallback_url"], tls_mode=row["tls_mode"],
-                            fingerprint=row["tls_fingerprint"], username=row["username"], token_id=row["token_id"],
-                            secret=self.box.open(row["secret_ciphertext"]), ca_file=self.ca_file)
-            client = PveClient(target)
-            self._clients[sid] = (key, client)
-            return client
+        return self.clients.get(row)[0]
 
     def target(self, server_id: str) -> dict | None:
         """The server's poll settings: read from the database at most every TARGET_TTL_S (a changed

@@ -31,19 +31,14 @@ def endpoints(settings: Settings) -> Endpoints:
                          settings.supabase_anon_key, settings.supabase_service_key)
     from worker.embedded.services import load_secrets
 
-    s = load_secrets(settings.home)
-    anon = service = None
-    try:
-        from worker.embedded.standin import make_keys
+    from worker.embedded.standin import make_keys
 
-        keys = make_keys(s["jwt_secret"])
-        anon, service = keys["anon_key"], keys["service_key"]
-    except ImportError:
-        pass
+    s = load_secrets(settings.home)
+    keys = make_keys(s["jwt_secret"])
     return Endpoints(
         database_url=f"postgresql://postgres:{s['pg_password']}@127.0.0.1:{settings.pg_port}/postgres",
         redis_url=settings.redis_url or f"redis://:{s['redis_password']}@127.0.0.1:{settings.redis_port}/0",
         secret_key=settings.secret_key or s["secret_key"],
         supabase_url=f"http://127.0.0.1:{settings.standin_port}",
-        anon_key=anon, service_key=service, jwt_secret=s["jwt_secret"],
+        anon_key=keys["anon_key"], service_key=keys["service_key"], jwt_secret=s["jwt_secret"],
         admin_email=s["admin_email"], admin_password=s["admin_password"])

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -27,6 +26,7 @@ import psycopg
 import redis
 
 from worker import db
+from worker.schedule import Job, job_key, jobs
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "proxwatch:scheduler:leader"
@@ -62,32 +62,12 @@ def tick(server_id: str, interval_s: int, now: float) -> float:
     return ((now_ms - phase) // interval_ms * interval_ms + phase) / 1000
 
 
-@dataclass(frozen=True)
-class Job:
-    """A periodic message: per server (args: server_id, scheduled_at) or global (args: scheduled_at)."""
-    actor: str                      # the name of an actor in worker.actors
-    per_server: bool = True
-    interval_s: int | None = None   # None: the server's poll_interval_s
-
-
-# Every periodic message the scheduler sends. Other modules' actors join this list.
-JOBS: list[Job] = [Job("poll")]
-
-
-def job_key(job: Job, server_id: str | None) -> str:
-    """The uuid whose value sets the job's phase inside its interval."""
-    if job.actor == "poll" and server_id:
-        return server_id
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"proxwatch:{job.actor}:{server_id or ''}"))
-
-
 class Scheduler:
-    def __init__(self, database_url: str, send: Callable[[str, tuple], None], lock: LeaderLock,
-                 jobs: list[Job] | None = None):
+    def __init__(self, database_url: str, send: Callable[[str, tuple], None], lock: LeaderLock, jobs: list[Job]):
         self.database_url = database_url
         self.send = send
         self.lock = lock
-        self.jobs = jobs if jobs is not None else JOBS
+        self.jobs = jobs
         self.servers: list[tuple[str, int]] = []
         self.last: dict[tuple[str, str | None], float] = {}
         self.sent = 0
@@ -160,19 +140,17 @@ class Scheduler:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(message)s")
-    from worker import actors
-    from worker.broker import ENDPOINTS
+    # The actors (and with them the broker) are imported only by the scheduler's own process: the
+    # module's classes and tick() stay importable without a broker.
+    from worker import actors, broker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    lock = LeaderLock(redis.Redis.from_url(ENDPOINTS.redis_url, socket_timeout=3, socket_connect_timeout=3))
-    Scheduler(ENDPOINTS.database_url, lambda actor, args: getattr(actors, actor).send(*args), lock).run(stop)
+    lock = LeaderLock(redis.Redis.from_url(broker.ENDPOINTS.redis_url, socket_timeout=3, socket_connect_timeout=3))
+    Scheduler(broker.ENDPOINTS.database_url, lambda actor, args: getattr(actors, actor).send(*args), lock,
+              jobs(broker.SETTINGS)).run(stop)
 
 
 if __name__ == "__main__":
-    # `python -m worker.scheduler` runs this file as __main__, a second copy of the module; run the
-    # imported worker.scheduler instead, whose JOBS list the actors' modules extend.
-    from worker import scheduler as _scheduler
-
-    _scheduler.main()
+    main()

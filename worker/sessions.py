@@ -31,13 +31,6 @@ PROTOCOLS = ("vnc", "term", "ssh")
 HEARTBEAT_S = 30
 
 
-def sweep_interval_s() -> int:
-    """Seconds between runs of the expire_sessions job (PROXWATCH_SESSION_SWEEP_S, default 30)."""
-    from worker.settings import env_int
-
-    return env_int("PROXWATCH_SESSION_SWEEP_S", 30, 5, 3600)
-
-
 class RegistryError(ProxwatchError):
     """The registry refused or failed; the message is one sentence for a person."""
 

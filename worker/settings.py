@@ -1,69 +1,247 @@
-"""Environment → typed settings. Every bad value fails loudly with one sentence.
+"""Environment → typed settings: every variable proxwatch reads is declared here, once.
 
-Two modes, one code path (see DESIGN.md):
+Two modes, one code path:
 - Supabase mode: DATABASE_URL (+ REDIS_URL, SUPABASE_URL, SUPABASE_ANON_KEY) point at real services.
 - Embedded mode (DATABASE_URL unset): the project starts its own Postgres, Redis and the Supabase
   stand-in, keeping their data under PROXWATCH_HOME.
+
+Each variable is a `Var` in `VARS` with its default and a line saying what it does; `load()` builds
+one frozen `Settings` (with a section per concern: operations, gateway, inventory, sessions,
+dashboard, realtime) from them. A bad value fails loudly with one sentence naming the variable
+(`Unexpected value PROXWATCH_POLL_INTERVAL='ten': use a whole number.`). The README's configuration
+table is `markdown_table()` (`python3 -m worker.settings` prints it; a test keeps the two equal), so
+the documentation cannot drift from the code. No other module reads the environment.
 """
 
 from __future__ import annotations
 
-from worker.errors import ProxwatchError
-
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from worker.errors import ProxwatchError
 
 
 class SettingsError(ProxwatchError):
     """The environment holds a value proxwatch cannot use."""
 
 
-def env_int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"Unexpected value {name}={raw!r}: use a whole number.") from None
-    if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        raise SettingsError(f"Unexpected value {name}={raw!r}: use a number between {minimum} and {maximum}.")
-    return value
+# ---------------------------------------------------------------------------------- parsers
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
 
 
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
+def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"Unexpected value {name}={raw!r}: use a whole number.") from None
+        if not minimum <= value <= maximum:
+            raise SettingsError(f"Unexpected value {name}={raw!r}: use a number between {minimum} and {maximum}.")
+        return value
+    parse.range = (minimum, maximum)  # type: ignore[attr-defined]
+    return parse
+
+
+def _boolean(name: str, raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
         return True
-    if raw.lower() in ("0", "false", "no", "off"):
+    if raw.strip().lower() in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"Unexpected value {name}={raw!r}: use 'true' or 'false'.")
 
 
-def default_home() -> Path:
-    """Where embedded mode keeps its data when PROXWATCH_HOME is unset.
+def _url(*schemes: str, what: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if not value.startswith(tuple(s + "://" for s in schemes)):
+            raise SettingsError(f"Unexpected value {name}={_redact(value)!r}: use {what}.")
+        return value.rstrip("/") if schemes[0].startswith("http") else value
+    return parse
 
-    A normal user gets ~/.local/share/proxwatch. Root gets /var/lib/proxwatch: Postgres refuses to
-    run as root, so the embedded server runs as the 'postgres' user, which cannot enter /root.
-    """
-    if os.geteuid() == 0:
-        return Path("/var/lib/proxwatch")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "proxwatch"
+
+def _path(name: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+# ------------------------------------------------------------------------------- variables
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its default (None: unset), what it does, how it is parsed."""
+    name: str
+    default: object
+    help: str
+    parse: Callable[[str, str], object] = _text
+    shown_default: str | None = None   # how the README shows a default that depends on the machine
+
+    def read(self):
+        raw = os.environ.get(self.name)
+        if raw is None or raw.strip() == "":
+            return self.default
+        return self.parse(self.name, raw)
+
+    @property
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+_PORT = _integer(1024, 65535)
+VARS: dict[str, Var] = {v.name: v for v in (
+    # -- where the services are
+    Var("PROXWATCH_HOME", None, "Embedded mode keeps Postgres, Redis and its generated secrets here.", _path,
+        shown_default="`~/.local/share/proxwatch` (root: `/var/lib/proxwatch`)"),
+    Var("DATABASE_URL", None, "Supabase mode: the Postgres the workers write to (direct or session pooler). "
+        "Unset: embedded mode.", _url("postgres", "postgresql", what="a postgresql:// URL")),
+    Var("REDIS_URL", None, "The Dramatiq broker. Required with DATABASE_URL.",
+        _url("redis", "rediss", "unix", what="a redis:// URL")),
+    Var("SUPABASE_URL", None, "The dashboard's Supabase project (REST RPC, Auth, Realtime).",
+        _url("http", "https", what="an http(s):// URL")),
+    Var("SUPABASE_ANON_KEY", None, "The project's anon key (the dashboard signs users in with it)."),
+    Var("SUPABASE_SERVICE_ROLE_KEY", None, "Lets `users add` create users through the Supabase Auth admin API."),
+    Var("PROXWATCH_SECRET_KEY", None, "Fernet key that encrypts stored credentials. Required with DATABASE_URL; "
+        "embedded mode generates one."),
+    Var("PROXWATCH_JWT_SECRET", None, "The stand-in's JWT signing secret (set by `proxwatch up` for its child)."),
+    # -- embedded mode's ports (loopback)
+    Var("PROXWATCH_PG_PORT", 54329, "Embedded Postgres port.", _PORT),
+    Var("PROXWATCH_REDIS_PORT", 6389, "Embedded Redis port.", _PORT),
+    Var("PROXWATCH_SUPABASE_PORT", 54321, "Embedded Supabase stand-in port (REST RPC, Auth, Realtime).", _PORT),
+    Var("PROXWATCH_WEB_PORT", 8501, "The dashboard's port under `proxwatch up` / `demo`.", _PORT),
+    # -- polling
+    Var("PROXWATCH_POLL_INTERVAL", 10, "Seconds between polls of a new server (each server keeps its own).",
+        _integer(2, 3600)),
+    Var("PROXWATCH_OFFLINE_AFTER", 3, "Consecutive failed polls that make a server offline.", _integer(1, 100)),
+    Var("PROXWATCH_STATUS_REFRESH", 300, "Seconds between rewrites of a server's \"last checked\" when nothing "
+        "visible changed (a Realtime message each).", _integer(10, 3600)),
+    Var("PROXWATCH_TIMEOUT_MIN_MS", 1000, "Lower bound of the learned per-server timeout.", _integer(100, 60000)),
+    Var("PROXWATCH_TIMEOUT_MAX_MS", 10000, "Upper bound of the learned per-server timeout.", _integer(100, 120000)),
+    Var("PROXWATCH_WORKER_PROCESSES", 2, "Worker processes under `proxwatch up` (the Procfile passes it too).",
+        _integer(1, 64)),
+    Var("PROXWATCH_WORKER_THREADS", 16, "Threads per worker process.", _integer(1, 256)),
+    Var("PROXWATCH_PVE_CA_FILE", None, "Extra CA bundle for servers whose TLS mode is `verify`.", _text),
+    # -- guests and sessions
+    Var("PROXWATCH_GUEST_INTERVAL", 30, "Seconds between guest syncs of one server.", _integer(5, 3600)),
+    Var("PROXWATCH_SESSION_SWEEP_S", 30, "Seconds between sweeps that expire sessions without heartbeats.",
+        _integer(5, 3600)),
+    Var("PROXWATCH_SESSION_HEARTBEAT_S", 30, "Seconds between the gateway's heartbeats of open sessions.",
+        _integer(1, 300)),
+    # -- operations
+    Var("PROXWATCH_OPERATION_STALE_S", 60, "An operation whose worker sent no heartbeat for this long is failed.",
+        _integer(3, 86400)),
+    Var("PROXWATCH_OPERATION_PENDING_TIMEOUT_S", 600, "An operation no worker took within this is failed, never "
+        "started late.", _integer(10, 86400)),
+    Var("PROXWATCH_OPERATION_POLL_MS", 1000, "How often a running PVE task's status and log are read.",
+        _integer(50, 30000)),
+    Var("PROXWATCH_OPERATION_DEADLINE_S", 1800, "A PVE task running longer than this is given up on.",
+        _integer(10, 86400)),
+    Var("PROXWATCH_SSH_TIMEOUT_S", 15, "Timeout of the SSH test's connection and command.", _integer(1, 300)),
+    # -- console gateway
+    Var("PROXWATCH_GATEWAY_HOST", "127.0.0.1", "Address the console gateway listens on."),
+    Var("PROXWATCH_GATEWAY_PORT", 8765, "Port of the console gateway.", _PORT),
+    Var("PROXWATCH_GATEWAY_PING_S", 30, "WebSocket ping to the browser; no pong within half of it ends the console.",
+        _integer(2, 600)),
+    Var("PROXWATCH_GATEWAY_TRUST_PROXY", False, "Take the client address from X-Forwarded-For (only behind a proxy).",
+        _boolean),
+    Var("PROXWATCH_GATEWAY_URL", None, "The gateway as browsers reach it (the dashboard's console links).",
+        _url("http", "https", what="an http(s):// URL"),
+        shown_default="`http://127.0.0.1:$PROXWATCH_GATEWAY_PORT`"),
+    # -- dashboard
+    Var("PROXWATCH_DASHBOARD_EMAIL", None, "Embedded mode: the local admin the dashboard signs in as."),
+    Var("PROXWATCH_DASHBOARD_PASSWORD", None, "Embedded mode: that admin's password."),
+    Var("PROXWATCH_DASHBOARD_REFRESH", 60, "Seconds between the dashboard's re-reads while Realtime is down.",
+        _integer(5, 3600)),
+    Var("PROXWATCH_DASHBOARD_RECONCILE", 30, "Seconds between the dashboard's cheap \"did anything change\" "
+        "checks while Realtime is live (corrects changes Realtime dropped over its quota).", _integer(5, 3600)),
+    # -- the embedded Realtime (Supabase's own limits apply in Supabase mode)
+    Var("PROXWATCH_REALTIME_EVENTS_PER_S", 100, "Embedded mode: the Realtime events quota per second (one-minute "
+        "average, as Supabase's Free plan); over it changes are skipped silently.", _integer(1, 100000)),
+    Var("PROXWATCH_REALTIME_JOINS_PER_S", 100, "Embedded mode: Realtime channel joins per second (as Supabase).",
+        _integer(1, 100000)),
+)}
+
+
+def read(name: str):
+    """The value of one declared variable (its default when unset)."""
+    return VARS[name].read()
+
+
+# -------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class OperationSettings:
+    stale_s: int = 60
+    pending_timeout_s: int = 600
+    task_poll_ms: int = 1000
+    deadline_s: int = 1800
+    ssh_timeout_s: int = 15
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    ping_s: int = 30
+    heartbeat_s: int = 30
+    trust_proxy: bool = False
+    public_url: str | None = None   # PROXWATCH_GATEWAY_URL
+
+    @property
+    def url(self) -> str:
+        """The gateway as a browser on this machine reaches it, unless PROXWATCH_GATEWAY_URL says otherwise."""
+        return self.public_url or f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    interval_s: int = 30
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    sweep_s: int = 30
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    email: str | None = None
+    password: str | None = None
+    refresh_s: int = 60
+    reconcile_s: int = 30
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    events_per_s: int = 100
+    joins_per_s: int = 100
 
 
 @dataclass(frozen=True)
 class Settings:
     home: Path
-    database_url: str | None
-    redis_url: str | None
-    supabase_url: str | None
-    supabase_anon_key: str | None
-    supabase_service_key: str | None
-    secret_key: str | None
+    database_url: str | None = None
+    redis_url: str | None = None
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = None
+    supabase_service_key: str | None = None
+    secret_key: str | None = None
+    jwt_secret: str | None = None
     # Ports of the embedded services (loopback only).
     pg_port: int = 54329
     redis_port: int = 6389
@@ -78,7 +256,13 @@ class Settings:
     timeout_default_ms: int = 5000
     worker_processes: int = 2
     worker_threads: int = 16
-    extra: dict = field(default_factory=dict)
+    pve_ca_file: str | None = None
+    operations: OperationSettings = field(default_factory=OperationSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    inventory: InventorySettings = field(default_factory=InventorySettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
 
     @property
     def embedded(self) -> bool:
@@ -86,44 +270,79 @@ class Settings:
         return not self.database_url
 
 
+def default_home() -> Path:
+    """Where embedded mode keeps its data when PROXWATCH_HOME is unset.
+
+    A normal user gets ~/.local/share/proxwatch. Root gets /var/lib/proxwatch: Postgres refuses to
+    run as root, so the embedded server runs as the 'postgres' user, which cannot enter /root.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/proxwatch")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "proxwatch"
+
+
 def load() -> Settings:
-    home_raw = os.environ.get("PROXWATCH_HOME")
-    home = Path(home_raw).expanduser() if home_raw else default_home()
-    if not home.is_absolute():
-        home = Path.cwd() / home
-    database_url = os.environ.get("DATABASE_URL") or None
-    if database_url and not database_url.startswith(("postgres://", "postgresql://")):
-        raise SettingsError(f"Unexpected value DATABASE_URL={_redact(database_url)!r}: use a postgresql:// URL.")
-    redis_url = os.environ.get("REDIS_URL") or None
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"Unexpected value REDIS_URL={_redact(redis_url)!r}: use a redis:// URL.")
+    """Every variable read and checked now; SettingsError with one sentence for the first bad one."""
+    r = read
     return Settings(
-        home=home,
-        database_url=database_url,
-        redis_url=redis_url,
-        supabase_url=os.environ.get("SUPABASE_URL") or None,
-        supabase_anon_key=os.environ.get("SUPABASE_ANON_KEY") or None,
-        supabase_service_key=os.environ.get("SUPABASE_SERVICE_ROLE_KEY") or None,
-        secret_key=os.environ.get("PROXWATCH_SECRET_KEY") or None,
-        pg_port=env_int("PROXWATCH_PG_PORT", 54329, 1024, 65535),
-        redis_port=env_int("PROXWATCH_REDIS_PORT", 6389, 1024, 65535),
-        standin_port=env_int("PROXWATCH_SUPABASE_PORT", 54321, 1024, 65535),
-        web_port=env_int("PROXWATCH_WEB_PORT", 8501, 1024, 65535),
-        default_interval_s=env_int("PROXWATCH_POLL_INTERVAL", 10, 2, 3600),
-        offline_after=env_int("PROXWATCH_OFFLINE_AFTER", 3, 1, 100),
-        status_refresh_s=env_int("PROXWATCH_STATUS_REFRESH", 300, 10, 3600),
-        timeout_min_ms=env_int("PROXWATCH_TIMEOUT_MIN_MS", 1000, 100, 60000),
-        timeout_max_ms=env_int("PROXWATCH_TIMEOUT_MAX_MS", 10000, 100, 120000),
-        worker_processes=env_int("PROXWATCH_WORKER_PROCESSES", 2, 1, 64),
-        worker_threads=env_int("PROXWATCH_WORKER_THREADS", 16, 1, 256),
+        home=r("PROXWATCH_HOME") or default_home(),
+        database_url=r("DATABASE_URL"),
+        redis_url=r("REDIS_URL"),
+        supabase_url=r("SUPABASE_URL"),
+        supabase_anon_key=r("SUPABASE_ANON_KEY"),
+        supabase_service_key=r("SUPABASE_SERVICE_ROLE_KEY"),
+        secret_key=r("PROXWATCH_SECRET_KEY"),
+        jwt_secret=r("PROXWATCH_JWT_SECRET"),
+        pg_port=r("PROXWATCH_PG_PORT"),
+        redis_port=r("PROXWATCH_REDIS_PORT"),
+        standin_port=r("PROXWATCH_SUPABASE_PORT"),
+        web_port=r("PROXWATCH_WEB_PORT"),
+        default_interval_s=r("PROXWATCH_POLL_INTERVAL"),
+        offline_after=r("PROXWATCH_OFFLINE_AFTER"),
+        status_refresh_s=r("PROXWATCH_STATUS_REFRESH"),
+        timeout_min_ms=r("PROXWATCH_TIMEOUT_MIN_MS"),
+        timeout_max_ms=r("PROXWATCH_TIMEOUT_MAX_MS"),
+        worker_processes=r("PROXWATCH_WORKER_PROCESSES"),
+        worker_threads=r("PROXWATCH_WORKER_THREADS"),
+        pve_ca_file=r("PROXWATCH_PVE_CA_FILE"),
+        operations=OperationSettings(
+            stale_s=r("PROXWATCH_OPERATION_STALE_S"),
+            pending_timeout_s=r("PROXWATCH_OPERATION_PENDING_TIMEOUT_S"),
+            task_poll_ms=r("PROXWATCH_OPERATION_POLL_MS"),
+            deadline_s=r("PROXWATCH_OPERATION_DEADLINE_S"),
+            ssh_timeout_s=r("PROXWATCH_SSH_TIMEOUT_S")),
+        gateway=GatewaySettings(
+            host=r("PROXWATCH_GATEWAY_HOST"),
+            port=r("PROXWATCH_GATEWAY_PORT"),
+            ping_s=r("PROXWATCH_GATEWAY_PING_S"),
+            heartbeat_s=r("PROXWATCH_SESSION_HEARTBEAT_S"),
+            trust_proxy=r("PROXWATCH_GATEWAY_TRUST_PROXY"),
+            public_url=r("PROXWATCH_GATEWAY_URL")),
+        inventory=InventorySettings(interval_s=r("PROXWATCH_GUEST_INTERVAL")),
+        sessions=SessionSettings(sweep_s=r("PROXWATCH_SESSION_SWEEP_S")),
+        dashboard=DashboardSettings(
+            email=r("PROXWATCH_DASHBOARD_EMAIL"),
+            password=r("PROXWATCH_DASHBOARD_PASSWORD"),
+            refresh_s=r("PROXWATCH_DASHBOARD_REFRESH"),
+            reconcile_s=r("PROXWATCH_DASHBOARD_RECONCILE")),
+        realtime=RealtimeSettings(
+            events_per_s=r("PROXWATCH_REALTIME_EVENTS_PER_S"),
+            joins_per_s=r("PROXWATCH_REALTIME_JOINS_PER_S")),
     )
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+def markdown_table() -> str:
+    """The README's configuration table: every variable, its default, what it does."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for v in VARS.values():
+        default = v.default_text if v.default_text.startswith("`") or v.default_text == "unset" \
+            else f"`{v.default_text}`"
+        rng = getattr(v.parse, "range", None)
+        extra = f" ({rng[0]}–{rng[1]})" if rng and v.parse is not _PORT else ""
+        rows.append(f"| `{v.name}` | {default} | {v.help}{extra} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -127,13 +127,13 @@ def test_a_wrong_password_in_the_form_is_a_sentence(monkeypatch, standin, fleet)
 def test_an_expired_access_token_is_refreshed_without_signing_in_again(monkeypatch, db_url, pw_secrets, fleet):
     import time
 
-    from dashboard import data
+    from dashboard import session
 
     with running_standin(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=2) as short:
         app = run_as(monkeypatch, short, ALICE)
-        first = app.session_state[data.SESSION_KEY].auth.get_session().access_token
+        first = app.session_state[session.SESSION_KEY].auth.get_session().access_token
         time.sleep(3)  # the first access token has expired by now
         app.run()
         assert not app.exception and not app.error, [e.value for e in app.error]
         assert fleet_table(app)["Server"].tolist() == ["pve-alpha", "pve-beta", "pve-delta"]
-        assert app.session_state[data.SESSION_KEY].auth.get_session().access_token != first
+        assert app.session_state[session.SESSION_KEY].auth.get_session().access_token != first

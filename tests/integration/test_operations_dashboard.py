@@ -12,7 +12,7 @@ from tests.support.seed import ALICE, BOB, seed_fleet
 from tests.support.streamlit import APP, DASHBOARD, app_test, sign_in_env
 from worker import admin, operations
 
-PAGE = str(DASHBOARD / "pages" / "3_Operations.py")
+PAGE = str(DASHBOARD / "views" / "3_Operations.py")
 VIEWER = ("vera@acme.test", "vera-password-1")
 
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from tests.support.seed import PASSWORD, USERS, add_guest, open_session
 from tests.support.streamlit import DASHBOARD, app_test, sign_in_env
 
-PAGES = DASHBOARD / "pages"
+PAGES = DASHBOARD / "views"
 
 
 @pytest.fixture

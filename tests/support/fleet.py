@@ -22,7 +22,7 @@ from fakepve.pytest_plugin import _Serving
 from fakepve.server import USER, FakePve, ok, params
 
 from tests.support.seed import TOKEN
-from worker.operations import SERVICES
+from worker.operations.service_restart import SERVICES
 
 
 def allow_token(pve: FakePve, token: str = TOKEN) -> FakePve:

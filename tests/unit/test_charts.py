@@ -7,7 +7,8 @@ import math
 import altair as alt
 
 from dashboard.charts import history_chart, history_frame, summary_figures
-from dashboard.data import fleet_rows, relative_time
+from dashboard.tables import fleet_rows
+from dashboard.timefmt import relative_time
 
 
 def history(with_gap: bool = True) -> dict:

@@ -136,8 +136,7 @@ def run(s: Settings, demo: bool = False) -> None:
         stack.callback(_stop_children, children)
         print(f"proxwatch: dashboard at http://127.0.0.1:{s.web_port}  (logs in {logdir}; Ctrl-C stops)",
               flush=True)
-        print(f"proxwatch: console gateway at http://{os.environ.get('PROXWATCH_GATEWAY_HOST', '127.0.0.1')}:"
-              f"{os.environ.get('PROXWATCH_GATEWAY_PORT', '8765')}", flush=True)
+        print(f"proxwatch: console gateway at http://{s.gateway.host}:{s.gateway.port}", flush=True)
         if s.embedded:
             print(f"proxwatch: signed in automatically as {ep.admin_email} (password in {s.home}/secrets.json)",
                   flush=True)

@@ -7,8 +7,8 @@ import logging
 import sys
 
 from worker import runtime, settings
-from worker.gateway.app import GatewayConfig, GatewayError, serve
-from worker.settings import SettingsError
+from worker.errors import ProxwatchError
+from worker.gateway.app import GatewayConfig, serve
 
 
 def main() -> None:
@@ -17,9 +17,9 @@ def main() -> None:
     try:
         s = settings.load()
         ep = runtime.endpoints(s)
-        config = GatewayConfig.from_env(ep.database_url, ep.secret_key)
+        config = GatewayConfig.from_settings(s, ep.database_url, ep.secret_key)
         serve(config)
-    except (SettingsError, GatewayError) as exc:
+    except ProxwatchError as exc:
         print(f"console gateway: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -34,13 +34,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker import consoles, db
 from worker.crypto import Box, SecretKeyError
+from worker.errors import ProxwatchError
 from worker.gateway import pages
 from worker.gateway.upstream import Opener
-from worker.pve import PveError
 from worker.sessions import HEARTBEAT_S, RegistryError, Registry, SessionRefused, TokenError
-from worker.settings import env_bool, env_int
-from worker.ssh import SshError
-from worker.errors import ProxwatchError
+from worker.settings import Settings
 
 log = logging.getLogger("proxwatch.gateway")
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,14 +72,10 @@ class GatewayConfig:
     timeout_s: float = 10.0
 
     @classmethod
-    def from_env(cls, database_url: str, secret_key: str) -> "GatewayConfig":
-        return cls(database_url=database_url, secret_key=secret_key,
-                   host=os.environ.get("PROXWATCH_GATEWAY_HOST") or "127.0.0.1",
-                   port=env_int("PROXWATCH_GATEWAY_PORT", 8765, 1024, 65535),
-                   ping_s=env_int("PROXWATCH_GATEWAY_PING_S", 30, 2, 600),
-                   heartbeat_s=env_int("PROXWATCH_SESSION_HEARTBEAT_S", HEARTBEAT_S, 1, 300),
-                   trust_proxy=env_bool("PROXWATCH_GATEWAY_TRUST_PROXY", False),
-                   ca_file=os.environ.get("PROXWATCH_PVE_CA_FILE") or None)
+    def from_settings(cls, s: Settings, database_url: str, secret_key: str) -> "GatewayConfig":
+        g = s.gateway
+        return cls(database_url=database_url, secret_key=secret_key, host=g.host, port=g.port, ping_s=g.ping_s,
+                   heartbeat_s=g.heartbeat_s, trust_proxy=g.trust_proxy, ca_file=s.pve_ca_file)
 
 
 class Bridge:
@@ -293,7 +287,7 @@ class Gateway:
                 user_id=t.user_id, server_id=t.server_id, protocol=t.protocol, target=t.target,
                 guest_type=t.guest_type, vmid=t.vmid, node=t.node, client_ip=self.client_ip(request),
                 user_email=t.user_email)
-        except (RegistryError, PveError, SshError, SecretKeyError, psycopg.Error, OSError) as exc:
+        except (ProxwatchError, psycopg.Error, OSError) as exc:
             if isinstance(exc, (psycopg.OperationalError, OSError)) and not isinstance(exc, ConnectionError):
                 message = "the session registry (database) is unreachable: try again in a moment"
             elif isinstance(exc, psycopg.Error):

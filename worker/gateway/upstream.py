@@ -25,6 +25,7 @@ import aiohttp
 from worker import consoles, ssh
 from worker.crypto import Box
 from worker.pve import AUTH, DNS, HTTP, NETWORK, REFUSED, TIMEOUT, TLS, CONNECTION_LEVEL, PveClient, PveError, Target
+from worker.pve_clients import PveClients
 
 LOGIN_TTL_S = 3600          # a PVE login ticket lives 2 h; renew after one
 TERMINAL_LOGIN_TIMEOUT_S = 10
@@ -152,8 +153,8 @@ class Opener:
         self.timeout_s = timeout_s
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pve-ticket")
         self.http: aiohttp.ClientSession | None = None
-        self._clients: dict[str, tuple[tuple, PveClient, Target]] = {}
-        self._logins: dict[str, tuple[float, str]] = {}
+        self.clients = PveClients(box, ca_file)
+        self._logins: dict[str, tuple[Target, float, str]] = {}
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
@@ -162,27 +163,12 @@ class Opener:
     async def close(self) -> None:
         if self.http:
             await self.http.close()
-        for _, client, _ in self._clients.values():
-            client.close()
+        self.clients.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def client(self, row: dict) -> tuple[PveClient, Target]:
-        """The server's client from its poll_target row (worker/polling.py does the same)."""
-        key = (row["base_url"], row["fallback_url"], row["tls_mode"], row["tls_fingerprint"], row["username"],
-               row["token_id"], row["secret_ciphertext"])
-        sid = str(row["id"])
-        cached = self._clients.get(sid)
-        if cached and cached[0] == key:
-            return cached[1], cached[2]
-        if cached:
-            cached[1].close()
-        target = Target(base_url=row["base_url"], fallback_url=row["fallback_url"], tls_mode=row["tls_mode"],
-                        fingerprint=row["tls_fingerprint"], username=row["username"], token_id=row["token_id"],
-                        secret=self.box.open(row["secret_ciphertext"]), ca_file=self.ca_file)
-        client = PveClient(target)
-        self._clients[sid] = (key, client, target)
-        self._logins.pop(sid, None)
-        return client, target
+        """The server's client from its poll_target row (shared cache: worker/pve_clients.py)."""
+        return self.clients.get(row)
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -198,12 +184,13 @@ class Opener:
             return {"Authorization": f"PVEAPIToken={target.username}!{target.token_id}={target.secret}"}
         sid = str(row["id"])
         cached = self._logins.get(sid)
-        if cached is None or time.monotonic() - cached[0] > LOGIN_TTL_S:
+        # A login is for the target it was made with: changed credentials log in again.
+        if cached is None or cached[0] is not target or time.monotonic() - cached[1] > LOGIN_TTL_S:
             # For manual test: curl -k -d username=root@pam -d password=… https://HOST:8006/api2/json/access/ticket
             data = await self._call(lambda: client.request("POST", "access/ticket", timeout_ms=int(self.timeout_s * 1000),
                                                            username=target.username, password=target.secret))
-            cached = self._logins[sid] = (time.monotonic(), str(data["ticket"]))
-        return {"Cookie": f"PVEAuthCookie={cached[1]}"}
+            cached = self._logins[sid] = (target, time.monotonic(), str(data["ticket"]))
+        return {"Cookie": f"PVEAuthCookie={cached[2]}"}
 
     async def open_pve(self, row: dict, t: consoles.ConsoleTarget, ticket: consoles.Ticket) -> PveUpstream:
         """The vncwebsocket for this ticket (primary address, else the fallback when it does not connect)."""

@@ -10,7 +10,6 @@ Filters by team (or "personal": your own sessions) and protocol; deep links
 from __future__ import annotations
 
 import html
-import logging
 import sys
 from pathlib import Path
 
@@ -20,14 +19,10 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import data, live, sessions_ui  # noqa: E402
+from dashboard import connections_ui, data, live, session, timefmt  # noqa: E402
 
-log = logging.getLogger("proxwatch.dashboard")
-st.set_page_config(page_title="Connections · proxwatch", page_icon=":material/dns:", layout="wide")
-st.markdown("<style>.block-container { padding-top: 2.2rem; max-width: 1500px; }"
-            ".pw-card-title { font-weight: 600; font-size: 1.05rem; } .pw-muted { color: #6b7280; }</style>",
-            unsafe_allow_html=True)
-st.title("Connections")
+session.page_header("Connections", css=".pw-card-title { font-weight: 600; font-size: 1.05rem; }"
+                                        " .pw-muted { color: #6b7280; }")
 PAGE_SIZE = 20
 MODES = {"active": "Active connections", "all": "All connections"}
 
@@ -36,13 +31,13 @@ def _query_defaults(teams: dict[str, str]) -> tuple[str, str | None, str | None]
     q = st.query_params
     mode = q.get("filter") if q.get("filter") in MODES else "active"
     team = q.get("team") if q.get("team") in ("personal", *teams) else None
-    protocol = q.get("protocol_id") if q.get("protocol_id") in sessions_ui.PROTOCOLS else None
+    protocol = q.get("protocol_id") if q.get("protocol_id") in connections_ui.PROTOCOLS else None
     return mode, team, protocol
 
 
 def _kill(client, session_id: str) -> None:
     try:
-        result = sessions_ui.rpc(client, "kill_session", {"p_session_id": session_id})
+        result = data.kill_session(client, session_id)
     except data.DataError as exc:
         st.session_state["conn-flash"] = ("error", str(exc))
         return
@@ -56,9 +51,9 @@ def session_card(client, row: dict) -> None:
                      f"<div class='pw-muted'>{html.escape(row['server_name'])} · {html.escape(row['team_name'])}"
                      f" · from {html.escape(row['client_ip'] or 'unknown address')}</div>", unsafe_allow_html=True)
         badges = top.container(horizontal=True)
-        badges.badge(sessions_ui.PROTOCOLS.get(row["protocol"], row["protocol"]),
+        badges.badge(connections_ui.PROTOCOLS.get(row["protocol"], row["protocol"]),
                      icon=f":material/{row['protocol_icon']}:", color="blue")
-        badges.badge(sessions_ui.live_since(row["started_at"]), icon=":material/radio_button_checked:",
+        badges.badge(timefmt.live_since(row["started_at"]), icon=":material/radio_button_checked:",
                      color="green")
         badges.badge(f"User: {row['user_email'] or 'unknown'}", icon=":material/person:", color="gray")
         if row.get("can_kill"):
@@ -67,7 +62,7 @@ def session_card(client, row: dict) -> None:
 
 
 def connection_card(row: dict, protocol: str | None) -> None:
-    counts = {p: row[p] for p in sessions_ui.PROTOCOLS}
+    counts = {p: row[p] for p in connections_ui.PROTOCOLS}
     active = counts[protocol] if protocol else row["active_sessions"]
     with st.container(border=True):
         st.markdown(f"<div class='pw-card-title'>{html.escape(row['server_name'])}</div>"
@@ -78,19 +73,19 @@ def connection_card(row: dict, protocol: str | None) -> None:
             badges.badge(f"{active} open", icon=":material/radio_button_checked:", color="green")
             for p, n in counts.items():
                 if n and (protocol is None or p == protocol):
-                    badges.badge(f"{n} {sessions_ui.PROTOCOLS[p]}", icon=sessions_ui.ICONS[p], color="blue")
+                    badges.badge(f"{n} {connections_ui.PROTOCOLS[p]}", icon=connections_ui.ICONS[p], color="blue")
         else:
             badges.badge("idle", color="gray")
         badges.badge(f"limit {row['max_sessions']}", color="gray")
         if row["last_started_at"]:
-            badges.badge(f"last session {data.relative_time(str(row['last_started_at']))}", color="gray")
+            badges.badge(f"last session {timefmt.relative_time(row['last_started_at'])}", color="gray")
 
 
-def page(client) -> None:
+def connections(client) -> None:
     feed = live.watch(st.session_state, [("connection_sessions", None)])
     try:
-        summary = sessions_ui.rpc(client, "connection_summary", {"p_active_only": False}) or []
-        stats = sessions_ui.rpc(client, "session_stats") or {}
+        summary = data.connection_summary(client)
+        stats = data.session_stats(client)
     except data.DataError as exc:
         st.error(str(exc))
         live.rerun_on_change(feed)
@@ -103,10 +98,10 @@ def page(client) -> None:
     team = c2.selectbox("Team", team_options, index=team_options.index(team), key="conn-team",
                         format_func=lambda t: "All teams" if t is None else "Personal (mine)" if t == "personal"
                         else teams[t])
-    protocol_options = [None, *sessions_ui.PROTOCOLS]
+    protocol_options = [None, *connections_ui.PROTOCOLS]
     protocol = c3.selectbox("Protocol", protocol_options, index=protocol_options.index(protocol), key="conn-protocol",
-                            format_func=lambda p: "All protocols" if p is None else sessions_ui.PROTOCOLS[p])
-    st.query_params.from_dict(sessions_ui.connections_query(team, protocol, mode == "active"))
+                            format_func=lambda p: "All protocols" if p is None else connections_ui.PROTOCOLS[p])
+    st.query_params.from_dict(connections_ui.connections_query(team, protocol, mode == "active"))
 
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Open now", stats.get("active", 0), border=True)
@@ -122,8 +117,7 @@ def page(client) -> None:
     if mode == "active":
         page_no = st.session_state.get("conn-page", 0)
         try:
-            rows = sessions_ui.rpc(client, "active_connections", {
-                "p_team_id": team, "p_protocol": protocol, "p_limit": PAGE_SIZE, "p_offset": page_no * PAGE_SIZE}) or []
+            rows = data.active_connections(client, team, protocol, PAGE_SIZE, page_no * PAGE_SIZE)
         except data.DataError as exc:
             st.error(str(exc))
             rows = []
@@ -149,11 +143,9 @@ def page(client) -> None:
     live.rerun_on_change(feed)
 
 
-client = sessions_ui.signed_in_client(st)
-if client is not None:
-    try:
-        page(client)
-        sessions_ui.sidebar(st, client)
-    except Exception as exc:  # a sentence on the page; the traceback goes to the server log
-        log.exception("connections page failed")
-        st.error(f"The page hit an unexpected error: {exc}")
+def page(client) -> None:
+    connections(client)
+    connections_ui.sidebar(client)
+
+
+session.run_page(page)

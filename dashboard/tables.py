@@ -1,0 +1,97 @@
+"""What the fleet and guest tables say: API rows (fleet_overview, guests_overview) → cells, as text a
+person reads. Pure functions; the pages draw them. The operations table is in dashboard/ops_ui.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from dashboard import timefmt
+
+FLEET_STATUS = {"online": "● online", "degraded": "● degraded", "offline": "● offline", "unknown": "● unknown"}
+STATUS_COLOR = {"online": "#15803d", "degraded": "#b45309", "offline": "#b91c1c", "unknown": "#6b7280"}
+FLEET_COLUMNS = ["Status", "Server", "Tenant", "Last check", "Avg latency", "24 h success", "PVE", "Nodes",
+                 "Connection", "Last error"]
+GUEST_STATUS = {"running": "● running", "stopped": "○ stopped", "paused": "◐ paused", "unknown": "? unknown"}
+GUEST_COLUMNS = ["Status", "ID", "Name", "Type", "Node", "Server", "CPU", "Memory", "Up", "Tags"]
+
+
+def success_24h(row: dict) -> float | None:
+    """24 h success % from the hourly rollup; None when nothing was polled (unknown, not 100 %)."""
+    attempts = int(row.get("attempts_24h") or 0)
+    return round(100.0 * int(row.get("successes_24h") or 0) / attempts, 1) if attempts else None
+
+
+def connection_notes(row: dict) -> str:
+    """What a person must know about how the server is reached, in plain words."""
+    notes = []
+    if row.get("tls_mode") == "insecure":
+        notes.append("insecure TLS (certificate not checked)")
+    elif row.get("tls_mode") == "pinned":
+        notes.append("TLS pinned")
+    if row.get("used_fallback"):
+        notes.append("via fallback address")
+    if row.get("enabled") is False:
+        notes.append("polling paused")
+    return " · ".join(notes)
+
+
+def last_check(row: dict, now: datetime | None = None) -> str:
+    """When the server was last polled (or health-checked): '12 s ago', 'never'."""
+    return timefmt.relative_time(row.get("last_poll_at") or row.get("last_health_check_at"), now)
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    """How many servers are online, degraded, offline, unknown (those four always, in that order)."""
+    counts = {s: 0 for s in ("online", "degraded", "offline", "unknown")}
+    for row in rows:
+        status = row.get("connection_status") or "unknown"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def fleet_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
+    """fleet_overview() rows → the fleet table's cells, as text a person reads."""
+    table = []
+    for row in rows:
+        status = row.get("connection_status") or "unknown"
+        rate = success_24h(row)
+        avg = row.get("avg_response_24h_ms") if row.get("avg_response_24h_ms") is not None \
+            else row.get("avg_response_time_ms")
+        total = row.get("nodes_total")
+        table.append({
+            "Status": FLEET_STATUS.get(status, f"● {status}"),
+            "Server": row["name"],
+            "Tenant": row.get("tenant_name") or "",
+            "Last check": last_check(row, now),
+            "Avg latency": f"{avg} ms" if avg is not None else "—",
+            "24 h success": f"{rate:.1f} %" if rate is not None else "no data",
+            "PVE": row.get("pve_version") or "—",
+            "Nodes": f"{row.get('nodes_online') or 0}/{total}" if total else "—",
+            "Connection": connection_notes(row) or "TLS verified",
+            "Last error": row.get("health_check_error") or "",
+        })
+    return table
+
+
+def size(value) -> str:
+    """Bytes as GiB: '12 GiB', '1.5 GiB'; '—' for none."""
+    if not value:
+        return "—"
+    gib = value / 1024 ** 3
+    return f"{gib:.0f} GiB" if gib >= 10 else f"{gib:.1f} GiB"
+
+
+def guest_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
+    """guests_overview() rows → the guest table's cells."""
+    return [{
+        "Status": GUEST_STATUS.get(r["status"], r["status"]),
+        "ID": r["vmid"],
+        "Name": r["name"] or "",
+        "Type": "VM" if r["guest_type"] == "qemu" else "CT",
+        "Node": r["node"],
+        "Server": r["server_name"],
+        "CPU": "—" if r["cpu_pct"] is None else f"{r['cpu_pct']} % of {r['maxcpu'] or '?'}",
+        "Memory": "—" if r["mem_pct"] is None else f"{r['mem_pct']} % of {size(r['maxmem'])}",
+        "Up": timefmt.age(r["started_at"], now) if r["started_at"] and r["status"] == "running" else "—",
+        "Tags": ", ".join(r["tags"] or []),
+    } for r in rows]

@@ -1,0 +1,166 @@
+"""Fleet: the fleet table and, per server, the 24 h history chart and its operations, live.
+
+Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
+rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, and the
+open server's metric rows), or every PROXWATCH_DASHBOARD_REFRESH seconds (60) while the live
+connection is down. The home page: it has the sign-in form.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from dashboard import charts, connections_ui, data, live, ops_ui, session, tables  # noqa: E402
+
+log = logging.getLogger("proxwatch.dashboard")
+STATUS_KEY = "proxwatch_fleet_status"
+
+session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css="""
+  h1 { padding-bottom: 0.1rem; }
+  [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 0.88rem; padding: 0.35rem 0.6rem; }
+  [data-testid="stTable"] th { white-space: nowrap; }
+  [data-testid="stMetricValue"] { font-size: 1.7rem; }
+  .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
+  .pw-status { font-weight: 600; }
+  .pw-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px; overflow: hidden;
+           clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
+  .pw-live { font-size: 0.88rem; }
+""")
+
+
+def _status_style(value: str) -> str:
+    status = value.replace("●", "").strip()
+    return f"color: {tables.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
+
+
+def _fleet_table(rows: list[dict]) -> None:
+    frame = pd.DataFrame(tables.fleet_rows(rows), columns=tables.FLEET_COLUMNS)
+    styled = frame.style.map(_status_style, subset=["Status"]).map(
+        lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"])
+    st.table(styled, hide_index=True)
+
+
+def _status_counts(rows: list[dict]) -> None:
+    for column, (status, count) in zip(st.columns(4), tables.status_counts(rows).items()):
+        column.metric(status.capitalize(), count, border=True)
+
+
+def _server_detail(client, row: dict) -> None:
+    status = row.get("connection_status") or "unknown"
+    st.subheader(f"{row['name']} — last 24 hours")
+    parts = [f"<span class='pw-status' style='color:{tables.STATUS_COLOR.get(status, '#374151')}'>● {status}</span>",
+             html.escape(row.get("base_url") or "")]
+    if row.get("fallback_url"):
+        parts.append("fallback " + html.escape(row["fallback_url"]) + (" (in use)" if row.get("used_fallback") else ""))
+    notes = tables.connection_notes({**row, "used_fallback": False})
+    if notes:
+        parts.append(html.escape(notes))
+    parts.append(f"checked {tables.last_check(row)}")
+    st.markdown("<div class='pw-server-line'>" + " · ".join(parts) + "</div>", unsafe_allow_html=True)
+    if row.get("health_check_error"):
+        st.warning(f"Last error: {row['health_check_error']}", icon=":material/error:")
+
+    history = _last_good(f"pw_last_history_{row['id']}", lambda: data.history(client, row["id"], 24))
+    figures = charts.summary_figures(history)
+    left, middle, right = st.columns(3)
+    left.metric("Success rate", f"{figures['success_rate']:.1f} %" if figures["success_rate"] is not None else "no data",
+                border=True)
+    middle.metric("Avg response", f"{figures['avg_response_ms']} ms" if figures["avg_response_ms"] is not None
+                  else "no data", border=True)
+    right.metric("Attempts", f"{figures['attempts']:,}", border=True)
+    if figures["attempts"]:
+        st.altair_chart(charts.history_chart(history), width="stretch")
+        st.caption("Green: success rate % (left axis). Blue: average latency ms (right axis). "
+                   "Grey bands: hours without polls (no data). Times are in your local time zone.")
+    else:
+        st.info("No polls recorded for this server in the last 24 hours.")
+    ops_ui.server_operations(client, row)  # Test SSH, Restart Service, Renew Certificate
+
+
+def _announce(rows: list[dict]) -> None:
+    """Status transitions since the page was last drawn, in an ARIA live region (read out by screen
+    readers, invisible otherwise) and as a toast."""
+    before = st.session_state.get(STATUS_KEY)
+    now = {row["id"]: (row["name"], row.get("connection_status") or "unknown") for row in rows}
+    st.session_state[STATUS_KEY] = now
+    said = []
+    if before is not None:
+        for sid, (name, status) in now.items():
+            if sid not in before:
+                said.append(f"{name} was added: {status}.")
+            elif before[sid][1] != status:
+                said.append(f"{name} is now {status} (was {before[sid][1]}).")
+        said += [f"{name} was removed." for sid, (name, _) in before.items() if sid not in now]
+    st.markdown(f"<div class='pw-sr' role='status' aria-live='polite' aria-atomic='true' id='pw-announcer'>"
+                f"{html.escape(' '.join(said))}</div>", unsafe_allow_html=True)
+    for sentence in said[:3]:
+        st.toast(sentence, icon=":material/sync_alt:")
+
+
+def _last_good(key: str, fetch):
+    """fetch(), remembered per session; when the API cannot be reached, the last answer stays on
+    the page under a warning (the stale banner says why) instead of the data vanishing."""
+    try:
+        value = fetch()
+    except data.DataError as exc:
+        if key not in st.session_state:
+            raise
+        st.warning(f"{exc} Showing the last data received.", icon=":material/history:")
+        return st.session_state[key]
+    st.session_state[key] = value
+    return value
+
+
+def _fleet_view(client, feeds: list) -> None:
+    try:
+        rows = _last_good("pw_last_fleet", lambda: data.fleet(client))
+    except data.DataError as exc:
+        st.error(str(exc))
+        return
+    _announce(rows)
+    if not rows:
+        st.info("No servers yet. Add a server with `proxwatch servers add NAME https://HOST:8006 "
+                "--token USER@REALM!TOKENID=SECRET` and it appears here after its first poll.")
+        return
+    _status_counts(rows)
+    st.subheader("Fleet")
+    _fleet_table(rows)
+
+    tenants = {row.get("tenant_name") for row in rows}
+    by_id = {row["id"]: row for row in rows}
+    label = (lambda i: f"{by_id[i]['name']} · {by_id[i]['tenant_name']}") if len(tenants) > 1 \
+        else (lambda i: by_id[i]["name"])
+    chosen = st.selectbox("Server", list(by_id), format_func=label, key="server", width=360)
+    if chosen:
+        # The open server's chart follows its new metric rows.
+        feeds.append(live.watch(st.session_state, [("connection_metrics", f"server_id=eq.{chosen}")]))
+        try:
+            _server_detail(client, by_id[chosen])
+        except data.DataError as exc:
+            st.error(str(exc))
+
+
+def page(client) -> None:
+    connections_ui.sidebar(client)  # the top active connections, as on every page
+    status_slot = st.container()    # the live indicator's line, above the figures
+    feeds = [live.watch(st.session_state, [("proxmox_servers", None)])]
+    try:
+        _fleet_view(client, feeds)
+    except Exception as exc:  # a sentence on the page; the live indicator below still runs
+        log.exception("dashboard failed")
+        st.error(f"The dashboard hit an unexpected error: {exc}")
+    with status_slot:
+        live.rerun_on_change(*feeds, fallback_s=session.config().refresh_s)
+
+
+session.run_page(page, what="dashboard", home=True)

@@ -1,0 +1,73 @@
+"""Wiring: the schedule names real actors, and no two modules of proxwatch import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from worker.schedule import Job, jobs
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _actors() -> dict[str, list[str]]:
+    """{actor name: its parameters} of worker/actors.py, read without importing it (importing sets
+    up the Redis broker)."""
+    tree = ast.parse((ROOT / "worker" / "actors.py").read_text())
+    return {f.name: [a.arg for a in f.args.args] for f in tree.body if isinstance(f, ast.FunctionDef)
+            and any("actor" in ast.unparse(d) for d in f.decorator_list)}
+
+
+def test_every_scheduled_job_is_an_actor_taking_the_arguments_the_scheduler_sends():
+    actors = _actors()
+    schedule = jobs(Settings(home=ROOT))
+    assert schedule[0] == Job("poll"), "polls come first: every server at its own interval"
+    for job in schedule:
+        expected = ["server_id", "scheduled_at"] if job.per_server else ["scheduled_at"]
+        assert actors.get(job.actor) == expected, job
+
+
+def test_schedule_intervals_follow_the_settings():
+    s = Settings(home=ROOT)
+    by_name = {j.actor: j for j in jobs(s)}
+    assert by_name["sync_guests"].interval_s == s.inventory.interval_s
+    assert by_name["expire_sessions"].interval_s == s.sessions.sweep_s
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """{module: proxwatch modules it imports, at the top or inside a function (a cycle hidden in a
+    function is still two modules that cannot be understood one without the other)}."""
+    graph: dict[str, set[str]] = {}
+    for path in [*ROOT.joinpath("worker").rglob("*.py"), *ROOT.joinpath("dashboard").rglob("*.py")]:
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] in ("worker", "dashboard"):
+                    deps.add(node.module)
+                    deps |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.split(".")[0] in ("worker", "dashboard")}
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_import_cycles():
+    graph = _module_imports()
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph[module]):
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert cycles == []
