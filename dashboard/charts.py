@@ -1,6 +1,6 @@
 """The 24 h history chart: pure functions from connection_history()'s JSON to pandas and Altair.
 
-history (the seed's shape):
+history (connection_history()'s JSON):
     {"hourly": [{"time": "2026-11-22T09:00:00Z", "successRate": 83.3 | null,
                  "avgResponseTime": 35 | null, "attempts": 6}, ...],
      "summary": {"totalAttempts": 30, "successCount": 25, "avgResponseTime": 35 | null}}

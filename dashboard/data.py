@@ -102,7 +102,7 @@ def operation_options(client, server_id: str) -> dict:
 
 
 def request_operation(client, server_id: str, op_type: str, params: dict) -> dict:
-    """request_operation(): the seed's shape, or DataError with the API's sentence."""
+    """request_operation(): {"operationId", "status": "started" | "already_running", "existingOperation"}, or DataError with the API's sentence."""
     return call(client, "request_operation", {"p_server_id": server_id, "p_type": op_type, "p_params": params})
 
 

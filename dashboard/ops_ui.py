@@ -1,10 +1,10 @@
-"""Operation buttons with the seed's states, for any page:
+"""Operation buttons with their states (idle, running, done, failed), for any page:
 
     from dashboard import ops_ui
     ops_ui.server_operations(client, server_row)          # Test SSH · Restart Service · Renew Certificate
     ops_ui.guest_operations(client, server_row, guest)    # Start · Shutdown · Stop · Reset
 
-States of a button (the seed's "UI/UX Improvements"):
+States of a button:
 - normal: "Test SSH", "Restart Service", "Renew Certificate", "Start" …;
 - active (pending or in progress): disabled, "Testing…", "Restarting… (4:32 remaining)" (the
   estimate minus the time since the request), "Processing Renewal (60%)", "Starting…" …, with a
@@ -47,7 +47,7 @@ RUNNING = ("pending", "in_progress")
 
 # ------------------------------------------------------------------------------- pure helpers
 def active_label(op_type: str, progress: int, remaining: float | None) -> str:
-    """The label of a running operation's (disabled) button, as the seed words it."""
+    """The label of a running operation's (disabled) button, worded as the operation type's own verb."""
     if op_type == "certificate_renewal":
         return f"Processing Renewal ({int(progress)}%)"
     if op_type == "service_restart":

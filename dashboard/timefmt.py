@@ -45,7 +45,7 @@ def duration(seconds: float) -> str:
 
 
 def clock(seconds: float) -> str:
-    """'4:32': minutes and seconds, as in the seed's "Restarting… (4:32 remaining)"."""
+    """'4:32': minutes and seconds, as a running operation's button counts down: "Restarting… (4:32 remaining)"."""
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}:{seconds % 60:02d}"
 

@@ -254,7 +254,7 @@ def remaining_s(row: dict, now: datetime | None = None) -> float | None:
 
 
 def clock(seconds: float) -> str:
-    """4:32 — minutes and seconds, as the seed's "Restarting… (4:32 remaining)"."""
+    """4:32 — minutes and seconds, as the dashboard's buttons count down: "Restarting… (4:32 remaining)"."""
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}:{seconds % 60:02d}"
 

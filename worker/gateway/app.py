@@ -196,38 +196,37 @@ class Gateway:
             await self.pool.close()
 
     # -- background loops ----------------------------------------------------------------------
-    async def _kill_watch(self) -> None:
-        """Every second: drop the sessions an admin killed (or the sweep expired)."""
+    async def _every(self, interval_s: float, what: str, ask, end) -> None:
+        """Every interval while sessions are open: ask the registry about all of this process's
+        sessions in one statement, and end() each one it names. An unreachable registry is logged
+        and asked again next time; the consoles keep running meanwhile."""
         while True:
-            await asyncio.sleep(self.config.kill_poll_s)
+            await asyncio.sleep(interval_s)
             if not self.bridges:
                 continue
             try:
-                rows = await self.registry.not_open(list(self.bridges))
+                answers = await ask(list(self.bridges))
             except (psycopg.Error, OSError) as exc:
-                log.warning("kill watch: the registry is unreachable (%s)", str(exc).strip().splitlines()[0])
+                log.warning("%s: the registry is unreachable (%s)", what, str(exc).strip().splitlines()[0])
                 continue
-            for row in rows:
-                bridge = self.bridges.get(str(row["id"]))
-                if bridge:
-                    code = CLOSE_KILLED if row["status"] == "killed" else CLOSE_EXPIRED
-                    bridge.terminate(row["close_reason"] or f"the session was {row['status']}", code)
+            for answer in answers:
+                end(answer)
+
+    def _end(self, session_id: str, reason: str, code: int) -> None:
+        bridge = self.bridges.get(str(session_id))
+        if bridge:
+            bridge.terminate(reason, code)
+
+    async def _kill_watch(self) -> None:
+        """Every second: drop the sessions an admin killed (or the sweep expired)."""
+        await self._every(self.config.kill_poll_s, "kill watch", self.registry.not_open, lambda row: self._end(
+            row["id"], row["close_reason"] or f"the session was {row['status']}",
+            CLOSE_KILLED if row["status"] == "killed" else CLOSE_EXPIRED))
 
     async def _heartbeats(self) -> None:
         """Every 30 s: one heartbeat for every open session of this process."""
-        while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            if not self.bridges:
-                continue
-            try:
-                gone = await self.registry.heartbeat(list(self.bridges))
-            except (psycopg.Error, OSError) as exc:
-                log.warning("heartbeat: the registry is unreachable (%s)", str(exc).strip().splitlines()[0])
-                continue
-            for sid in gone:
-                bridge = self.bridges.get(sid)
-                if bridge:
-                    bridge.terminate("the session is no longer open in the registry", CLOSE_EXPIRED)
+        await self._every(self.config.heartbeat_s, "heartbeat", self.registry.heartbeat, lambda sid: self._end(
+            sid, "the session is no longer open in the registry", CLOSE_EXPIRED))
 
     # -- pages ---------------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.Response:

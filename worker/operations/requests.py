@@ -24,7 +24,7 @@ class RequestRefused(ProxwatchError):
 
 def enqueue(conn: psycopg.Connection, server_id, op_type: str, params: dict | None = None,
             created_by: str = "user", user_id=None) -> dict:
-    """Queue an operation in the caller's transaction (the caller commits): the seed's shape,
+    """Queue an operation in the caller's transaction (the caller commits); the answer is
     {"operationId", "status": "started" | "already_running", "existingOperation": {…}}.
     RequestRefused with one sentence for bad input (the transaction is rolled back: nothing written)."""
     try:
