@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from dashboard import live
+from dashboard import hub, live
 from tests.support.seed import ALICE, BOB
 from tests.support.standin import signed_in
 from tests.support.waiting import wait_until
@@ -73,7 +73,7 @@ def test_one_socket_per_user_and_pages_share_a_feed(standin, fleet):
     a2 = live.watch(alice_tab2, [("proxmox_servers", None)])
     b = live.watch(bob, [("proxmox_servers", None)])
     assert a1 is a2 and a1 is not b
-    hubs = [h for h in live._hubs.values() if h.url == standin.url]
+    hubs = [h for h in hub._hubs.values() if h.url == standin.url]
     assert len(hubs) == 2  # one per user
     live.forget(alice_tab1)
     live.forget(bob)
