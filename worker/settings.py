@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
@@ -178,29 +178,29 @@ VARS: dict[str, Var] = {v.name: v for v in (
 )}
 
 
-def read(name: str):
-    """The value of one declared variable (its default when unset)."""
-    return VARS[name].read()
+def env(name: str):
+    """A settings field read from the variable `name`, with the variable's default."""
+    return field(default=VARS[name].default, metadata={"env": name})
 
 
 # -------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class OperationSettings:
-    stale_s: int = 60
-    pending_timeout_s: int = 600
-    task_poll_ms: int = 1000
-    deadline_s: int = 1800
-    ssh_timeout_s: int = 15
+    stale_s: int = env("PROXWATCH_OPERATION_STALE_S")
+    pending_timeout_s: int = env("PROXWATCH_OPERATION_PENDING_TIMEOUT_S")
+    task_poll_ms: int = env("PROXWATCH_OPERATION_POLL_MS")
+    deadline_s: int = env("PROXWATCH_OPERATION_DEADLINE_S")
+    ssh_timeout_s: int = env("PROXWATCH_SSH_TIMEOUT_S")
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    ping_s: int = 30
-    heartbeat_s: int = 30
-    trust_proxy: bool = False
-    public_url: str | None = None   # PROXWATCH_GATEWAY_URL
+    host: str = env("PROXWATCH_GATEWAY_HOST")
+    port: int = env("PROXWATCH_GATEWAY_PORT")
+    ping_s: int = env("PROXWATCH_GATEWAY_PING_S")
+    heartbeat_s: int = env("PROXWATCH_SESSION_HEARTBEAT_S")
+    trust_proxy: bool = env("PROXWATCH_GATEWAY_TRUST_PROXY")
+    public_url: str | None = env("PROXWATCH_GATEWAY_URL")
 
     @property
     def url(self) -> str:
@@ -210,53 +210,51 @@ class GatewaySettings:
 
 @dataclass(frozen=True)
 class InventorySettings:
-    interval_s: int = 30
+    interval_s: int = env("PROXWATCH_GUEST_INTERVAL")
 
 
 @dataclass(frozen=True)
 class SessionSettings:
-    sweep_s: int = 30
+    sweep_s: int = env("PROXWATCH_SESSION_SWEEP_S")
 
 
 @dataclass(frozen=True)
 class DashboardSettings:
-    email: str | None = None
-    password: str | None = None
-    refresh_s: int = 60
-    reconcile_s: int = 30
+    email: str | None = env("PROXWATCH_DASHBOARD_EMAIL")
+    password: str | None = env("PROXWATCH_DASHBOARD_PASSWORD")
+    refresh_s: int = env("PROXWATCH_DASHBOARD_REFRESH")
+    reconcile_s: int = env("PROXWATCH_DASHBOARD_RECONCILE")
 
 
 @dataclass(frozen=True)
 class RealtimeSettings:
-    events_per_s: int = 100
-    joins_per_s: int = 100
+    events_per_s: int = env("PROXWATCH_REALTIME_EVENTS_PER_S")
+    joins_per_s: int = env("PROXWATCH_REALTIME_JOINS_PER_S")
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path
-    database_url: str | None = None
-    redis_url: str | None = None
-    supabase_url: str | None = None
-    supabase_anon_key: str | None = None
-    supabase_service_key: str | None = None
-    secret_key: str | None = None
-    jwt_secret: str | None = None
-    # Ports of the embedded services (loopback only).
-    pg_port: int = 54329
-    redis_port: int = 6389
-    standin_port: int = 54321
-    web_port: int = 8501
-    # Polling.
-    default_interval_s: int = 10
-    offline_after: int = 3
-    status_refresh_s: int = 300
-    timeout_min_ms: int = 1000
-    timeout_max_ms: int = 10000
+    home: Path = env("PROXWATCH_HOME")
+    database_url: str | None = env("DATABASE_URL")
+    redis_url: str | None = env("REDIS_URL")
+    supabase_url: str | None = env("SUPABASE_URL")
+    supabase_anon_key: str | None = env("SUPABASE_ANON_KEY")
+    supabase_service_key: str | None = env("SUPABASE_SERVICE_ROLE_KEY")
+    secret_key: str | None = env("PROXWATCH_SECRET_KEY")
+    jwt_secret: str | None = env("PROXWATCH_JWT_SECRET")
+    pg_port: int = env("PROXWATCH_PG_PORT")
+    redis_port: int = env("PROXWATCH_REDIS_PORT")
+    standin_port: int = env("PROXWATCH_SUPABASE_PORT")
+    web_port: int = env("PROXWATCH_WEB_PORT")
+    default_interval_s: int = env("PROXWATCH_POLL_INTERVAL")
+    offline_after: int = env("PROXWATCH_OFFLINE_AFTER")
+    status_refresh_s: int = env("PROXWATCH_STATUS_REFRESH")
+    timeout_min_ms: int = env("PROXWATCH_TIMEOUT_MIN_MS")
+    timeout_max_ms: int = env("PROXWATCH_TIMEOUT_MAX_MS")
     timeout_default_ms: int = 5000
-    worker_processes: int = 2
-    worker_threads: int = 16
-    pve_ca_file: str | None = None
+    worker_processes: int = env("PROXWATCH_WORKER_PROCESSES")
+    worker_threads: int = env("PROXWATCH_WORKER_THREADS")
+    pve_ca_file: str | None = env("PROXWATCH_PVE_CA_FILE")
     operations: OperationSettings = field(default_factory=OperationSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     inventory: InventorySettings = field(default_factory=InventorySettings)
@@ -284,52 +282,19 @@ def default_home() -> Path:
 
 def load() -> Settings:
     """Every variable read and checked now; SettingsError with one sentence for the first bad one."""
-    r = read
-    return Settings(
-        home=r("PROXWATCH_HOME") or default_home(),
-        database_url=r("DATABASE_URL"),
-        redis_url=r("REDIS_URL"),
-        supabase_url=r("SUPABASE_URL"),
-        supabase_anon_key=r("SUPABASE_ANON_KEY"),
-        supabase_service_key=r("SUPABASE_SERVICE_ROLE_KEY"),
-        secret_key=r("PROXWATCH_SECRET_KEY"),
-        jwt_secret=r("PROXWATCH_JWT_SECRET"),
-        pg_port=r("PROXWATCH_PG_PORT"),
-        redis_port=r("PROXWATCH_REDIS_PORT"),
-        standin_port=r("PROXWATCH_SUPABASE_PORT"),
-        web_port=r("PROXWATCH_WEB_PORT"),
-        default_interval_s=r("PROXWATCH_POLL_INTERVAL"),
-        offline_after=r("PROXWATCH_OFFLINE_AFTER"),
-        status_refresh_s=r("PROXWATCH_STATUS_REFRESH"),
-        timeout_min_ms=r("PROXWATCH_TIMEOUT_MIN_MS"),
-        timeout_max_ms=r("PROXWATCH_TIMEOUT_MAX_MS"),
-        worker_processes=r("PROXWATCH_WORKER_PROCESSES"),
-        worker_threads=r("PROXWATCH_WORKER_THREADS"),
-        pve_ca_file=r("PROXWATCH_PVE_CA_FILE"),
-        operations=OperationSettings(
-            stale_s=r("PROXWATCH_OPERATION_STALE_S"),
-            pending_timeout_s=r("PROXWATCH_OPERATION_PENDING_TIMEOUT_S"),
-            task_poll_ms=r("PROXWATCH_OPERATION_POLL_MS"),
-            deadline_s=r("PROXWATCH_OPERATION_DEADLINE_S"),
-            ssh_timeout_s=r("PROXWATCH_SSH_TIMEOUT_S")),
-        gateway=GatewaySettings(
-            host=r("PROXWATCH_GATEWAY_HOST"),
-            port=r("PROXWATCH_GATEWAY_PORT"),
-            ping_s=r("PROXWATCH_GATEWAY_PING_S"),
-            heartbeat_s=r("PROXWATCH_SESSION_HEARTBEAT_S"),
-            trust_proxy=r("PROXWATCH_GATEWAY_TRUST_PROXY"),
-            public_url=r("PROXWATCH_GATEWAY_URL")),
-        inventory=InventorySettings(interval_s=r("PROXWATCH_GUEST_INTERVAL")),
-        sessions=SessionSettings(sweep_s=r("PROXWATCH_SESSION_SWEEP_S")),
-        dashboard=DashboardSettings(
-            email=r("PROXWATCH_DASHBOARD_EMAIL"),
-            password=r("PROXWATCH_DASHBOARD_PASSWORD"),
-            refresh_s=r("PROXWATCH_DASHBOARD_REFRESH"),
-            reconcile_s=r("PROXWATCH_DASHBOARD_RECONCILE")),
-        realtime=RealtimeSettings(
-            events_per_s=r("PROXWATCH_REALTIME_EVENTS_PER_S"),
-            joins_per_s=r("PROXWATCH_REALTIME_JOINS_PER_S")),
-    )
+    s = _build(Settings)
+    return s if s.home else replace(s, home=default_home())
+
+
+def _build(cls):
+    """A settings dataclass from the environment: env() fields read their variable, sections recurse."""
+    values = {}
+    for f in fields(cls):
+        if "env" in f.metadata:
+            values[f.name] = VARS[f.metadata["env"]].read()
+        elif f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            values[f.name] = _build(f.default_factory)
+    return cls(**values)
 
 
 def markdown_table() -> str:

@@ -107,3 +107,21 @@ def test_every_variable_the_code_names_is_declared():
     for path in CODE:
         named |= set(re.findall(r"\bPROXWATCH_[A-Z_]+[A-Z]\b", path.read_text()))
     assert named - set(VARS) == set()
+
+
+def test_every_declared_variable_sets_exactly_one_settings_field():
+    from dataclasses import fields, is_dataclass
+
+    from worker.settings import Settings
+
+    def env_fields(cls) -> list[str]:
+        out = []
+        for f in fields(cls):
+            if "env" in f.metadata:
+                out.append(f.metadata["env"])
+            elif is_dataclass(f.default_factory):
+                out += env_fields(f.default_factory)
+        return out
+
+    read = env_fields(Settings)
+    assert sorted(read) == sorted(VARS), "a variable declared in VARS but never read (or read twice)"
