@@ -19,6 +19,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker import admin, db, sessions
@@ -80,11 +81,12 @@ def guests_sync(name: Optional[str] = typer.Argument(None, help="One server (def
             results = [r for r in (sync_guests(poller, sid) for sid in ids) if r is not None]
         finally:
             pool.close()
-    table = Table("server", "result", "guests", "changed", "removed", "detail")
+    table = Table("server", "result", "guests", "changed", "removed", "skipped", "detail")
     for r in sorted(results, key=lambda r: r.server_name or ""):
-        table.add_row(r.server_name, f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
+        table.add_row(escape(r.server_name or ""), f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
                       str(r.guests) if not r.error_kind else "–", str(r.changed), str(r.removed),
-                      r.error_message or "")
+                      f"[yellow]{r.skipped}[/yellow]" if r.skipped else "0",
+                      escape(" ".join(filter(None, (r.error_message, r.skipped_detail)))))
     out.print(table)
 
 
@@ -106,9 +108,10 @@ def guests_list(name: Optional[str] = typer.Argument(None, help="One server (def
     table = Table("tenant", "server", "vmid", "type", "node", "name", "status", "cpu", "mem", "tags", "up since")
     for r in rows:
         style = {"running": "green", "stopped": "dim"}.get(r["status"], "yellow")
-        table.add_row(r["tenant"], r["server"], str(r["vmid"]), r["guest_type"], r["node"], r["name"] or "",
-                      f"[{style}]{r['status']}[/]", "–" if r["cpu_pct"] is None else f"{r['cpu_pct']} %",
-                      "–" if r["mem_pct"] is None else f"{r['mem_pct']} %", ", ".join(r["tags"] or []),
+        table.add_row(escape(r["tenant"]), escape(r["server"]), str(r["vmid"]), r["guest_type"], escape(r["node"]),
+                      escape(r["name"] or ""), f"[{style}]{escape(r['status'])}[/]",
+                      "–" if r["cpu_pct"] is None else f"{r['cpu_pct']} %",
+                      "–" if r["mem_pct"] is None else f"{r['mem_pct']} %", escape(", ".join(r["tags"] or [])),
                       _ago(r["started_at"]) if r["started_at"] else "–")
     out.print(table)
 
