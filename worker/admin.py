@@ -82,7 +82,7 @@ def add_tenant(conn: psycopg.Connection, name: str) -> dict:
 
 def tenant(conn: psycopg.Connection, name: str | None) -> dict:
     """The named tenant, or the only one when no name is given."""
-    if name:
+    if name is not None:
         name = check_name(name, "tenant name")
         row = conn.execute(db.q("tenant_by_name"), {"name": name}).fetchone()
         if not row:
@@ -210,6 +210,9 @@ def remove_server(conn: psycopg.Connection, name: str, tenant_name: str | None =
 
 
 def list_servers(conn: psycopg.Connection, tenant_name: str | None = None) -> list[dict]:
+    """The servers (of one tenant: InputError when it does not exist)."""
+    if tenant_name is not None:
+        tenant(conn, tenant_name)
     return conn.execute(db.q("servers_list"), {"tenant": tenant_name}).fetchall()
 
 

@@ -51,7 +51,7 @@ def _duration(text: str | None) -> timedelta | None:
 
 
 def _server_ids(conn, name: str | None, tenant: str | None) -> list[str]:
-    if name:
+    if name is not None:     # "" is a name nobody has, not "all servers"
         return [str(admin.find_server(conn, name, tenant)["id"])]
     return [str(r["id"]) for r in admin.list_servers(conn, tenant)]
 
@@ -97,7 +97,9 @@ def guests_list(name: Optional[str] = typer.Argument(None, help="One server (def
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """The guests as last synced."""
     with database() as (_, conn):
-        server_id = _server_ids(conn, name, tenant)[0] if name else None
+        server_id = _server_ids(conn, name, tenant)[0] if name is not None else None
+        if tenant is not None:
+            admin.tenant(conn, tenant)      # an unknown (or empty) tenant is a sentence, not an empty list
         rows = conn.execute(db.q("guests_list"), {"server_id": server_id, "tenant": tenant}).fetchall()
     if as_json:
         print(json.dumps(rows, indent=2, default=str))

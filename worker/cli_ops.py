@@ -7,6 +7,7 @@
     proxwatch ops list [pve1] [--status running] [--type ssh_test]
     proxwatch ops show OPERATION_ID
     proxwatch ops ssh-set pve1 --host 10.0.0.5 --user root --host-key-file ssh_host_ed25519_key.pub --key-file id_ed25519
+    proxwatch ops ssh-set pve1 --host 10.0.0.5 --host-key-file ssh_host_ed25519_key.pub --password - < pw.txt
 
 Bad input gets one sentence on stderr, exit code 2, and writes nothing; a failed operation exits 1.
 (Self-contained on purpose: worker/cli.py imports this module while it is itself being imported.)
@@ -29,6 +30,7 @@ from rich.table import Table
 from worker import admin, db, operations
 from worker.crypto import Box
 from worker.admin import InputError
+from worker.cli_common import STDIN, read_secret
 from worker.cli_common import database as _database, fail as _fail, guarded_by
 
 ops_app = typer.Typer(help="Operations: SSH test, service restart, certificate renewal, guest power actions.",
@@ -145,7 +147,9 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     if op_type and op_type not in operations.TYPES:
         raise InputError(f"unknown operation type {op_type!r}: use {TYPE_HELP}")
     with _database() as (_, conn):
-        sid = admin.find_server(conn, server, tenant)["id"] if server else None
+        sid = admin.find_server(conn, server, tenant)["id"] if server is not None else None
+        if tenant is not None:
+            admin.tenant(conn, tenant)      # an unknown (or empty) tenant is a sentence, not an empty list
         rows = conn.execute(db.q("ops_list"), {"server_id": sid, "tenant": tenant, "status": status,
                                                "type": op_type, "limit": limit}).fetchall()
     if as_json:
@@ -199,11 +203,24 @@ def ssh_set(server: str,
             host_key_file: Optional[Path] = typer.Option(None, "--host-key-file", help="e.g. ssh_host_ed25519_key.pub"),
             scan: bool = typer.Option(False, "--scan", help="Read the host key from the node now (check its fingerprint!)"),
             yes: bool = typer.Option(False, "--yes", help="With --scan: trust the key without asking"),
-            password: Optional[str] = typer.Option(None, "--password"),
+            password: Optional[str] = typer.Option(None, "--password", help="The SSH password; '-' reads it from "
+                                                   "standard input (or --password-file, or $PROXWATCH_SSH_PASSWORD)"),
+            password_file: Optional[Path] = typer.Option(None, "--password-file",
+                                                         help="Read the SSH password from this file (its first line)"),
+            password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the SSH password from standard input"),
             key_file: Optional[Path] = typer.Option(None, "--key-file", help="A private key without passphrase"),
             node: str = typer.Option("", "--node", help="Only for this node (default: every node of the server)"),
             tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
     """Set how ssh_test reaches a server's nodes: address, user, pinned host key, password or key (stored encrypted)."""
+    from worker import settings as settings_mod
+
+    if password_stdin or password == STDIN:
+        if scan and not yes:
+            raise InputError("--scan asks on standard input: with the password on standard input, add --yes "
+                             "(after checking the fingerprint) or use --password-file")
+    password = read_secret("SSH password", password, from_stdin=password_stdin, file=password_file,
+                           env_name="PROXWATCH_SSH_PASSWORD",
+                           env_value=None if key_file else settings_mod.load().cli_secrets.ssh_password)
     if sum(bool(x) for x in (host_key, host_key_file, scan)) != 1:
         raise InputError("give the node's host key with exactly one of --host-key, --host-key-file or --scan")
     if host_key_file:
@@ -237,5 +254,6 @@ def ssh_set(server: str,
 def _read(path: Path, what: str) -> str:
     try:
         return path.read_text()
-    except OSError as exc:
-        raise InputError(f"the {what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"the {what} {str(path)[:200]!r} cannot be read: {reason}") from None

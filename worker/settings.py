@@ -34,6 +34,11 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _secret(name: str, raw: str) -> str:
+    """A secret exactly as given (spaces can be part of a password), without a trailing line break."""
+    return raw.rstrip("\r\n")
+
+
 def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
@@ -168,6 +173,15 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_DASHBOARD_PASSWORD", None, "Embedded mode: that admin's password."),
     Var("PROXWATCH_DASHBOARD_REFRESH", 60, "Seconds between the dashboard's re-reads while Realtime is down.",
         _integer(5, 3600)),
+    # -- secrets for the command line (kept out of the process list and shell history)
+    Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token `USER@REALM!TOKENID=SECRET` when no "
+        "`--token`/`--token-file`/`--token-stdin` and no `--user` is given.", _secret),
+    Var("PROXWATCH_PVE_PASSWORD", None, "`servers add` and `servers update` with `--user`: the PVE password when no `--password` "
+        "option is given.", _secret),
+    Var("PROXWATCH_USER_PASSWORD", None, "`users add`: the new user's password when no `--password` option is "
+        "given.", _secret),
+    Var("PROXWATCH_SSH_PASSWORD", None, "`ops ssh-set`: the SSH password when neither `--password` options nor "
+        "`--key-file` is given.", _secret),
 )}
 
 
@@ -219,6 +233,15 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class CliSecrets:
+    """Secrets the command line takes from the environment instead of its arguments (never shown)."""
+    pve_token: str | None = field(default=None, repr=False)
+    pve_password: str | None = field(default=None, repr=False)
+    user_password: str | None = field(default=None, repr=False)
+    ssh_password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str | None = None
@@ -248,6 +271,7 @@ class Settings:
     inventory: InventorySettings = field(default_factory=InventorySettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -310,6 +334,11 @@ def load() -> Settings:
             email=r("PROXWATCH_DASHBOARD_EMAIL"),
             password=r("PROXWATCH_DASHBOARD_PASSWORD"),
             refresh_s=r("PROXWATCH_DASHBOARD_REFRESH")),
+        cli_secrets=CliSecrets(
+            pve_token=r("PROXWATCH_PVE_TOKEN"),
+            pve_password=r("PROXWATCH_PVE_PASSWORD"),
+            user_password=r("PROXWATCH_USER_PASSWORD"),
+            ssh_password=r("PROXWATCH_SSH_PASSWORD")),
     )
 
 
