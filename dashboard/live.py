@@ -16,16 +16,24 @@ The API (stable — pages call it):
   see session.session_client) or that client itself. Call it BEFORE reading the data: the version it
   sees is the one the page is drawn from, so no change falls between the read and the watch.
 - `LiveFeed`: `.version` (int; +1 for every change delivered for those bindings, and each time the
-  channel joins — the first time and after a drop — since changes made before that moment were not
-  streamed, so the page re-reads once), `.connected` (bool),
-  `.status` ("Live", "Connecting…" before the first join, "Reconnecting…"), `.last_change` (the
-  `data` dict of the last change — schema, table, type, record, old_record, … — or None).
-- `rerun_on_change(feed, *more_feeds, every=1.0, fallback_s=60, show_status=True)`: a small
-  `st.fragment` ticking every `every` seconds that reruns the whole page when a feed's version
-  moved since its `watch()`, and — while a socket is down — every `fallback_s` seconds, so the page
-  still refreshes. With `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while
-  disconnected, a subtle one-line banner that the data may be stale. Call it once per page, after
-  the page's last `watch()`, inside the container where the indicator belongs.
+  subscription is confirmed — the server's "Subscribed to PostgreSQL", the first time, after a
+  drop and after a token refresh — since changes made before that moment were not streamed, so
+  the page re-reads once), `.connected` (bool: confirmed), `.status` ("Live", "Connecting…"
+  before the first confirmation, "Reconnecting…", or "Live updates unavailable" with `.error`
+  when the server refused the subscription's parameters — a bad filter or an unpublished table,
+  which no retry cures, so the channel is left instead of rejoining in a loop), `.last_change`
+  (the `data` dict of the last change — schema, table, type, record, old_record, … — or None).
+- `rerun_on_change(feed, *more_feeds, every=1.0, fallback_s=60, reconcile_s=None, show_status=True)`:
+  a small `st.fragment` ticking every `every` seconds that reruns the whole page when a feed's
+  version moved since its `watch()`; while a feed is down or unavailable, every `fallback_s`
+  seconds, so the page still refreshes; and while it is Live, every `reconcile_s` seconds
+  (PROXWATCH_DASHBOARD_RECONCILE, 30 s by default) it asks `live_mark()` — one cheap RPC: row
+  counts and row versions of the watched tables — and reruns when that moved. Supabase Realtime
+  silently skips changes while the project is over its events quota, so "Live" alone does not
+  mean up to date: a skipped change shows within `reconcile_s` + `every` seconds. With
+  `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while disconnected, a
+  subtle one-line banner that the data may be stale (an error banner when unavailable). Call it
+  once per page, after the page's last `watch()`, inside the container where the indicator belongs.
 - `forget(client_state)`: on sign-out, close the user's socket.
 
 How it works: one background thread runs an asyncio loop for the whole Streamlit process. Each
@@ -44,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import html
 import itertools
 import json
 import logging
@@ -56,7 +65,13 @@ from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 log = logging.getLogger("proxwatch.live")
 
-LIVE, CONNECTING, RECONNECTING = "Live", "Connecting…", "Reconnecting…"
+LIVE, CONNECTING, RECONNECTING, UNAVAILABLE = "Live", "Connecting…", "Reconnecting…", "Live updates unavailable"
+SUBSCRIBED_MESSAGE = "Subscribed to PostgreSQL"
+# The server's sentences for subscription parameters it refuses and does not retry (supabase/realtime
+# lib/extensions/postgres_cdc_rls/subscriptions.ex and realtime_channel.ex handle_info(:postgres_subscribe)).
+CONFIG_ERRORS = ("Error parsing `filter` params", "Error parsing `select` params", "No subscription params provided",
+                 "Unable to subscribe to changes with given parameters", "Column selection is not supported")
+CONFIG_RETRY_S = 300      # a refused subscription is tried again this rarely (a publication may change)
 FEED_IDLE_S = 90          # a channel no page has looked at for this long is left
 REBUILD_AFTER_S = 8       # a socket down this long (the client's own retries failed) is rebuilt
 STUCK_AFTER_S = 15        # a channel not joined this long on a live socket is joined afresh
@@ -74,6 +89,7 @@ class LiveFeed:
     connected: bool = False
     status: str = CONNECTING
     last_change: dict | None = None
+    error: str | None = None
     touched: float = field(default_factory=time.monotonic)
     # The live thread's side.
     channel: object = None
@@ -88,25 +104,51 @@ class LiveFeed:
         self.last_change = payload.get("data")
         self.version += 1
 
+    def _on_system(self, payload, channel=None) -> None:
+        """The server's `system` ok messages; "Subscribed to PostgreSQL" is when changes flow."""
+        if channel is not None and channel is not self.channel:
+            return
+        if payload.extension == "postgres_changes" and payload.message == SUBSCRIBED_MESSAGE:
+            # Confirmed — the first time, after a drop or after a token refresh: whatever changed
+            # before this moment (while the page was being read, the socket was down, or the
+            # subscription was being created) was not streamed, so the page reads again.
+            self.version += 1
+            self.ever_joined = True
+            self.connected, self.status, self.down_since, self.error = True, LIVE, None, None
+
     def _on_state(self, state, error, channel=None) -> None:
         if channel is not None and channel is not self.channel:
             return  # a channel this feed has left since
         if state == RealtimeSubscribeStates.SUBSCRIBED:
-            if not self.connected:
-                # Joined, for the first time or after a drop: whatever changed before this moment
-                # (while the page was being read, or while the socket was down) was not streamed,
-                # so the page reads again.
-                self.version += 1
-            self.ever_joined = True
-            self.connected, self.status, self.down_since = True, LIVE, None
-        else:
-            if error:
-                log.info("live channel %s: %s (%s)", self.key, state.value, error)
-            self.connected = False
-            self.status = RECONNECTING if self.ever_joined else CONNECTING
+            return  # joined; changes flow only once the subscription is confirmed (_on_system)
+        refused = _config_error(error)
+        if refused:
+            log.warning("live channel %s: the server refused the subscription: %s", self.key, refused)
+            self.error, self.status, self.connected = refused, UNAVAILABLE, False
             self.down_since = self.down_since or time.monotonic()
-            if state == RealtimeSubscribeStates.CLOSED:
-                self.channel = None
+            return
+        if error:
+            log.info("live channel %s: %s (%s)", self.key, state.value, error)
+        self.connected = False
+        if self.error is None:
+            self.status = RECONNECTING if self.ever_joined else CONNECTING
+        self.down_since = self.down_since or time.monotonic()
+        if state == RealtimeSubscribeStates.CLOSED:
+            self.channel = None
+
+
+def _config_error(error) -> str | None:
+    """The server's sentence when a channel error is its refusal of the subscription parameters."""
+    if error is None:
+        return None
+    try:
+        payload = json.loads(str(error))
+    except ValueError:
+        return None
+    message = payload.get("message") if isinstance(payload, dict) else None
+    if payload.get("extension") == "postgres_changes" and isinstance(message, str) and message.startswith(CONFIG_ERRORS):
+        return message
+    return None
 
 
 class _Loop:
@@ -210,6 +252,13 @@ class _Hub:
             self.sent_token = self.token
             await self.client.set_auth(self.token)
         for feed in feeds:
+            if feed.error is not None:
+                # Refused parameters: leave (the client would rejoin in a loop); try again rarely.
+                if feed.channel is not None:
+                    await self._leave(feed)
+                if now - (feed.down_since or now) < CONFIG_RETRY_S:
+                    continue
+                feed.down_since, feed.error = now, None
             stuck = (feed.channel is not None and not feed.connected and not feed.joining
                      and feed.down_since and now - feed.down_since > STUCK_AFTER_S)
             if stuck:
@@ -259,6 +308,7 @@ class _Hub:
                 table, filt = binding[0], binding[1]
                 event = binding[2] if len(binding) > 2 else "*"
                 channel.on_postgres_changes(event, feed._on_change, table=table, schema="public", filter=filt)
+            channel.on_system(lambda payload, channel=channel: feed._on_system(payload, channel))
             feed.channel = channel
             await channel.subscribe(lambda state, error, channel=channel: feed._on_state(state, error, channel))
         except Exception as exc:  # noqa: BLE001 - the supervisor tries again
@@ -369,10 +419,17 @@ def forget(client_state) -> None:
 
 def status_html(feed: LiveFeed, fallback_s: float = 60) -> str:
     """The indicator (a coloured dot and the status word) and, while the connection is down, a
-    subtle one-line banner that the data may be stale."""
-    color = {LIVE: "#15803d", CONNECTING: "#6b7280"}.get(feed.status, "#b45309")
+    subtle one-line banner that the data may be stale; when the server refused the subscription,
+    an error banner with its sentence (a configuration error, not a connection problem)."""
+    color = {LIVE: "#15803d", CONNECTING: "#6b7280", UNAVAILABLE: "#b91c1c"}.get(feed.status, "#b45309")
     dot = (f"<span class='pw-live' data-live-status='{feed.status}' style='color:{color};font-weight:600'>"
            f"● {feed.status}</span>")
+    if feed.status == UNAVAILABLE:
+        reason = html.escape(feed.error or "the server refused the subscription")
+        return ("<div class='pw-live-error' role='alert' style='font-size:0.85rem;padding:0.3rem 0.7rem;"
+                "background:#fef2f2;border:1px solid #fecaca;border-radius:0.4rem;color:#7f1d1d'>"
+                f"{dot} &nbsp;Realtime refused this page's subscription (a configuration error): {reason}"
+                f" Refreshing every {fallback_s:.0f} s instead.</div>")
     if feed.status != RECONNECTING:
         return f"<div style='font-size:0.85rem;padding:0.15rem 0'>{dot}</div>"
     return ("<div class='pw-stale' role='status' style='font-size:0.85rem;padding:0.3rem 0.7rem;"
@@ -381,19 +438,49 @@ def status_html(feed: LiveFeed, fallback_s: float = 60) -> str:
             f" {fallback_s:.0f} s until the connection is back.</div>")
 
 
+def _reconcile_default() -> int:
+    from worker.settings import load
+    return load().dashboard.reconcile_s
+
+
+def mark(client_state, *feeds: LiveFeed) -> str | None:
+    """live_mark() of what the feeds watch, as the signed-in user: a fingerprint that moves with
+    every insert, update or delete of those rows (None when it cannot be read)."""
+    from dashboard import data
+
+    tables = sorted({b[0] for f in feeds for b in f.bindings})
+    filters = {b[1] for f in feeds for b in f.bindings}
+    server = None
+    if len(filters) == 1:
+        only = next(iter(filters)) or ""
+        if only.startswith("server_id=eq.") and "," not in only:
+            server = only.removeprefix("server_id=eq.")
+    try:
+        return data.call(_client_of(client_state), "live_mark", {"p_tables": tables, "p_server_id": server})
+    except Exception as exc:  # noqa: BLE001 - reconciling is a safety net; the feed still works
+        log.info("live_mark unavailable: %s", exc)
+        return None
+
+
 def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallback_s: float = 60,
-                    show_status: bool = True) -> None:
-    """Rerun the page when a feed moves (or every fallback_s seconds while one is down). More feeds
-    of the same page may be given; the status shown is the worst of them."""
+                    reconcile_s: float | None = None, show_status: bool = True) -> None:
+    """Rerun the page when a feed moves, every fallback_s seconds while one is down or unavailable,
+    and when live_mark() moved (checked every reconcile_s seconds while Live: changes Realtime
+    skipped over its quota). More feeds of the same page may be given; the status shown is the
+    worst of them."""
     import streamlit as st
 
     feeds = (feed, *more)
     state = st.session_state
+    reconcile_s = reconcile_s or _reconcile_default()
     seen = dict(state.get(_SEEN_KEY) or {})
     for f in feeds:
         seen.setdefault(f.key, (f.version, time.monotonic()))
     state[_SEEN_KEY] = seen
     drawn = {f.key: seen[f.key] for f in feeds}
+    # The mark of what this run of the page drew (read now, after the page's data: a change
+    # between the two reads is one Realtime delivers, or the next mark shows).
+    checked = {"mark": mark(state, *feeds), "at": time.monotonic()}
 
     @st.fragment(run_every=every)
     def _live_tick() -> None:
@@ -403,10 +490,17 @@ def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallbac
             version, at = drawn[f.key]
             if f.version != version:
                 st.rerun()
-            if f.status == RECONNECTING and now - at >= fallback_s:
+            if f.status in (RECONNECTING, UNAVAILABLE) and now - at >= fallback_s:
+                st.rerun()
+        if checked["mark"] is not None and all(f.status == LIVE for f in feeds) \
+                and now - checked["at"] >= reconcile_s:
+            checked["at"] = now
+            if mark(state, *feeds) not in (None, checked["mark"]):
+                log.info("live: the data moved without a Realtime change (skipped over the quota?): re-reading")
                 st.rerun()
         if show_status:
-            worst = next((f for f in feeds if f.status == RECONNECTING), None) or \
+            worst = next((f for f in feeds if f.status == UNAVAILABLE), None) or \
+                next((f for f in feeds if f.status == RECONNECTING), None) or \
                 next((f for f in feeds if f.status != LIVE), feed)
             st.markdown(status_html(worst, fallback_s), unsafe_allow_html=True)
 

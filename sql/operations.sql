@@ -1,4 +1,4 @@
--- Named queries of the operations (worker/operations.py, worker/cli_ops.py). The validation and the
+-- Named queries of the operations (worker/operations/, worker/cli_ops.py). The validation and the
 -- "never twice" rule live in SQL (enqueue_operation, the unique partial index), so every path —
 -- dashboard, CLI, cron — goes through the same door.
 

@@ -17,6 +17,31 @@ create table if not exists proxwatch_realtime.overflow (
   change jsonb not null
 );
 revoke all on proxwatch_realtime.overflow from public;
+-- The columns of an UPDATE that logical decoding would leave out of the new row: values stored
+-- out of line (TOAST) that the UPDATE did not change. Postgres moves a value out of line when the row
+-- passes TOAST_TUPLE_THRESHOLD (~2 kB) and the value is still large once compressed, so a value
+-- left unchanged whose stored (compressed) size is over 2000 bytes counts as one. Candidates are
+-- found cheaply first (unchanged, over 2000 bytes as JSON), then measured with pg_column_size.
+create or replace function proxwatch_realtime.unchanged_toast(old_row anyelement, new_row anyelement) returns text[]
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  candidate text;
+  size integer;
+  found text[] := '{}';
+begin
+  for candidate in
+    select o.key from jsonb_each(to_jsonb(old_row)) o join jsonb_each(to_jsonb(new_row)) n using (key)
+    where o.value = n.value and octet_length(o.value::text) > 2000
+  loop
+    execute format('select pg_column_size(($1).%I)', candidate) into size using old_row;
+    if size > 2000 then
+      found := found || candidate;
+    end if;
+  end loop;
+  return found;
+end
+$$;
+revoke all on function proxwatch_realtime.unchanged_toast(anyelement, anyelement) from public;
 create or replace function proxwatch_realtime.capture() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp set timezone = 'UTC' as $$
 declare
@@ -27,7 +52,8 @@ begin
     's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME, 'op', TG_OP,
     'ts', to_char(clock_timestamp(), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
     'new', case when TG_OP <> 'DELETE' then to_jsonb(NEW) end,
-    'old', case when TG_OP <> 'INSERT' then to_jsonb(OLD) end)::text;
+    'old', case when TG_OP <> 'INSERT' then to_jsonb(OLD) end,
+    'toast', case when TG_OP = 'UPDATE' then proxwatch_realtime.unchanged_toast(OLD, NEW) end)::text;
   if octet_length(change) > 7900 then
     insert into proxwatch_realtime.overflow (change) values (change::jsonb) returning id into overflow_id;
     change := json_build_object('overflow', overflow_id)::text;
@@ -100,6 +126,70 @@ begin
 end
 $$;
 revoke all on function proxwatch_realtime.visible_to(text, jsonb, jsonb) from public;
+-- Supabase's realtime.subscription_check_filters (supabase/realtime, migration
+-- 20260626120000_readd_postgrest_filter_ops.ex), as a check the stand-in runs when it creates a
+-- subscription: every filter column must be one the role may select, every value must be a value
+-- of the column's type (an `in` list at most 100 of them), `is` takes null/true/false/unknown (the
+-- last three on a boolean column only), like/ilike/match/imatch need a column type with that
+-- operator and a valid pattern, and selected columns must be selectable. The exceptions carry the
+-- server's own sentences; the stand-in sends them to the subscriber as its system error.
+create or replace function proxwatch_realtime.check_subscription(
+  entity regclass, role_name text, columns text[], ops text[], vals text[], selected text[])
+returns void language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  col_names text[] = coalesce(array_agg(a.attname::text order by a.attnum), '{}')
+    from pg_attribute a
+    where a.attrelid = entity and a.attnum > 0 and not a.attisdropped
+      and has_column_privilege(role_name, a.attrelid, a.attnum, 'SELECT');
+  col_type regtype;
+  n integer;
+  in_count integer;
+  selected_col text;
+begin
+  for n in 1 .. coalesce(array_length(columns, 1), 0) loop
+    if not columns[n] = any(col_names) then
+      raise exception 'invalid column for filter %', columns[n];
+    end if;
+    col_type = (select atttypid::regtype from pg_attribute where attrelid = entity and attname = columns[n]);
+    if ops[n] = 'in' then
+      execute format('select cardinality(%L::%s)', vals[n], col_type::text || '[]') into in_count;
+      if coalesce(in_count, 0) > 100 then
+        raise exception 'too many values for `in` filter. Maximum 100';
+      end if;
+    elsif ops[n] = 'is' then
+      if vals[n] not in ('null', 'true', 'false', 'unknown') then
+        raise exception 'invalid value for is filter: must be null, true, false, or unknown';
+      end if;
+      if vals[n] <> 'null' and col_type <> 'boolean'::regtype then
+        raise exception 'is % filter requires a boolean column, got %', vals[n], col_type::text;
+      end if;
+    elsif ops[n] in ('like', 'ilike') then
+      if not exists (select 1 from pg_operator where oprname = '~~' and oprleft = col_type) then
+        raise exception 'operator % requires a text-compatible column type, got %', ops[n], col_type::text;
+      end if;
+    elsif ops[n] in ('match', 'imatch') then
+      if not exists (select 1 from pg_operator
+                     where oprname = case when ops[n] = 'imatch' then '~*' else '~' end
+                       and oprleft = col_type and oprright = col_type and oprresult = 'boolean'::regtype) then
+        raise exception 'operator % requires a text-compatible column type, got %', ops[n], col_type::text;
+      end if;
+      begin
+        perform '' ~ vals[n];
+      exception when others then
+        raise exception 'invalid regular expression for % filter: %', ops[n], sqlerrm;
+      end;
+    else
+      execute format('select %L::%s', vals[n], col_type::text);
+    end if;
+  end loop;
+  foreach selected_col in array coalesce(selected, '{}') loop
+    if not selected_col = any(col_names) then
+      raise exception 'invalid column for select %', selected_col;
+    end if;
+  end loop;
+end
+$$;
+revoke all on function proxwatch_realtime.check_subscription(regclass, text, text[], text[], text[], text[]) from public;
 -- Overflowed changes nobody collected (the stand-in was down) are of no use any more.
 delete from proxwatch_realtime.overflow where created_at < now() - interval '10 minutes';
 
@@ -139,7 +229,16 @@ select c.oid::int as oid,
        array(select a.attname::text from pg_index i
              cross join lateral unnest(i.indkey::int2[]) with ordinality as k (attnum, n)
              join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-             where i.indrelid = c.oid and i.indisprimary order by k.n) as primary_key
+             where i.indrelid = c.oid and i.indisprimary order by k.n) as primary_key,
+       -- The replica identity: what logical decoding keeps of the old row (d: the primary key,
+       -- f: every column, i: the columns of the chosen index, n: nothing).
+       c.relreplident::text as replica_identity,
+       array(select a.attname::text from pg_index i
+             cross join lateral unnest(i.indkey::int2[]) with ordinality as k (attnum, n)
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+             where i.indrelid = c.oid and i.indisreplident order by k.n) as identity_index,
+       array(select has_column_privilege(%(role)s, c.oid, a.attnum, 'SELECT') from pg_attribute a
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped order by a.attnum) as selectable
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s and c.relkind in ('r', 'p');
@@ -148,6 +247,7 @@ where n.nspname = %(schema)s and c.relname = %(table)s and c.relkind in ('r', 'p
 -- (who, pos): subscriber number `who` of %(identities)s may select row `pos` of %(keys)s.
 select who, pos from proxwatch_realtime.visible_to(%(check)s, %(keys)s::jsonb, %(identities)s::jsonb);
 
--- name: realtime_replica_mode
--- Within the savepoint that re-creates deleted rows for a moment: no triggers, no foreign keys.
-set local session_replication_role = replica;
+-- name: realtime_check_subscription
+-- Raises the server's sentence when a subscription's filters or selected columns do not fit the table.
+select proxwatch_realtime.check_subscription(format('%%I.%%I', %(schema)s::text, %(table)s::text)::regclass, %(role)s, %(columns)s, %(ops)s, %(vals)s,
+                                             %(selected)s);

@@ -17,28 +17,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from worker import admin, db, operations
+from worker import admin, db, operations, ssh
 from worker.crypto import Box
 from worker.admin import InputError
 from worker.cli_common import STDIN, read_secret
 from worker.cli_common import database as _database, fail as _fail, guarded_by
+from worker.operations.registry import TYPES
 
 ops_app = typer.Typer(help="Operations: SSH test, service restart, certificate renewal, guest power actions.",
                       no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 
-TYPE_HELP = "ssh_test, service_restart, certificate_renewal, start, stop, shutdown or reset"
+TYPE_HELP = ", ".join(TYPES[:-1]) + " or " + TYPES[-1]
+RUNNING = ("pending", "in_progress")
 STATUS_STYLE = {"pending": "yellow", "in_progress": "cyan", "completed": "green", "failed": "red"}
 # After this long still pending, the follower says what is probably wrong.
 NO_WORKER_HINT_S = 20
@@ -71,7 +76,7 @@ def request(server: str = typer.Argument(..., metavar="SERVER", help="The server
     params: dict = {}
     for text in param:
         try:
-            key, value = operations.parse_param(text)
+            key, value = parse_param(text)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         params[key] = value
@@ -120,9 +125,9 @@ def follow(conn: psycopg.Connection, operation_id: str, interval_s: float = 0.5)
         while True:
             row = conn.execute(db.q("ops_get"), {"id": operation_id}).fetchone()
             conn.rollback()  # a fresh snapshot next time; no transaction left open
-            left = operations.remaining_s(row)
+            left = remaining_s(row)
             bar.update(task, completed=row["progress"], description=row["message"] or row["status"],
-                       remaining=f"{operations.clock(left)} remaining" if left is not None and
+                       remaining=f"{clock(left)} remaining" if left is not None and
                        row["operation_type"] == "service_restart" else "")
             if row["status"] in ("completed", "failed"):
                 return row
@@ -144,7 +149,7 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     """Running and past operations, newest first."""
     if status and status not in ("running", "pending", "in_progress", "completed", "failed"):
         raise InputError(f"unknown status {status!r}: use running, pending, in_progress, completed or failed")
-    if op_type and op_type not in operations.TYPES:
+    if op_type and op_type not in TYPES:
         raise InputError(f"unknown operation type {op_type!r}: use {TYPE_HELP}")
     with _database() as (_, conn):
         sid = admin.find_server(conn, server, tenant)["id"] if server is not None else None
@@ -227,8 +232,6 @@ def ssh_set(server: str,
         host_key = _read(host_key_file, "host key file")
     private_key = _read(key_file, "key file") if key_file else None
     if scan:
-        from worker import ssh
-
         try:
             host_key = asyncio.run(ssh.fetch_host_key(host, port))
         except ssh.SshError as exc:
@@ -240,14 +243,14 @@ def ssh_set(server: str,
     with _database() as (ep, conn):
         srv = admin.find_server(conn, server, tenant)
         try:
-            stored = operations.set_ssh_credentials(conn, Box(ep.secret_key), srv["id"], host=host, username=user,
-                                                    host_key=host_key, port=port, password=password,
-                                                    private_key=private_key, node=node)
+            stored = ssh.set_credentials(conn, Box(ep.secret_key), srv["id"], host=host, username=user,
+                                         host_key=host_key, port=port, password=password,
+                                         private_key=private_key, node=node)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         conn.commit()
     scope = f"node {node}" if node else "its nodes"
-    out.print(f"SSH access of {srv['name']} ({scope}) set: {stored['username']}@{stored['host']}:{stored['port']}, "
+    out.print(f"SSH access of {escape(srv['name'])} ({scope}) set: {stored['username']}@{stored['host']}:{stored['port']}, "
               f"{stored['auth_kind']} login, host key pinned ({stored['fingerprint']})", highlight=False)
 
 
@@ -257,3 +260,35 @@ def _read(path: Path, what: str) -> str:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InputError(f"the {what} {str(path)[:200]!r} cannot be read: {reason}") from None
+
+
+# ---------------------------------------------------------------------------------- formatting
+def remaining_s(row: dict, now: datetime | None = None) -> float | None:
+    """Seconds left by the estimate (never below 0), for a running operation; None otherwise."""
+    if row.get("status") not in RUNNING or not row.get("estimated_duration_ms") or not row.get("started_at"):
+        return None
+    now = now or row.get("db_now") or row.get("now") or datetime.now(timezone.utc)
+    elapsed = (now - row["started_at"]).total_seconds()
+    return max(0.0, row["estimated_duration_ms"] / 1000 - elapsed)
+
+
+def clock(seconds: float) -> str:
+    """4:32 — minutes and seconds, as the seed's "Restarting… (4:32 remaining)"."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' of the CLI → (key, value): true/false become booleans, digits integers."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"{text!r} is not KEY=VALUE (for example --param service=pveproxy)")
+    value = value.strip()
+    if value.lower() in ("true", "yes", "1") and key in ("force", "order"):
+        return key, True
+    if value.lower() in ("false", "no", "0") and key in ("force", "order"):
+        return key, False
+    if re.fullmatch(r"[0-9]+", value) and key == "vmid":
+        return key, int(value)
+    return key, value

@@ -14,7 +14,7 @@ Steps of a sync (sync_guests):
 A PVE failure is a result (guest_syncs.error_message; the known guests stay as they were), not an
 exception. Database errors propagate, so the actor retries.
 
-Guest power actions live in worker/operations.py.
+Guest power actions live in worker/operations/guest_power.py.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Two modes, one code path:
 
 Each variable is a `Var` in `VARS` with its default and a line saying what it does; `load()` builds
 one frozen `Settings` (with a section per concern: operations, gateway, inventory, sessions,
-dashboard) from them. A bad value fails loudly with one sentence naming the variable
+dashboard, realtime) from them. A bad value fails loudly with one sentence naming the variable
 (`Unexpected value PROXWATCH_POLL_INTERVAL='ten': use a whole number.`). The README's configuration
 table is `markdown_table()` (`python3 -m worker.settings` prints it; a test keeps the two equal), so
 the documentation cannot drift from the code. No other module reads the environment.
@@ -173,11 +173,19 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_DASHBOARD_PASSWORD", None, "Embedded mode: that admin's password."),
     Var("PROXWATCH_DASHBOARD_REFRESH", 60, "Seconds between the dashboard's re-reads while Realtime is down.",
         _integer(5, 3600)),
+    Var("PROXWATCH_DASHBOARD_RECONCILE", 30, "Seconds between the dashboard's cheap \"did anything change\" "
+        "checks while Realtime is live (corrects changes Realtime dropped over its quota).", _integer(5, 3600)),
+    # -- the embedded Realtime (Supabase's own limits apply in Supabase mode)
+    Var("PROXWATCH_REALTIME_EVENTS_PER_S", 100, "Embedded mode: the Realtime events quota per second (one-minute "
+        "average, as Supabase's Free plan); over it changes are skipped silently.", _integer(1, 100000)),
+    Var("PROXWATCH_REALTIME_JOINS_PER_S", 100, "Embedded mode: Realtime channel joins per second (as Supabase).",
+        _integer(1, 100000)),
     # -- secrets for the command line (kept out of the process list and shell history)
-    Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token `USER@REALM!TOKENID=SECRET` when no "
-        "`--token`/`--token-file`/`--token-stdin` and no `--user` is given.", _secret),
-    Var("PROXWATCH_PVE_PASSWORD", None, "`servers add` and `servers update` with `--user`: the PVE password when no `--password` "
-        "option is given.", _secret),
+    Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token "
+        "`USER@REALM!TOKENID=SECRET` when no `--token`/`--token-file`/`--token-stdin` and no `--user` is given.",
+        _secret),
+    Var("PROXWATCH_PVE_PASSWORD", None, "`servers add` and `servers update` with `--user`: the PVE password when "
+        "no `--password` option is given.", _secret),
     Var("PROXWATCH_USER_PASSWORD", None, "`users add`: the new user's password when no `--password` option is "
         "given.", _secret),
     Var("PROXWATCH_SSH_PASSWORD", None, "`ops ssh-set`: the SSH password when neither `--password` options nor "
@@ -230,6 +238,13 @@ class DashboardSettings:
     email: str | None = None
     password: str | None = None
     refresh_s: int = 60
+    reconcile_s: int = 30
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    events_per_s: int = 100
+    joins_per_s: int = 100
 
 
 @dataclass(frozen=True)
@@ -271,6 +286,7 @@ class Settings:
     inventory: InventorySettings = field(default_factory=InventorySettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
 
     @property
@@ -333,7 +349,11 @@ def load() -> Settings:
         dashboard=DashboardSettings(
             email=r("PROXWATCH_DASHBOARD_EMAIL"),
             password=r("PROXWATCH_DASHBOARD_PASSWORD"),
-            refresh_s=r("PROXWATCH_DASHBOARD_REFRESH")),
+            refresh_s=r("PROXWATCH_DASHBOARD_REFRESH"),
+            reconcile_s=r("PROXWATCH_DASHBOARD_RECONCILE")),
+        realtime=RealtimeSettings(
+            events_per_s=r("PROXWATCH_REALTIME_EVENTS_PER_S"),
+            joins_per_s=r("PROXWATCH_REALTIME_JOINS_PER_S")),
         cli_secrets=CliSecrets(
             pve_token=r("PROXWATCH_PVE_TOKEN"),
             pve_password=r("PROXWATCH_PVE_PASSWORD"),

@@ -17,6 +17,11 @@ A small API shared by the console gateway (web SSH terminals) and operations (ss
 
 `await ssh.fetch_host_key(host, port)` reads a node's host key (to pin it on first use; show its
 fingerprint to a person before storing it). `fingerprint(line)` gives OpenSSH's SHA256:… form.
+
+`set_credentials(conn, box, server_id, host=…, username=…, host_key=…, password=… | private_key=…)`
+stores how ssh_test reaches a server's nodes (`proxwatch ops ssh-set`): every field checked first
+(`check_host_key`, `check_private_key`: ValueError with a sentence, nothing written), the secret
+encrypted.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from __future__ import annotations
 from worker.errors import ProxwatchError
 
 import asyncio
+import re
 import socket
 import time
 from dataclasses import dataclass
 
 import asyncssh
+import psycopg
+
+from worker import db
+from worker.crypto import Box
 
 TIMEOUT, REFUSED, DNS, NETWORK, HOSTKEY, AUTH, CONFIG = (
     "timeout", "refused", "dns", "network", "hostkey", "auth", "config")
@@ -165,3 +175,64 @@ async def fetch_host_key(host: str, port: int = 22, timeout: float = 10.0) -> st
     if key is None:
         raise SshError(NETWORK, f"{host}:{port} offered no host key")
     return key.export_public_key("openssh").decode().strip()
+
+
+# ---------------------------------------------------------- credentials a person gives (ssh-set)
+def check_host_key(text: str) -> str:
+    """An OpenSSH public key line ('ssh-ed25519 AAAA… [comment]', or a known_hosts line) → 'type base64',
+    or ValueError with a sentence."""
+    parts = text.strip().split()
+    # A known_hosts line starts with the host pattern(s).
+    if len(parts) >= 3 and not re.match(r"^(ssh-|ecdsa-|sk-)", parts[0]):
+        parts = parts[1:]
+    if len(parts) < 2:
+        raise ValueError("the host key must be an OpenSSH public key line, e.g. the contents of "
+                         "/etc/ssh/ssh_host_ed25519_key.pub on the node")
+    line = f"{parts[0]} {parts[1]}"
+    try:
+        parse_host_key(line)
+    except SshError:
+        raise ValueError("the host key is not a valid OpenSSH public key (copy /etc/ssh/ssh_host_ed25519_key.pub "
+                         "of the node)") from None
+    return line
+
+
+def check_private_key(text: str) -> str:
+    """The private key as given, or ValueError saying why proxwatch cannot log in with it."""
+    try:
+        asyncssh.import_private_key(text)
+    except asyncssh.KeyEncryptionError:
+        raise ValueError("the private key is protected by a passphrase: use a key without one, kept for "
+                         "proxwatch only") from None
+    except (asyncssh.KeyImportError, ValueError):
+        raise ValueError("the private key file is not an SSH private key (OpenSSH or PEM format)") from None
+    return text
+
+
+def set_credentials(conn: psycopg.Connection, box: Box, server_id, *, host: str, username: str, host_key: str,
+                    port: int = 22, password: str | None = None, private_key: str | None = None,
+                    node: str = "") -> dict:
+    """Store (or replace) the SSH access of a server's node ('' = every node without its own):
+    everything checked first (ValueError with a sentence, nothing written), the secret encrypted.
+    The caller commits."""
+    host = (host or "").strip()
+    if not host or len(host) > 255 or re.search(r"\s", host):
+        raise ValueError("the SSH host must be a host name or address, without spaces")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"the SSH port must be between 1 and 65535, not {port}")
+    username = (username or "").strip()
+    if not username or len(username) > 64 or re.search(r"[\s@:]", username):
+        raise ValueError("the SSH user must be a plain user name (like root)")
+    if node and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", node):
+        raise ValueError(f"{node!r} is not a PVE node name")
+    if bool(password) == bool(private_key):
+        raise ValueError("give either a password or a private key for SSH (exactly one)")
+    line = check_host_key(host_key)
+    if private_key:
+        check_private_key(private_key)
+    auth_kind = "key" if private_key else "password"
+    conn.execute(db.q("ops_upsert_ssh_credentials"), {
+        "server_id": server_id, "node": node, "host": host, "port": int(port), "username": username,
+        "host_key": line, "auth_kind": auth_kind, "secret_ciphertext": box.seal(private_key or password)})
+    return {"host": host, "port": int(port), "username": username, "node": node, "auth_kind": auth_kind,
+            "fingerprint": fingerprint(line)}

@@ -3,14 +3,17 @@ PostgREST RPC with each user's JWT, on a real database. Never twice, roles, bad 
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from tests.integration.test_operations_support import opspve, sync_guests  # noqa: F401  (fixtures)
-from worker import admin, operations
+from worker import admin, operations, ssh
 from worker.embedded.standin import StandIn
+from worker.operations.registry import TYPES
+from worker.operations.service_restart import SERVICES
 
 OPERATOR = ("olga@acme.test", "olga-password-1")
 VIEWER = ("victor@acme.test", "victor-password-1")
@@ -187,7 +190,23 @@ def test_power_actions_need_a_guest_the_sync_has_seen_and_containers_cannot_be_r
 
 
 def test_the_service_list_is_the_same_in_sql_and_python(conn):
-    assert conn.execute("select public.operation_services() as s").fetchone()["s"] == list(operations.SERVICES)
+    assert conn.execute("select public.operation_services() as s").fetchone()["s"] == list(SERVICES)
+
+
+def test_the_operation_types_are_the_same_in_sql_and_python(conn, add_server):
+    check = conn.execute("select pg_get_constraintdef(oid) as d from pg_constraint"
+                         " where conname = 'active_operations_operation_type_check'").fetchone()["d"]
+    assert tuple(re.findall(r"'(\w+)'::text", check)) == TYPES
+    # enqueue_operation() knows each type (it gets as far as checking its parameters) and
+    # operation_estimate() has a default duration for each
+    server = add_server("pve1", "https://127.0.0.1:8006")
+    for op_type in TYPES:
+        with pytest.raises(operations.RequestRefused, match=f"{op_type} takes no parameter 'nonsense'"):
+            operations.enqueue(conn, server["id"], op_type, {"nonsense": 1})
+        assert conn.execute("select public.operation_estimate(%s, %s, 'x') as ms",
+                            (server["id"], op_type)).fetchone()["ms"] > 0
+    with pytest.raises(operations.RequestRefused, match="unknown operation type 'migrate'"):
+        operations.enqueue(conn, server["id"], "migrate", {})
 
 
 def test_the_estimate_is_learned_from_the_last_completed_runs(conn, acme):
@@ -224,8 +243,8 @@ def test_a_node_that_the_server_does_not_have_is_refused_once_its_nodes_are_know
 
 
 def test_ssh_secrets_are_never_readable_through_the_api_nor_published(conn, acme, box):
-    operations.set_ssh_credentials(conn, box, acme["id"], host="10.0.0.5", username="root", password="s3cret-pw",
-                                   host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX")
+    ssh.set_credentials(conn, box, acme["id"], host="10.0.0.5", username="root", password="s3cret-pw",
+                        host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX")
     conn.commit()
     published = {r["tablename"] for r in conn.execute(
         "select tablename from pg_publication_tables where pubname = 'supabase_realtime'")}

@@ -15,8 +15,10 @@ from psycopg.rows import dict_row
 
 from tests.integration.test_operations_support import (DAY, PVEVERSION, opspve, sshd,  # noqa: F401  (fixtures)
                                                        sync_guests)
-from worker import operations
-from worker.operations import Operations, Tuning, parse_upid
+from worker import operations, ssh
+from worker.operations.common import Tuning
+from worker.operations.manager import Operations
+from worker.operations.tasks import parse_upid
 from worker.polling import Poller
 
 TUNING = Tuning(stale_s=30, pending_timeout_s=600, heartbeat_s=0.5, task_poll_ms=100, progress_min_interval_s=0.3,
@@ -261,9 +263,9 @@ def test_a_guest_that_fails_to_start_is_reported(ops, server, conn, opspve, pool
 # ------------------------------------------------------------------------------------------ SSH
 def ssh_setup(conn, box, server, sshd, key="client_key", host_key=None, password=None):  # noqa: F811
     private, _ = sshd.key(key)
-    operations.set_ssh_credentials(conn, box, server["id"], host=sshd.host, port=sshd.port,
-                                   username=getpass.getuser(), host_key=host_key or sshd.host_key,
-                                   private_key=None if password else private, password=password)
+    ssh.set_credentials(conn, box, server["id"], host=sshd.host, port=sshd.port,
+                        username=getpass.getuser(), host_key=host_key or sshd.host_key,
+                        private_key=None if password else private, password=password)
     conn.commit()
 
 
@@ -313,7 +315,7 @@ def test_ssh_credentials_are_checked_before_anything_is_written(conn, box, serve
         if "private_key" in kwargs and "password" not in kwargs:
             args.pop("password")
         with pytest.raises(ValueError, match=sentence):
-            operations.set_ssh_credentials(conn, box, server["id"], **args)
+            ssh.set_credentials(conn, box, server["id"], **args)
     assert conn.execute("select count(*) as n from server_ssh_credentials").fetchone()["n"] == 0
 
 

@@ -29,7 +29,7 @@ from fakepve.server import USER, FakePve, ok, params
 
 from tests.conftest import free_port
 from tests.integration.conftest import TOKEN
-from worker.operations import SERVICES
+from worker.operations.service_restart import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400

@@ -70,6 +70,13 @@ class Sub:
             await asyncio.sleep(0.05)
         raise AssertionError(f"channel states {wanted} not reached: {self.states} {self.errors}")
 
+    async def confirmed(self, times: int = 1, timeout: float = WAIT_S * 3):
+        """Wait for the n-th "Subscribed to PostgreSQL": changes flow from there on (not from the join)."""
+        deadline = time.monotonic() + timeout
+        while sum(p.message == "Subscribed to PostgreSQL" for p in self.system) < times:
+            assert time.monotonic() < deadline, (self.states, self.errors, self.system)
+            await asyncio.sleep(0.02)
+
     async def close(self):
         await self.client.close()
 
@@ -103,6 +110,12 @@ async def subscribe(standin, token: str | None, bindings: dict[str, dict], topic
     await channel.subscribe(on_state)
     if expect is not None:
         assert sub.states and sub.states[-1] == expect, (sub.states, sub.errors)
+    if expect == RealtimeSubscribeStates.SUBSCRIBED and bindings:
+        # As on Supabase, changes flow from the "Subscribed to PostgreSQL" system message on, not the join.
+        deadline = time.monotonic() + WAIT_S
+        while not any(p.message == "Subscribed to PostgreSQL" for p in sub.system):
+            assert time.monotonic() < deadline and not sub.errors, (sub.states, sub.errors)
+            await asyncio.sleep(0.02)
     return sub
 
 
@@ -250,11 +263,7 @@ def test_each_filter_operator_selects_the_rows_postgres_would(standin, fleet, db
 def test_a_table_outside_the_publication_never_streams(standin, fleet, db_url):
     async def scenario():
         token = token_for(standin, ALICE)
-        # Joining it is refused with a sentence.
-        refused = await subscribe(standin, token, {"members": {"table": "tenant_members"}}, topic="members",
-                                  expect=RealtimeSubscribeStates.CHANNEL_ERROR)
-        assert "not in publication supabase_realtime" in refused.errors[0]
-        await refused.close()
+        # (Subscribing to it is a system error: tests/integration/test_realtime_conformance.py.)
         # A binding on every table of the schema gets the published ones only: the metric insert,
         # never the hourly rollup row the same insert updates (connection_metrics_hourly is not published).
         sub = await subscribe(standin, token, {"all": {"table": "*"}})
@@ -274,17 +283,16 @@ def test_a_subscriber_of_another_tenant_receives_nothing_of_acme(standin, fleet,
         alice = await subscribe(standin, token_for(standin, ALICE), bindings)
         bob = await subscribe(standin, token_for(standin, BOB), bindings)
         alpha, gamma = fleet.servers["pve-alpha"], fleet.servers["pve-gamma"]
-        # acme changes: an update, a metric, a delete (of a metric: deletes are checked as well).
+        # acme changes: an update, a metric. (A delete reaches every subscriber with its key only, as on
+        # Supabase: tests/integration/test_realtime_conformance.py.)
         await set_status(db_url, alpha, "offline")
-        metric = await insert_metric(db_url, alpha, 12)
-        await execute(db_url, "delete from public.connection_metrics where id = %s", (metric,))
+        await insert_metric(db_url, alpha, 12)
         # Then one globex change, which bob must see first.
         await set_status(db_url, gamma, "online")
         name, payload = await bob.next()
         assert payload["data"]["record"]["id"] == gamma, payload
-        got = [(await alice.next())[1]["data"] for _ in range(3)]
-        assert [(d["table"], d["type"]) for d in got] == [
-            ("proxmox_servers", "UPDATE"), ("connection_metrics", "INSERT"), ("connection_metrics", "DELETE")]
+        got = [(await alice.next())[1]["data"] for _ in range(2)]
+        assert [(d["table"], d["type"]) for d in got] == [("proxmox_servers", "UPDATE"), ("connection_metrics", "INSERT")]
         # And alice never sees gamma: her next change is her own.
         await set_status(db_url, alpha, "online")
         assert (await alice.next())[1]["data"]["record"]["id"] == alpha
@@ -333,7 +341,7 @@ def test_delivery_follows_row_level_security_as_membership_changes(standin, flee
     run(scenario())
 
 
-def test_the_service_role_sees_every_tenant_and_anon_is_refused(standin, fleet, db_url):
+def test_the_service_role_sees_every_tenant(standin, fleet, db_url):
     async def scenario():
         service = await subscribe(standin, standin.service_key, {"servers": {"table": "proxmox_servers"}})
         await set_status(db_url, fleet.servers["pve-gamma"], "online")
@@ -341,15 +349,11 @@ def test_the_service_role_sees_every_tenant_and_anon_is_refused(standin, fleet, 
         ids = [(await service.next())[1]["data"]["record"]["id"] for _ in range(2)]
         assert ids == [fleet.servers["pve-gamma"], fleet.servers["pve-alpha"]]
         await service.close()
-        anon = await subscribe(standin, None, {"servers": {"table": "proxmox_servers"}},
-                               expect=RealtimeSubscribeStates.CHANNEL_ERROR)
-        assert "Unauthorized: the role anon may not select from public.proxmox_servers" in anon.errors[0]
-        await anon.close()
 
     run(scenario())
 
 
-def test_bad_tokens_unknown_tables_and_bad_filters_get_an_error_reply(standin, fleet, pw_secrets):
+def test_bad_tokens_get_an_error_reply(standin, fleet, pw_secrets):
     now = int(time.time())
     secret = pw_secrets["jwt_secret"]
     expired = jwt.encode({"sub": str(uuid.uuid4()), "role": "authenticated", "iat": now - 7200, "exp": now - 60},
@@ -365,20 +369,12 @@ def test_bad_tokens_unknown_tables_and_bad_filters_get_an_error_reply(standin, f
 
     async def scenario():
         servers = {"s": {"table": "proxmox_servers"}}
-        assert await refused(expired, servers) == "InvalidJWTToken: Token has expired"
+        assert (await refused(expired, servers)).startswith("InvalidJWTToken: Token has expired")
         assert "signature" in await refused(forged, servers)
         assert "exp" in await refused(no_exp, servers)
         assert "'postgres' is not one of" in await refused(odd_role, servers)
-        token = token_for(standin, ALICE)
-        assert "the table public.no_such_table does not exist" in await refused(token, {"x": {"table": "no_such_table"}})
-        assert "unsupported operator 'like'" in await refused(
-            token, {"x": {"table": "proxmox_servers", "filter": "name=like.pve%"}})
-        assert "the filter value for server_id is not a uuid" in await refused(
-            token, {"x": {"table": "connection_metrics", "filter": "server_id=eq.pve-alpha"}})
-        assert "has no column 'colour'" in await refused(
-            token, {"x": {"table": "proxmox_servers", "filter": "colour=eq.red"}})
-        assert "column=operator.value" in await refused(
-            token, {"x": {"table": "proxmox_servers", "filter": "name"}})
+        # (Unknown tables and bad filters: a system error after the join, as on Supabase —
+        # tests/integration/test_realtime_conformance.py.)
 
     run(scenario())
 
@@ -482,20 +478,6 @@ def test_a_subscriber_vanishing_mid_stream_harms_no_one_else(standin, fleet, db_
     run(scenario())
 
 
-def test_a_large_row_still_arrives_whole(standin, fleet, db_url):
-    """A change bigger than a Postgres notification (8000 bytes) takes the overflow path."""
-    async def scenario():
-        sub = await subscribe(standin, token_for(standin, ALICE), {"s": {"table": "proxmox_servers"}})
-        long_error = "x" * 20_000
-        await execute(db_url, "update public.proxmox_servers set health_check_error = %s where id = %s",
-                      (long_error, fleet.servers["pve-beta"]))
-        data = (await sub.next())[1]["data"]
-        assert data["record"]["health_check_error"] == long_error
-        await sub.close()
-
-    run(scenario())
-
-
 def test_the_client_rejoins_after_the_standin_restarts(db_url, pw_secrets, fleet):
     first = StandIn(db_url, pw_secrets["jwt_secret"]).start()
     port = first.port
@@ -511,6 +493,7 @@ def test_the_client_rejoins_after_the_standin_restarts(db_url, pw_secrets, fleet
             second = StandIn(db_url, pw_secrets["jwt_secret"], port=port).start()
             await sub.states_after(1, RealtimeSubscribeStates.CHANNEL_ERROR, RealtimeSubscribeStates.SUBSCRIBED,
                                    timeout=30)
+            await sub.confirmed(2)
             await set_status(db_url, fleet.servers["pve-alpha"], "offline")
             assert (await sub.next())[1]["data"]["record"]["connection_status"] == "offline"
             await sub.close()
@@ -532,6 +515,7 @@ def test_channels_error_and_rejoin_across_a_database_restart(standin, fleet, db_
         await sub.states_after(1, RealtimeSubscribeStates.CHANNEL_ERROR, RealtimeSubscribeStates.SUBSCRIBED,
                                timeout=60)
         assert any("lost its connection to the database" in e for e in sub.errors), sub.errors
+        await sub.confirmed(2)
         await set_status(db_url, fleet.servers["pve-alpha"], "offline")
         assert (await sub.next(timeout=20))[1]["data"]["record"]["connection_status"] == "offline"
         await sub.close()
@@ -546,7 +530,10 @@ def test_select_narrows_the_row_to_the_columns_asked_for(standin, fleet, db_url)
         got = asyncio.Queue()
         channel = client.channel("narrow").on_postgres_changes(
             "UPDATE", got.put_nowait, table="proxmox_servers", select=["id", "connection_status"])
+        confirmed = asyncio.Event()
+        channel.on_system(lambda payload: confirmed.set())  # changes flow once the subscription is confirmed
         await channel.subscribe()
+        await asyncio.wait_for(confirmed.wait(), WAIT_S)
         await set_status(db_url, fleet.servers["pve-alpha"], "offline")
         data = (await asyncio.wait_for(got.get(), WAIT_S))["data"]
         assert data["record"] == {"id": fleet.servers["pve-alpha"], "connection_status": "offline"}
@@ -554,17 +541,3 @@ def test_select_narrows_the_row_to_the_columns_asked_for(standin, fleet, db_url)
         await client.close()
 
     run(scenario())
-
-
-def test_filters_parse_supabases_syntax():
-    from worker.embedded.standin.filters import Condition, JoinError, parse_filter
-
-    assert parse_filter("server_id=eq.abc") == (Condition("server_id", "eq", "abc"),)
-    assert parse_filter('name=in.(pve-1,"pve,2",pve-3)') == (Condition("name", "in", ("pve-1", "pve,2", "pve-3")),)
-    assert parse_filter("a=gte.5,b=neq.x") == (Condition("a", "gte", "5"), Condition("b", "neq", "x"))
-    assert parse_filter("note=eq.a.b") == (Condition("note", "eq", "a.b"),)
-    assert parse_filter(None) == ()
-    for bad, message in (("a=in.()", "empty"), ("a=in.1,2", "in.(a,b,c)"), ("a=between.1", "unsupported operator"),
-                         ("=eq.1", "column=operator.value")):
-        with pytest.raises(JoinError, match=re.escape(message)):
-            parse_filter(bad)

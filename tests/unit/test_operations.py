@@ -9,7 +9,8 @@ import pytest
 from proxmoxer.core import ResourceException
 
 from dashboard import ops_ui, timefmt
-from worker import operations
+from worker import cli_ops, ssh
+from worker.operations import certificate_renewal, ssh_test, tasks
 from worker.pve import PveError
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -41,22 +42,22 @@ TASK OK""".splitlines()
 
 
 def test_an_acme_task_log_gives_steps_that_only_move_forward():
-    steps = [s for s in map(operations.certificate_step, ACME_TASK_LOG) if s]
+    steps = [s for s in map(certificate_renewal.certificate_step, ACME_TASK_LOG) if s]
     progress = [p for p, _ in steps]
     assert progress == sorted(progress) and progress[0] == 10 and progress[-1] == 97
     assert (60, "All domains validated") in steps and (80, "Certificate issued") in steps
-    assert operations.certificate_step("Order URL: https://acme-v02.api.letsencrypt.org/acme/order/1") is None
+    assert certificate_renewal.certificate_step("Order URL: https://acme-v02.api.letsencrypt.org/acme/order/1") is None
     # "valid!" alone is the order; "Status is 'valid'!" is a domain
-    assert operations.certificate_step("Status is 'valid'!") == (55, "Domain validated")
-    assert operations.certificate_step("valid!") == (80, "Certificate issued")
-    assert operations.certificate_step("pve1.example.org is already validated!") == (55, "Domain already validated")
+    assert certificate_renewal.certificate_step("Status is 'valid'!") == (55, "Domain validated")
+    assert certificate_renewal.certificate_step("valid!") == (80, "Certificate issued")
+    assert certificate_renewal.certificate_step("pve1.example.org is already validated!") == (55, "Domain already validated")
 
 
 def test_timed_progress_follows_the_estimate_but_never_claims_to_be_done():
-    assert operations.timed_progress(0, 20000) == 0
-    assert operations.timed_progress(10, 20000) == 50
-    assert operations.timed_progress(60, 20000) == 95
-    assert operations.timed_progress(10, None) == 0
+    assert tasks.timed_progress(0, 20000) == 0
+    assert tasks.timed_progress(10, 20000) == 50
+    assert tasks.timed_progress(60, 20000) == 95
+    assert tasks.timed_progress(10, None) == 0
 
 
 @pytest.mark.parametrize("upid, fields", [
@@ -66,7 +67,7 @@ def test_timed_progress_follows_the_estimate_but_never_claims_to_be_done():
      {"node": "node-2", "type": "acmerenew", "id": "", "user": "root@pam!monitor"}),
 ])
 def test_upids_are_read_field_by_field(upid, fields):
-    parsed = operations.parse_upid(upid)
+    parsed = tasks.parse_upid(upid)
     assert {k: parsed[k] for k in fields} == fields
     assert parsed["starttime"] == 0x6743F2A1
 
@@ -74,14 +75,14 @@ def test_upids_are_read_field_by_field(upid, fields):
 def test_something_that_is_not_a_upid_is_refused():
     for text in ("UPID:pve1:xyz", "PVE:root@pam:1234::sig", "UPID:pve1:000A1B2C:0123ABCD:6743F2A1:qmstart:100:root@pam"):
         with pytest.raises(ValueError, match="is not a PVE task id"):
-            operations.parse_upid(text)
+            tasks.parse_upid(text)
 
 
 def test_pveversion_output_gives_the_version():
-    assert operations.parse_pveversion("pve-manager/9.1.4/5f8ca1e0a3c2e4b1 (running kernel: 6.14.8-2-pve)\n") == "9.1.4"
-    assert operations.parse_pveversion("pve-manager/8.4.1/2a5fa54a8503f96d (running kernel: 6.8.12-9-pve)") == "8.4.1"
+    assert ssh_test.parse_pveversion("pve-manager/9.1.4/5f8ca1e0a3c2e4b1 (running kernel: 6.14.8-2-pve)\n") == "9.1.4"
+    assert ssh_test.parse_pveversion("pve-manager/8.4.1/2a5fa54a8503f96d (running kernel: 6.8.12-9-pve)") == "8.4.1"
     with pytest.raises(ValueError, match="unexpected pveversion output"):
-        operations.parse_pveversion("bash: pveversion: command not found")
+        ssh_test.parse_pveversion("bash: pveversion: command not found")
 
 
 def test_pves_per_parameter_reasons_are_kept_in_the_sentence():
@@ -89,27 +90,27 @@ def test_pves_per_parameter_reasons_are_kept_in_the_sentence():
                               errors={"force": "Certificate does not expire within the next 30 days, and 'force' is not set."})
     error = PveError("http", "pve1:8006 answered 400 Parameter verification failed.")
     error.__cause__ = cause
-    assert operations.pve_message(error) == ("pve1:8006 answered 400 Parameter verification failed: force: Certificate "
+    assert tasks.pve_message(error) == ("pve1:8006 answered 400 Parameter verification failed: force: Certificate "
                                              "does not expire within the next 30 days, and 'force' is not set.")
-    assert operations.pve_message(PveError("timeout", "pve1:8006 did not answer within 10000 ms")) == \
+    assert tasks.pve_message(PveError("timeout", "pve1:8006 did not answer within 10000 ms")) == \
         "pve1:8006 did not answer within 10000 ms"
 
 
 def test_cli_parameters_are_typed():
-    assert operations.parse_param("service=pveproxy") == ("service", "pveproxy")
-    assert operations.parse_param("vmid=100") == ("vmid", 100)
-    assert operations.parse_param("force=true") == ("force", True)
-    assert operations.parse_param("order=no") == ("order", False)
+    assert cli_ops.parse_param("service=pveproxy") == ("service", "pveproxy")
+    assert cli_ops.parse_param("vmid=100") == ("vmid", 100)
+    assert cli_ops.parse_param("force=true") == ("force", True)
+    assert cli_ops.parse_param("order=no") == ("order", False)
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
-        operations.parse_param("pveproxy")
+        cli_ops.parse_param("pveproxy")
 
 
 def test_host_keys_are_taken_from_a_pub_file_or_a_known_hosts_line():
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHa3Mn0Kq0yrnQIMFl9mUuJsFzAWvI7TVD8S9e/3pnWX"
-    assert operations.check_host_key(key + " root@pve1\n") == key
-    assert operations.check_host_key("[10.0.0.5]:22 " + key) == key
+    assert ssh.check_host_key(key + " root@pve1\n") == key
+    assert ssh.check_host_key("[10.0.0.5]:22 " + key) == key
     with pytest.raises(ValueError, match="not a valid OpenSSH public key"):
-        operations.check_host_key("ssh-ed25519 bm90IGEga2V5")
+        ssh.check_host_key("ssh-ed25519 bm90IGEga2V5")
 
 
 # ---------------------------------------------------------------------------------- the buttons
@@ -182,4 +183,4 @@ def test_a_buttons_state_is_its_targets_latest_operation():
     assert ops_ui.pick_state(rows, "certificate_renewal", "pve1") is None
     # requested before the node's name was known: counts for the node shown
     assert ops_ui.pick_state([state("ssh_test", node=None)], "ssh_test", "pve1")["operation_type"] == "ssh_test"
-    assert timefmt.clock(272) == "4:32" and operations.clock(59.6) == "1:00"
+    assert timefmt.clock(272) == "4:32" and cli_ops.clock(59.6) == "1:00"

@@ -10,7 +10,7 @@ publication keeps the triggers in step with it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -32,7 +32,15 @@ class Table:
     full_types: dict[str, str]     # column -> format_type (to cast filter values to)
     generated: set[str]
     primary_key: list[str]
+    replica_identity: str = "d"    # pg_class.relreplident: d(efault), f(ull), i(ndex), n(othing)
+    identity_index: list[str] = field(default_factory=list)
+    selectable: dict[str, set[str]] = field(default_factory=dict)   # role -> columns it may select
     check_sql: str | None = None   # the RLS check statement for proxwatch_realtime.visible_to
+
+    @property
+    def identity(self) -> list[str]:
+        """The columns logical decoding keeps of an old row (wal2json's `identity`)."""
+        return {"f": self.columns, "i": self.identity_index, "n": []}.get(self.replica_identity, self.primary_key)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -64,9 +72,14 @@ class Catalog:
             await conn.rollback()
         if row is None:
             return None
+        old = self.tables.get((schema, name))
         table = Table(schema, name, row["rls"], list(row["columns"]), dict(zip(row["columns"], row["types"])),
                       dict(zip(row["columns"], row["full_types"])),
-                      {c for c, g in zip(row["columns"], row["generated"]) if g}, list(row["primary_key"]))
+                      {c for c, g in zip(row["columns"], row["generated"]) if g}, list(row["primary_key"]),
+                      row["replica_identity"], list(row["identity_index"]))
+        if old is not None and (old.columns, old.replica_identity) == (table.columns, table.replica_identity):
+            table.selectable = old.selectable
+        table.selectable[role] = {c for c, ok in zip(row["columns"], row["selectable"]) if ok}
         self.tables[(schema, name)] = table
         return {"table": table, "can_select": row["can_select"]}
 

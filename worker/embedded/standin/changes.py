@@ -14,18 +14,31 @@ not listening are not replayed — Supabase Realtime does not replay them either
 error, rejoin, and re-read (the dashboard refetches when its socket is back).
 `commit_timestamp` is the time the row changed (clock_timestamp() in the trigger), not the commit.
 
-Row-level security, per subscriber: a change reaches a channel only if its JWT could select the
-row. Changes are handled in batches (whatever queued while the last batch was being sent). Per
-batch and table, one round trip: proxwatch_realtime.visible_to() runs the table's check once per
-distinct subscriber (role + claims) AS that subscriber — `set_config('role', …, true)` and
-`request.jwt.claims`, exactly as PostgREST and Supabase's `realtime.apply_rls` do — and returns
-which of the batch's rows each one can see. So the answer is Postgres's own RLS answer (nothing is
-cached), and the cost grows with batches × distinct users, not with changes. INSERT and UPDATE are
-checked against the row as it is now, by primary key (what `realtime.apply_rls` does). DELETE is
-stricter than Supabase (which sends deletes to everyone): the deleted rows are re-created for a
-moment inside a savepoint (triggers and foreign keys off, `session_replication_role = replica`),
-checked the same way, and rolled back. Filters are evaluated by Postgres too, in one query per
-batch and table for all distinct filter conditions.
+Row-level security, per subscriber, as supabase/realtime's `realtime.apply_rls` applies it
+(migration 20260709120000_fix_apply_rls_filter_role_leak.ex): an INSERT or UPDATE reaches a
+channel only if its JWT could select the row — checked by primary key against the row as it is
+now, in one round trip per batch and table: proxwatch_realtime.visible_to() runs the check once
+per distinct subscriber AS that subscriber (`set_config('role', …, true)` and
+`request.jwt.claims`, as PostgREST and apply_rls set them). A DELETE is NOT checked against RLS
+(nobody can select a row that is gone): it reaches every subscriber of the table whose filters
+pass on the old row's replica identity, and on a table with RLS its `old_record` holds the primary
+key only — so across tenants only the key of a deleted row leaks. A role that may not select the
+primary key gets `errors: ["Error 401: Unauthorized"]` events without the row; a table without a
+primary key, "Error 400: Bad Request, no primary key".
+
+Replica identity (what logical decoding keeps of an old row; wal2json's `identity`): a DELETE's
+filters see only the identity columns and fail closed on any other, so a DELETE filtered on a
+non-key column arrives only where the table is REPLICA IDENTITY FULL (or the column is in the
+identity index); UPDATE and DELETE `old_record` hold the identity columns (the primary key by
+default). An UPDATE leaves out large values it did not change (unchanged TOAST; the capture
+trigger names them): missing from `record` unless the identity is FULL, and a filter on one fails
+closed. A change over 1 MB (poll_max_record_bytes) arrives with only its values of at most 64
+bytes and `errors: ["Error 413: Payload Too Large"]`.
+
+The events quota (replication_poller.ex handle_list_changes_result/4): every change adds the number
+of subscriptions it reached to a per-project RateCounter (limits.py); while its one-minute average
+is at or over the quota, whole batches of changes are skipped — nobody is told, channels stay
+joined. `delivered` and `dropped` count both sides.
 
 When the database goes away, every joined channel gets a `system` error and is dropped; the
 clients rejoin by themselves (the official client retries at 1, 2, 5, 10 s) and are answered with
@@ -49,10 +62,14 @@ from worker import db
 from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog, Table
 from worker.embedded.standin.channels import Binding, Channel, Socket
 from worker.embedded.standin.filters import Condition, condition_sql
+from worker.embedded.standin.limits import RateCounter
 
 log = logging.getLogger("proxwatch.realtime")
 
 MAX_BATCH = 2_000
+# db_settings.ex "poll_max_record_bytes"; past it apply_rls keeps only values of at most 64 bytes.
+MAX_RECORD_BYTES = 1_048_576
+SMALL_VALUE_BYTES = 64
 RECONNECT_DELAYS_S = (0.2, 0.5, 1, 2, 5)
 
 
@@ -64,19 +81,18 @@ class Change:
     ts: str
     new: dict | None
     old: dict | None
-
-    @property
-    def image(self) -> dict:
-        """The row filters and row-level security are checked against."""
-        return self.old if self.op == "DELETE" else self.new
+    toast: tuple[str, ...] = ()    # UPDATE: large values it left unchanged (left out of its new row)
 
 
 class Changes:
     """The listener and the dispatcher, two background tasks: `start()`, `stop()`. `sockets` is
     Realtime's own set of subscribers; `listening` is set while changes are being captured."""
 
-    def __init__(self, database_url: str, catalog: Catalog, sockets: set[Socket]):
+    def __init__(self, database_url: str, catalog: Catalog, sockets: set[Socket], quota: RateCounter):
         self.database_url = database_url
+        self.quota = quota
+        self.delivered = 0
+        self.dropped = 0
         self.catalog = catalog
         self.sockets = sockets
         self.listening = asyncio.Event()
@@ -165,6 +181,11 @@ class Changes:
         channels = [c for s in list(self.sockets) if not s.closed for c in s.channels.values() if c.bindings]
         if not changes or not channels:
             return
+        if self.quota.is_triggered():
+            # Over the events quota: the batch is skipped whole, silently (replication_poller.ex).
+            self.dropped += len(changes)
+            log.debug("Realtime events quota reached: skipping %d changes", len(changes))
+            return
         with contextlib.suppress(psycopg.Error):
             await self.catalog.refresh_publication()
         # Changes of each table, in order; the messages keep the order of the changes.
@@ -174,21 +195,26 @@ class Changes:
             if ops and ops.get(ch.op):
                 by_table.setdefault((ch.schema, ch.table), []).append(i)
         matched: dict[int, dict[int, list[Binding]]] = {}   # change index -> {channel index -> bindings}
+        errors: dict[int, dict[int, list[Binding]]] = {}    # change index -> {channel index -> bindings} (401/400)
         for key, indices in by_table.items():
-            interested = [(ci, c, [b for b in c.bindings if b.schema == key[0] and b.table in (key[1], "*")])
-                          for ci, c in enumerate(channels)]
+            interested = [(ci, c, [b for b in c.bindings if b.covers(*key)]) for ci, c in enumerate(channels)]
             interested = [(ci, c, bs) for ci, c, bs in interested if bs]
             if not interested:
                 continue
             table = self.catalog.tables.get(key)
-            fresh = set().union(*((changes[i].image or {}).keys() for i in indices))
+            fresh = set().union(*((changes[i].new or changes[i].old or {}).keys() for i in indices))
             if table is None or not fresh <= set(table.columns):  # new, or its columns changed
                 if await self.catalog.table(key[0], key[1], interested[0][1].role) is None:
                     continue
                 table = self.catalog.tables[key]
-            await self._match(table, [changes[i] for i in indices], indices, interested, matched)
-        for i in sorted(matched):
-            self._send_change(changes[i], {ci: bs for ci, bs in matched[i].items()}, channels)
+            for role in sorted({c.role for _, c, _ in interested} - set(table.selectable)):
+                await self.catalog.table(key[0], key[1], role)
+                table = self.catalog.tables[key]
+            await self._match(table, [changes[i] for i in indices], indices, interested, matched, errors)
+        for i in sorted(set(matched) | set(errors)):
+            hits, refused = matched.get(i, {}), errors.get(i, {})
+            self.quota.add(sum(map(len, hits.values())) + sum(map(len, refused.values())))
+            self._send_change(changes[i], hits, refused, channels)
 
     async def _decode(self, payloads: list[str]) -> list[Change]:
         parsed = []
@@ -207,19 +233,27 @@ class Changes:
                 await conn.commit()
             taken = {r["id"]: r["change"] for r in rows}
             parsed = [taken.get(p["overflow"]) if "overflow" in p else p for p in parsed]
-        return [Change(p["s"], p["t"], p["op"], p["ts"], p.get("new"), p.get("old")) for p in parsed if p]
+        return [Change(p["s"], p["t"], p["op"], p["ts"], p.get("new"), p.get("old"), tuple(p.get("toast") or ()))
+                for p in parsed if p]
 
-    async def _match(self, table: Table, changes: list[Change], indices: list[int], interested, matched) -> None:
-        """Which channel bindings each change reaches: event, filters (Postgres evaluates them on
-        the row image), then row-level security per distinct subscriber."""
+    async def _match(self, table: Table, changes: list[Change], indices: list[int], interested, matched,
+                     errors) -> None:
+        """Which channel bindings each change reaches (apply_rls): the event, the filters (Postgres
+        evaluates them on the columns the change carries — the new row less its unchanged TOAST
+        values, or for a DELETE the old row's replica identity; a filter on a column it does not
+        carry fails), then row-level security per distinct subscriber, for INSERT and UPDATE."""
         conditions = sorted({c for _, _, bs in interested for b in bs for c in b.conditions},
-                            key=lambda c: (c.column, c.op, str(c.value)))
-        images = [ch.image for ch in changes]
+                            key=lambda c: (c.column, c.op, str(c.value), c.negate))
+        carried = [self._carried(table, ch) for ch in changes]
+        images = [{k: v for k, v in ((ch.old if ch.op == "DELETE" else ch.new) or {}).items() if k in cols}
+                  for ch, cols in zip(changes, carried)]
+        key_ok = {role: bool(table.primary_key) and set(table.primary_key) <= table.selectable.get(role, set())
+                  for role in {c.role for _, c, _ in interested}}
         conn = await self._checker()
         try:
             truth = await self._filters(conn, table, images, conditions) if conditions else None
-            identities = sorted({c.identity for _, c, _ in interested})
-            visible = await self._visible(conn, table, changes, identities)
+            identities = sorted({c.identity for _, c, _ in interested if key_ok[c.role]})
+            visible = await self._visible(conn, table, changes, identities) if table.rls else None
         except psycopg.OperationalError:
             self._conn = None
             with contextlib.suppress(Exception):
@@ -231,12 +265,28 @@ class Changes:
         cond_index = {c: k for k, c in enumerate(conditions)}
         for n, (i, ch) in enumerate(zip(indices, changes)):
             for ci, channel, bindings in interested:
-                if n not in visible.get(channel.identity, ()):
+                wanted = [b for b in bindings if b.wants(ch.op)]
+                if not wanted:
                     continue
-                hits = [b for b in bindings if b.wants(ch.op)
-                        and all(truth[n][cond_index[c]] for c in b.conditions)]
+                if ch.op != "DELETE" and not key_ok[channel.role]:
+                    # apply_rls: no primary key (400) or one the role may not select (401): every
+                    # subscription of the role gets the error, its filters unchecked.
+                    errors.setdefault(i, {})[ci] = wanted
+                    continue
+                if ch.op != "DELETE" and visible is not None and n not in visible.get(channel.identity, ()):
+                    continue
+                hits = [b for b in wanted
+                        if all(c.column in carried[n] and truth[n][cond_index[c]] for c in b.conditions)]
                 if hits:
                     matched.setdefault(i, {})[ci] = hits
+
+    @staticmethod
+    def _carried(table: Table, change: Change) -> set[str]:
+        """The columns logical decoding carries for the change: wal2json's `columns` (the new row
+        less its unchanged TOAST values), or for a DELETE its `identity`."""
+        if change.op == "DELETE":
+            return set(table.identity) & set(change.old or {})
+        return set(change.new or {}) - set(change.toast)
 
     async def _checker(self) -> psycopg.AsyncConnection:
         """The dispatcher's own connection (one batch at a time), opened again after a loss."""
@@ -259,31 +309,13 @@ class Changes:
         return [list(r["truth"]) for r in rows]
 
     async def _visible(self, conn, table: Table, changes: list[Change], identities) -> dict[tuple, set[int]]:
-        """{identity: indices of the changes whose row that subscriber may select}."""
+        """{identity: indices of the INSERT/UPDATE changes whose row that subscriber may select}."""
         live = [n for n, ch in enumerate(changes) if ch.op != "DELETE"]
-        gone = [n for n, ch in enumerate(changes) if ch.op == "DELETE"]
         seen: dict[tuple, set[int]] = {ident: set() for ident in identities}
-        if live:
+        if live and identities:
             keys = [{k: changes[n].new.get(k) for k in table.primary_key} for n in live]
             for ident, pos in await self._check(conn, table, keys, identities):
                 seen[ident].add(live[pos])
-        if gone:
-            await conn.execute("savepoint realtime_deleted")
-            try:
-                await conn.execute(db.q("realtime_replica_mode"))
-                columns = [c for c in table.columns if c not in table.generated]
-                cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-                await conn.execute(sql.SQL(
-                    "insert into {} ({}) overriding system value select {} from jsonb_populate_recordset(null::{},"
-                    " %s::jsonb) on conflict do nothing").format(table.ident, cols, cols, table.ident),
-                    [json.dumps([changes[n].old for n in gone])])
-                keys = [{k: changes[n].old.get(k) for k in table.primary_key} for n in gone]
-                for ident, pos in await self._check(conn, table, keys, identities):
-                    seen[ident].add(gone[pos])
-            except psycopg.errors.InsufficientPrivilege:
-                log.warning("the stand-in's database user may not re-create deleted rows: deletes reach nobody")
-            finally:
-                await conn.execute("rollback to savepoint realtime_deleted")
         return seen
 
     async def _check(self, conn, table: Table, keys: list[dict], identities) -> list[tuple[tuple, int]]:
@@ -302,31 +334,58 @@ class Changes:
             "identities": json.dumps([{"role": r, "claims": c} for r, c in identities])})).fetchall()
         return [(identities[r["who"]], r["pos"]) for r in rows]
 
-    def _send_change(self, change: Change, hits: dict[int, list[Binding]], channels: list[Channel]) -> None:
+    def _send_change(self, change: Change, hits: dict[int, list[Binding]], refused: dict[int, list[Binding]],
+                     channels: list[Channel]) -> None:
         table = self.catalog.tables[(change.schema, change.table)]
-        cache: dict[tuple | None, str] = {}
-        for ci, bindings in hits.items():
+        cache: dict[tuple, str] = {}
+        for ci, bindings in [*hits.items(), *((ci, None) for ci in refused)]:
             channel = channels[ci]
             by_select: dict[tuple | None, list[int]] = {}
-            for b in bindings:
+            for b in bindings if bindings is not None else refused[ci]:
                 by_select.setdefault(b.select, []).append(b.id)
             for select, ids in by_select.items():
-                if select not in cache:
-                    cache[select] = self._data_json(table, change, select)
+                key = (channel.role, select, bindings is None)
+                if key not in cache:
+                    cache[key] = self._refused_json(table, change) if bindings is None else \
+                        self._data_json(table, change, table.selectable.get(channel.role, set()), select)
                 channel.socket.send('{"topic":' + json.dumps(channel.topic) + ',"event":"postgres_changes",'
-                                    '"payload":{"ids":' + json.dumps(ids) + ',"data":' + cache[select] + '},'
+                                    '"payload":{"ids":' + json.dumps(sorted(set(ids))) + ',"data":' + cache[key] + '},'
                                     '"ref":null}')
+                self.delivered += 1
 
     @staticmethod
-    def _data_json(table: Table, change: Change, select: tuple | None) -> str:
-        columns = [c for c in table.columns if select is None or c in select]
-        data = {"schema": change.schema, "table": change.table, "commit_timestamp": change.ts,
-                "type": change.op, "errors": None,
+    def _refused_json(table: Table, change: Change) -> str:
+        """apply_rls's 400/401 row, as list_changes fills it in: no columns, no row."""
+        error = "Error 401: Unauthorized" if table.primary_key else "Error 400: Bad Request, no primary key"
+        data = {"columns": [], "commit_timestamp": None, "errors": [error], "schema": change.schema,
+                "table": change.table, "type": change.op, "record": {}}
+        if change.op == "UPDATE":
+            data["old_record"] = {}
+        return json.dumps(data, separators=(",", ":"))
+
+    @staticmethod
+    def _data_json(table: Table, change: Change, selectable: set[str], select: tuple | None) -> str:
+        """apply_rls's output for one role and column selection."""
+        pk = set(table.primary_key)
+        columns = [c for c in table.columns if c in selectable and (select is None or c in select or c in pk)]
+        new = change.new or {}
+        old = {c: v for c, v in (change.old or {}).items() if c in set(table.identity)}
+        present = {c: v for c, v in new.items() if c not in change.toast}
+        too_big = len(json.dumps([present, old], default=str)) + 60 * len(table.columns) > MAX_RECORD_BYTES
+
+        def keep(value) -> bool:
+            return not too_big or len(json.dumps(value, default=str)) <= SMALL_VALUE_BYTES
+
+        data = {"schema": change.schema, "table": change.table, "commit_timestamp": change.ts, "type": change.op,
+                "errors": ["Error 413: Payload Too Large"] if too_big else None,
                 "columns": [{"name": c, "type": table.types[c]} for c in columns]}
         if change.op in ("INSERT", "UPDATE"):
-            data["record"] = {c: change.new.get(c) for c in columns}
+            # An unchanged TOAST value is taken from the old row when the identity has it (FULL).
+            data["record"] = {c: present[c] if c in present else old[c] for c in columns
+                              if (c in present or c in old) and keep(present.get(c, old.get(c)))}
         if change.op in ("UPDATE", "DELETE"):
-            # With row-level security on, Supabase sends only the primary key of the old row.
-            keep = table.primary_key if table.rls else columns
-            data["old_record"] = {c: change.old.get(c) for c in keep if c in change.old}
+            # A DELETE on a table with RLS: "we can't secure deletes so filter to pkey" (apply_rls).
+            rls_delete = change.op == "DELETE" and table.rls
+            data["old_record"] = {c: old[c] for c in columns
+                                  if c in old and keep(old[c]) and (not rls_delete or c in pk)}
         return json.dumps(data, separators=(",", ":"), default=str)

@@ -34,6 +34,9 @@ class Binding:
     def wants(self, op: str) -> bool:
         return self.event == "*" or self.event == op
 
+    def covers(self, schema: str, table: str) -> bool:
+        return self.schema in (schema, "*") and self.table in (table, "*")
+
 
 @dataclass(eq=False)
 class Channel:
@@ -43,8 +46,11 @@ class Channel:
     role: str
     claims: dict
     claims_json: str
-    bindings: list[Binding]
+    bindings: list[Binding]        # empty until the subscription is confirmed
+    token: str = ""
+    specs: list = field(default_factory=list)   # config.postgres_changes as the client sent it
     expiry: asyncio.TimerHandle | None = None
+    subscribing: asyncio.Task | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -82,7 +88,15 @@ class Socket:
         self.send_json(topic, "phx_reply", {"status": status, "response": response}, ref)
 
     def leave(self, topic: str) -> None:
-        """Forget the channel of the topic (its token expiry timer too)."""
+        """Forget the channel of the topic (its token expiry timer and pending subscription too)."""
         channel = self.channels.pop(topic, None)
         if channel and channel.expiry:
             channel.expiry.cancel()
+        if channel and channel.subscribing and not channel.subscribing.done():
+            channel.subscribing.cancel()
+
+    def disconnect(self) -> None:
+        """Close the socket once what is queued has been sent (the server's "disconnect")."""
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)

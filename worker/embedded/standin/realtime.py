@@ -1,70 +1,112 @@
 """Embedded Supabase Realtime: `postgres_changes` over the Phoenix WebSocket protocol, served by the
 stand-in at `/realtime/v1/websocket` (embedded mode only; on Supabase the real Realtime does this).
 
-This module is the protocol: sockets, joins, tokens. Which tables can be joined comes from
-catalog.py, filters from filters.py, and the changes themselves (capture, row-level security per
-subscriber, delivery) from changes.py.
+This module is the protocol: sockets, joins, subscriptions, tokens, limits. Which tables can be
+joined comes from catalog.py, the parameters from filters.py, the changes themselves (capture,
+row-level security per subscriber, replica identity, the events quota, delivery) from changes.py.
+Where it mirrors supabase/realtime, the file is named (`realtime_channel.ex` is
+`lib/realtime_web/channels/realtime_channel.ex`).
 
 It speaks what the official `realtime` 2.34 client speaks (Phoenix serializer vsn 1.0.0, one JSON
 object per frame: topic, event, payload, ref):
 
-- `heartbeat` on topic `phoenix` → `phx_reply` ok. A socket silent for 60 s is closed (the
-  client beats every 25 s), as Phoenix does.
-- `phx_join` on `realtime:<name>` with `config.postgres_changes` bindings and `access_token` (the
-  socket's `apikey` when absent) → `phx_reply` ok echoing every binding, in order, with an `id`;
-  then the `system` message "Subscribed to PostgreSQL". Errors are `phx_reply` status `error` with
-  a `reason` sentence: a bad or expired JWT, an unknown table, a table outside publication
-  `supabase_realtime`, a table the role may not select, a bad filter, the database unreachable.
-  Joining a topic again replaces the earlier join.
-- Changes: event `postgres_changes`, `ref: null`, payload `{ids, data: {schema, table,
-  commit_timestamp, type, errors: null, columns: [{name, type}], record, old_record}}` — `record`
-  for INSERT/UPDATE, `old_record` for UPDATE/DELETE, and on a table with row-level security
-  `old_record` holds the primary key only, as on Supabase. One message per change and channel;
-  `ids` lists every binding of the channel it matches.
-- Filters `col=eq|neq|lt|lte|gt|gte.value` and `col=in.(a,b,"c,d")`, several joined by commas
-  (AND), evaluated by Postgres itself with the column's type, for UPDATE on the new row, for
-  DELETE on the old one. `select: [cols]` narrows the row.
-- `access_token` replaces the JWT of a joined channel; when a channel's JWT expires without one,
-  it gets a `system` error ("Token has expired") and `phx_close`, as Supabase does. `phx_leave`
-  leaves.
+- `heartbeat` on topic `phoenix` → `phx_reply` ok. A socket silent for 60 s is closed.
+- `phx_join` on `realtime:<name>` (realtime_channel.ex join/3): the joins-per-second quota (over
+  it: error "ClientJoinRateLimitReached: Too many joins per second" and the socket is
+  disconnected), 100 channels per socket ("ChannelRateLimitReached: Too many channels"), then the
+  JWT (`access_token`, else the socket's apikey). Then `phx_reply` ok at once, echoing every
+  binding as sent with an `id`. The subscription is created AFTER the reply
+  (realtime_channel.ex handle_info(:postgres_subscribe)): changes reach the channel only from the
+  `system` message "Subscribed to PostgreSQL" on, which may come seconds later (the stand-in
+  waits while it is not listening to the database, as the server retries every 1–3 s). A bad
+  filter, an unknown or unpublished table or a value that does not fit its column is a `system`
+  message with status error, extension postgres_changes, and the server's sentence — the join
+  itself stayed ok — and is not retried (filters.py, `proxwatch_realtime.check_subscription`).
+- Changes: event `postgres_changes`, `ref: null`, payload `{ids, data}` (changes.py).
+- `access_token` (realtime_channel.ex handle_in("access_token")): no reply. The same token, an
+  `sb_…` key or null change nothing; an invalid or expired one shuts the channel (`system` error,
+  then `phx_close`); a valid one replaces the claims (another user's too) and the subscription is
+  created again 1–3 s later, confirmed by another "Subscribed to PostgreSQL".
+- When a channel's JWT expires it gets a `system` error ("Token has expired 0 seconds ago") and
+  `phx_close`. `phx_leave` leaves. Other client events get no answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
+import random
+import re
 import time
+import zlib
 
+import jwt as pyjwt
 import psycopg
 from aiohttp import WSMsgType, web
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog, Table
+from worker import db
+from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog
 from worker.embedded.standin.changes import Changes
 from worker.embedded.standin.channels import Binding, Channel, Socket
 from worker.embedded.standin.common import ROLES, JoinError, JWTError, verify_jwt
-from worker.embedded.standin.filters import condition_sql, parse_filter
+from worker.embedded.standin.filters import Params, ParamsError, parse_params
+from worker.embedded.standin.limits import (MAX_CHANNELS_PER_CLIENT, MAX_EVENTS_PER_SECOND, MAX_JOINS_PER_SECOND,
+                                            TICK_S, RateCounter)
 
 log = logging.getLogger("proxwatch.realtime")
 
-EVENTS = ("*", "INSERT", "UPDATE", "DELETE")
 HEARTBEAT_TIMEOUT_S = 60
+SUBSCRIBED = "Subscribed to PostgreSQL"
+# realtime_channel.ex postgres_subscribe/2: backoff(1, 3) s before (re)subscribing; (5, 10) s after an error.
+RESUBSCRIBE_S = (1.0, 3.0)
+RETRY_AFTER_ERROR_S = (5.0, 10.0)
+
+
+class SubscribeError(Exception):
+    """The subscription cannot be created; the message is the server's sentence."""
+
+
+def _like(name: str, pattern: str) -> bool:
+    """`name like pattern escape ''` with `*` meaning any (subscriptions.ex query/5)."""
+    if pattern == "*":
+        return True
+    regex = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+    return re.fullmatch(regex, name, flags=re.S) is not None
+
+
+def _postgrex_message(exc: psycopg.Error) -> str:
+    """A database error as Postgrex words it: `ERROR P0001 (raise_exception) invalid column …`."""
+    condition = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    primary = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc).strip()
+    return f"ERROR {exc.sqlstate or 'XX000'} ({condition}) {primary}"
+
+
+def binding_id(spec: dict) -> int:
+    """A stable id per binding, as the server's :erlang.phash2(params) (realtime_channel.ex
+    add_id_to_postgres_changes/1): equal parameters get the same id."""
+    return zlib.crc32(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()) & 0x7FFFFFF
 
 
 class Realtime:
     """postgres_changes for the stand-in: `start(pool)`, `handle` (the WebSocket route),
-    `shutdown()` (close every socket), `stop()`."""
+    `shutdown()` (close every socket), `stop()`.
 
-    def __init__(self, database_url: str, jwt_secret: str):
+    The per-project quotas default to Supabase's (100 events/s, 100 joins/s, 100 channels per
+    client); `tick_s` is the rate counters' tick (5 s on Supabase)."""
+
+    def __init__(self, database_url: str, jwt_secret: str, events_per_s: float = MAX_EVENTS_PER_SECOND,
+                 joins_per_s: float = MAX_JOINS_PER_SECOND, channels_per_client: int = MAX_CHANNELS_PER_CLIENT,
+                 tick_s: float = TICK_S, resubscribe_s: tuple[float, float] = RESUBSCRIBE_S):
         self.secret = jwt_secret
         self.sockets: set[Socket] = set()
         self.catalog = Catalog()
-        self.changes = Changes(database_url, self.catalog, self.sockets)
-        self._ids = itertools.count(1)
+        self.changes = Changes(database_url, self.catalog, self.sockets, RateCounter(events_per_s, tick_s))
+        self.joins = RateCounter(joins_per_s, tick_s)
+        self.channels_per_client = channels_per_client
+        self.resubscribe_s = resubscribe_s
         self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -136,10 +178,8 @@ class Realtime:
 
     def _drop_socket(self, sock: Socket) -> None:
         sock.closed = True
-        for channel in sock.channels.values():
-            if channel.expiry:
-                channel.expiry.cancel()
-        sock.channels.clear()
+        for topic in list(sock.channels):
+            sock.leave(topic)
         self.sockets.discard(sock)
 
     async def _on_message(self, sock: Socket, text: str) -> None:
@@ -156,127 +196,158 @@ class Realtime:
         elif event == "phx_join":
             await self._join(sock, topic, payload, ref, msg.get("join_ref"))
         elif topic not in sock.channels:
-            sock.reply(topic, ref, "error", {"reason": "unmatched topic"})
+            sock.reply(topic, ref, "error", {"reason": "unmatched topic"})  # Phoenix.Socket
         elif event == "phx_leave":
             sock.leave(topic)
             sock.reply(topic, ref, "ok", {})
         elif event == "access_token":
-            self._refresh_token(sock, sock.channels[topic], payload.get("access_token"), ref)
+            self._refresh_token(sock.channels[topic], payload.get("access_token"))
         else:
-            sock.reply(topic, ref, "error", {"reason": f"the embedded Realtime serves postgres_changes only, not {event}"})
+            # realtime_channel.ex handle_in(type, payload, socket): counted, logged, no reply.
+            log.debug("ignoring a %s event on %s (the stand-in serves postgres_changes only)", event, topic)
 
     # -- joining ------------------------------------------------------------------------------
 
     async def _join(self, sock: Socket, topic: str, payload: dict, ref, join_ref) -> None:
         if topic in sock.channels:
-            sock.leave(topic)
+            sock.leave(topic)  # Phoenix closes the earlier join of the same topic first
+        if not topic.startswith("realtime:"):
+            sock.reply(topic, ref, "error", {"reason": "unmatched topic"})
+            return
+        if topic == "realtime:":
+            sock.reply(topic, ref, "error", {"reason": "TopicNameRequired: You must provide a topic name"})
+            return
+        # realtime_channel.ex join/3: limit_joins, then limit_channels, then confirm_token.
+        if self.joins.is_triggered():
+            sock.reply(topic, ref, "error", {"reason": "ClientJoinRateLimitReached: Too many joins per second"})
+            sock.disconnect()
+            return
+        self.joins.add()
+        if len(sock.channels) >= self.channels_per_client:
+            sock.reply(topic, ref, "error", {"reason": "ChannelRateLimitReached: Too many channels"})
+            return
+        token = payload.get("access_token") or payload.get("user_token") or sock.apikey
         try:
-            if not topic.startswith("realtime:"):
-                raise JoinError(f"unknown topic {topic!r}: Realtime topics start with realtime:")
-            token = payload.get("access_token") or sock.apikey
             claims = self._claims(token)
-            config = payload.get("config") or {}
-            wanted = config.get("postgres_changes") or []
-            if not isinstance(wanted, list):
-                raise JoinError("config.postgres_changes must be a list of bindings")
-            bindings = await self._bindings(claims["role"], wanted)
+            if not self.changes.listening.is_set():
+                raise JoinError("UnableToConnectToProject: Realtime was unable to connect to the project database")
         except JoinError as exc:
             sock.reply(topic, ref, "error", {"reason": str(exc)})
             return
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        specs = config.get("postgres_changes")
+        # payloads/config.ex drops nil entries; realtime_channel.ex pg_change_params/5 takes a list.
+        specs = [s for s in specs if s is not None] if isinstance(specs, list) else []
         channel = Channel(sock, topic, join_ref or ref, claims["role"], claims,
-                          json.dumps(claims, sort_keys=True, separators=(",", ":")), bindings)
+                          json.dumps(claims, sort_keys=True, separators=(",", ":")), [], token=token, specs=specs)
         sock.channels[topic] = channel
         self._arm_expiry(channel)
-        sock.reply(topic, ref, "ok", {"postgres_changes": [b.echo for b in bindings]})
-        if bindings:
-            sock.send_json(topic, "system", {"extension": "postgres_changes", "status": "ok",
-                                             "message": "Subscribed to PostgreSQL", "channel": channel.sub_topic})
+        echo = [{**s, "id": binding_id(s)} if isinstance(s, dict) else s for s in specs]
+        sock.reply(topic, ref, "ok", {"postgres_changes": echo})
+        if specs:
+            self._schedule_subscribe(channel, 0.0)
 
     def _claims(self, token) -> dict:
+        """The JWT's claims, or JoinError with the server's code and sentence."""
         if not isinstance(token, str) or not token:
-            raise JoinError("InvalidJWTToken: no access_token was given")
+            raise JoinError("InvalidJWTToken: Fields `role` and `exp` are required in JWT")
         try:
             claims = verify_jwt(token, self.secret)
         except JWTError as exc:
             if exc.expired:
-                raise JoinError("InvalidJWTToken: Token has expired") from None
-            raise JoinError(f"InvalidJWTToken: {exc}") from None
+                ago = 0
+                with contextlib.suppress(Exception):
+                    exp = pyjwt.decode(token, options={"verify_signature": False}).get("exp")
+                    ago = max(0, int(time.time() - exp))
+                raise JoinError(f"InvalidJWTToken: Token has expired {ago} seconds ago") from None
+            if "signature" in str(exc):
+                raise JoinError("JwtSignatureError: Failed to validate JWT signature") from None
+            if "no exp" in str(exc) or "no role" in str(exc):
+                raise JoinError("InvalidJWTToken: Fields `role` and `exp` are required in JWT") from None
+            raise JoinError("MalformedJWT: The token provided is not a valid JWT") from None
         if claims["role"] not in ROLES:
+            # Stricter than Supabase (which fails later, setting the role): the stand-in names it now.
             raise JoinError(f"InvalidJWTToken: the role {claims['role']!r} is not one of {', '.join(ROLES)}")
         return claims
 
-    async def _bindings(self, role: str, wanted: list) -> list[Binding]:
-        if not self.changes.listening.is_set():
-            raise JoinError("Realtime is not connected to the database right now (it is reconnecting): try again")
+    # -- subscribing --------------------------------------------------------------------------
+
+    def _schedule_subscribe(self, channel: Channel, delay: float) -> None:
+        if channel.subscribing is not None:
+            channel.subscribing.cancel()
+        channel.subscribing = asyncio.get_running_loop().create_task(self._subscribe(channel, delay))
+
+    async def _subscribe(self, channel: Channel, delay: float) -> None:
+        """realtime_channel.ex handle_info(:postgres_subscribe): create the subscription, then say
+        so (or why not) with a `system` message."""
+        sock = channel.socket
+        if delay:
+            await asyncio.sleep(delay)
+        while sock.channels.get(channel.topic) is channel and not sock.closed:
+            if not self.changes.listening.is_set():
+                await asyncio.sleep(random.uniform(*self.resubscribe_s))  # the cdc_rls workers are not up yet
+                continue
+            try:
+                bindings = await self._bindings(channel.role, channel.specs)
+            except SubscribeError as exc:
+                # Malformed params or a failed insert: "No point in retrying if the params are invalid".
+                self._system(channel, "error", str(exc))
+                return
+            except (psycopg.OperationalError, PoolTimeout):
+                self._system(channel, "error", "Too many database timeouts")
+                await asyncio.sleep(random.uniform(*RETRY_AFTER_ERROR_S))
+                continue
+            if sock.channels.get(channel.topic) is not channel:
+                return
+            channel.bindings = bindings
+            self._system(channel, "ok", SUBSCRIBED)
+            return
+
+    def _system(self, channel: Channel, status: str, message: str, extension: str = "postgres_changes") -> None:
+        channel.socket.send_json(channel.topic, "system", {"extension": extension, "status": status,
+                                                           "message": message, "channel": channel.sub_topic})
+
+    async def _bindings(self, role: str, specs: list) -> list[Binding]:
+        """cdc_rls.ex subscription_list/1 and subscriptions.ex create/5: parse every binding, then
+        one subscription per matching published table — all or nothing."""
         try:
-            await self.catalog.refresh_publication(force=True)
-            return [await self._binding(role, spec) for spec in wanted]
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise JoinError(f"Realtime cannot reach the database right now ({type(exc).__name__}): try again") from None
-
-    async def _binding(self, role: str, spec) -> Binding:
-        if not isinstance(spec, dict):
-            raise JoinError(f"invalid postgres_changes binding {spec!r}: use an object with event, schema, table")
-        event = spec.get("event", "*")
-        schema = spec.get("schema") or "public"
-        table = spec.get("table")
-        shown = f"[event: {event}, schema: {schema}, table: {table or '*'}, filter: {spec.get('filter') or ''}]"
-        if event not in EVENTS:
-            raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                            f" event must be one of *, INSERT, UPDATE, DELETE")
-        if not isinstance(schema, str) or (table is not None and not isinstance(table, str)):
-            raise JoinError(f"Unable to subscribe to changes with given parameters {shown}: schema and table are names")
-        conditions = parse_filter(spec.get("filter"))
-        select = spec.get("select")
-        if select is not None and (not isinstance(select, list) or not all(isinstance(c, str) for c in select)):
-            raise JoinError(f"Unable to subscribe to changes with given parameters {shown}: select is a list of columns")
-        names = [table] if table and table != "*" else \
-            sorted(t for s, t in self.catalog.published if s == schema)
-        if table in (None, "*") and (conditions or select):
-            raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                            " a filter or select needs one table")
-        for name in names:
-            info = await self.catalog.table(schema, name, role)
-            if info is None:
-                raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                                f" the table {schema}.{name} does not exist")
-            if (schema, name) not in self.catalog.published:
-                raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                                f" the table {schema}.{name} is not in publication supabase_realtime")
-            if not info["can_select"]:
-                raise JoinError(f"Unauthorized: the role {role} may not select from {schema}.{name}")
-            if not info["table"].primary_key:
-                raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                                f" {schema}.{name} has no primary key, which row-level security checks need")
-            t = info["table"]
-            for col in list(select or []) + [c.column for c in conditions]:
-                if col not in t.types:
-                    raise JoinError(f"Unable to subscribe to changes with given parameters {shown}:"
-                                    f" {schema}.{name} has no column {col!r}")
-            await self._check_values(t, conditions, shown)
-        # The reply echoes the binding as sent (the client matches them by position and value).
-        binding_id = next(self._ids)
-        echo = {"id": binding_id, **{k: spec[k] for k in ("event", "schema", "table", "filter") if k in spec}}
-        echo.setdefault("event", event)
-        echo.setdefault("schema", schema)
-        return Binding(binding_id, event, schema, table if table and table != "*" else "*", conditions,
-                       tuple(select) if select else None, echo)
-
-    async def _check_values(self, table: Table, conditions, shown: str) -> None:
-        """Each filter value must be a value of its column's type (cast by Postgres)."""
-        for cond in conditions:
-            expr, param = condition_sql(cond, table.full_types[cond.column], "v")
-            statement = sql.SQL("select {} as ok from (select null::{} as {}) as v").format(
-                expr, sql.SQL(table.full_types[cond.column]), sql.Identifier(cond.column))
-            async with self.catalog.pool.connection(timeout=DB_TIMEOUT_S) as conn:
+            parsed = [(spec, parse_params(spec)) for spec in specs]
+        except ParamsError as exc:
+            raise SubscribeError(str(exc)) from None
+        await self.catalog.refresh_publication(force=True)
+        bindings = []
+        for spec, params in parsed:
+            tables = sorted(k for k in self.catalog.published if _like(k[0], params.schema) and _like(k[1], params.table))
+            if not tables:
+                raise SubscribeError("Unable to subscribe to changes with given parameters. Please check Realtime is"
+                                     f" enabled for the given connect parameters: [{params.as_log()}]")
+            for schema, name in tables:
                 try:
-                    await conn.execute(statement, [param])
-                except psycopg.DataError as exc:
-                    raise JoinError(f"Unable to subscribe to changes with given parameters {shown}: the filter value"
-                                    f" for {cond.column} is not a {table.full_types[cond.column]}:"
-                                    f" {exc.diag.message_primary}") from None
-                finally:
-                    await conn.rollback()
+                    await self._check(role, schema, name, params)
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:
+                    raise SubscribeError(
+                        "Unable to subscribe to changes with given parameters. An exception happened so please check"
+                        f" your connect parameters: [{params.as_log()}]. Exception: {_postgrex_message(exc)}") from None
+            bindings.append(Binding(binding_id(spec), params.event, params.schema, params.table,
+                                    params.conditions, params.select, spec))
+        return bindings
+
+    async def _check(self, role: str, schema: str, name: str, params: Params) -> None:
+        """proxwatch_realtime.check_subscription: realtime.subscription_check_filters' checks."""
+        if await self.catalog.table(schema, name, role) is None:
+            raise SubscribeError(f"Unable to subscribe to changes with given parameters. Please check Realtime is"
+                                 f" enabled for the given connect parameters: [{params.as_log()}]")
+        conds = params.conditions
+        async with self.catalog.pool.connection(timeout=DB_TIMEOUT_S) as conn:
+            try:
+                await conn.execute(db.q("realtime_check_subscription"), {
+                    "schema": schema, "table": name, "role": role,
+                    "columns": [c.column for c in conds], "ops": [c.op for c in conds],
+                    "vals": [c.value for c in conds], "selected": list(params.select) if params.select else None})
+            finally:
+                await conn.rollback()
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -296,28 +367,25 @@ class Realtime:
         self._shut_channel(channel, "Token has expired 0 seconds ago")
 
     def _shut_channel(self, channel: Channel, message: str) -> None:
-        """Supabase's shutdown of a channel: a system error, then phx_close."""
+        """realtime_channel.ex shutdown_response/2: a system error, then the channel stops (phx_close)."""
         sock = channel.socket
         sock.leave(channel.topic)
-        sock.send_json(channel.topic, "system", {"extension": "system", "status": "error", "message": message,
-                                                 "channel": channel.sub_topic})
+        self._system(channel, "error", message, extension="system")
         sock.send_json(channel.topic, "phx_close", {}, channel.join_ref)
 
-    def _refresh_token(self, sock: Socket, channel: Channel, token, ref) -> None:
+    def _refresh_token(self, channel: Channel, token) -> None:
+        """realtime_channel.ex handle_in("access_token"): never a reply."""
+        if not isinstance(token, str) or token.startswith("sb_") or token == channel.token:
+            return
         try:
             claims = self._claims(token)
         except JoinError as exc:
-            sock.reply(channel.topic, ref, "error", {"reason": str(exc)})
-            self._shut_channel(channel, str(exc))
+            self._shut_channel(channel, str(exc).split(": ", 1)[-1])
             return
-        if claims["role"] != channel.role or claims.get("sub") != channel.claims.get("sub"):
-            # Another user or role: the bindings were checked for the old one, so join again.
-            reason = "the new access_token belongs to another user or role: join the channel again"
-            sock.reply(channel.topic, ref, "error", {"reason": reason})
-            self._shut_channel(channel, reason)
-            return
+        channel.token = token
+        channel.role = claims["role"]
         channel.claims = claims
         channel.claims_json = json.dumps(claims, sort_keys=True, separators=(",", ":"))
         self._arm_expiry(channel)
-        sock.reply(channel.topic, ref, "ok", {})
-
+        if channel.specs:
+            self._schedule_subscribe(channel, random.uniform(*self.resubscribe_s))

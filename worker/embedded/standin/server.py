@@ -46,13 +46,14 @@ class _App:
     """One aiohttp application: Supabase's API-key gateway in front of the routes of the three
     surfaces, and the database pool they share (opened on startup, closed on cleanup)."""
 
-    def __init__(self, database_url: str, jwt_secret: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S):
+    def __init__(self, database_url: str, jwt_secret: str, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S,
+                 realtime_limits: dict | None = None):
         self.database_url = database_url
         self.secret = jwt_secret
         self.pool: AsyncConnectionPool | None = None
         self.rest = Rpc(jwt_secret)
         self.auth = Auth(jwt_secret, access_token_ttl_s)
-        self.realtime = Realtime(database_url, jwt_secret)
+        self.realtime = Realtime(database_url, jwt_secret, **(realtime_limits or {}))
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self.apikey_middleware], client_max_size=1024 * 1024)
@@ -117,13 +118,19 @@ class StandIn:
     >>> standin = StandIn(database_url, jwt_secret).start()
     >>> standin.url, standin.anon_key
     ... standin.stop()
+
+    `realtime_limits` passes Realtime's quotas on (events_per_s, joins_per_s, channels_per_client,
+    tick_s, resubscribe_s; Supabase's defaults when absent); `realtime` is the running Realtime
+    (its `changes.delivered` / `changes.dropped` count what the events quota let through).
     """
 
     def __init__(self, database_url: str, jwt_secret: str, host: str = "127.0.0.1", port: int = 0,
-                 access_token_ttl_s: int = ACCESS_TOKEN_TTL_S):
+                 access_token_ttl_s: int = ACCESS_TOKEN_TTL_S, realtime_limits: dict | None = None):
         self.database_url = database_url
         self.jwt_secret = jwt_secret
         self.access_token_ttl_s = access_token_ttl_s
+        self.realtime_limits = dict(realtime_limits or {})
+        self.realtime: Realtime | None = None
         self.host = host
         self.port = port
         keys = make_keys(jwt_secret)
@@ -168,8 +175,9 @@ class StandIn:
         return self
 
     async def _serve(self) -> None:
-        self._runner = web.AppRunner(_App(self.database_url, self.jwt_secret, self.access_token_ttl_s).build(),
-                                     access_log=None, shutdown_timeout=5)
+        app = _App(self.database_url, self.jwt_secret, self.access_token_ttl_s, self.realtime_limits)
+        self.realtime = app.realtime
+        self._runner = web.AppRunner(app.build(), access_log=None, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
