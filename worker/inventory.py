@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from worker import db
 from worker.crypto import SecretKeyError
+from worker.errors import ProxwatchError
 from worker.pve import CONFIG, PveError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ MAX_TAGS = 4096
 SKIP_DETAIL_MAX = 500                          # characters of guest_syncs.skipped_detail
 
 
-class BadGuest(ValueError):
+class BadGuest(ProxwatchError, ValueError):
     """One /cluster/resources entry that cannot be stored; the message says which field and why."""
 
 
