@@ -6,7 +6,7 @@ negative arguments, ends with a sentence and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -136,7 +136,7 @@ def standin(db_url, pw_secrets):
 
 def test_the_stand_in_answers_a_long_password_alike_for_known_and_unknown_e_mails(cli, standin):
     cli("tenants", "add", "acme")
-    cli("users", "add", "known@acme.test", "--password", "-", "--tenant", "acme", input="correct horse")
+    cli("users", "add", "known@acme.test", "--password", "correct horse", "--tenant", "acme")
     answers = set()
     for email in ("known@acme.test", "nobody@acme.test", "nul\x00@acme.test", "\ud800@x"):
         for password in ("wrong password", LONG, "x" * 73, "y" * 5000, "\ud800" * 3, "a\x00b"):
@@ -152,12 +152,12 @@ def test_the_stand_in_answers_a_long_password_alike_for_known_and_unknown_e_mail
 # ------------------------------------------------------------------------------- poll --once
 def test_two_polls_within_one_second_are_both_recorded(cli, conn, pve, monkeypatch):
     cli("tenants", "add", "acme")
-    cli("servers", "add", "pve1", pve.url, "--token", "-", "--insecure", input=TOKEN)
+    cli("servers", "add", "pve1", pve.url, "--token", TOKEN, "--insecure")
     pve.apitokens["root@pam!monitor"] = SECRET
-    times = iter([datetime(2026, 11, 30, 12, 0, 0, 100000, tzinfo=timezone.utc),
-                  datetime(2026, 11, 30, 12, 0, 0, 900000, tzinfo=timezone.utc)])
-    real = polling.utcnow
-    monkeypatch.setattr(polling, "utcnow", lambda: next(times, None) or real())
+    # Every clock reading falls in the same second, a few microseconds apart.
+    ticks = iter(range(1, 10 ** 6))
+    second = datetime.now(timezone.utc).replace(microsecond=0)
+    monkeypatch.setattr(polling, "utcnow", lambda: second + timedelta(microseconds=next(ticks) * 10))
     assert "ok" in cli("poll", "--once", "pve1").output
     assert "ok" in cli("poll", "--once", "pve1").output
     assert count(conn, "connection_metrics") == 2
