@@ -226,7 +226,8 @@ def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
     ssh_col, restart_col, cert_col = st.columns(3)
     with ssh_col:
         ssh_ok = bool(opts.get("sshConfigured"))
-        no_ssh = f"No SSH access set yet: {plain('proxwatch ops ssh-set ' + str(server.get('name', 'SERVER')) + ' --host …')}"
+        command = f"proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …"
+        no_ssh = f"No SSH access set yet: {plain(command)}"
         operation_button(client, sid, "ssh_test", dict(base), pick_state(rows, "ssh_test", node), can,
                          key=f"ops-{sid}-ssh_test-{node or ''}", enabled=ssh_ok,
                          help_text=viewer_help if not can else no_ssh)

@@ -83,7 +83,8 @@ def guests_sync(name: Optional[str] = typer.Argument(None, help="One server (def
             pool.close()
     table = Table("server", "result", "guests", "changed", "removed", "skipped", "detail")
     for r in sorted(results, key=lambda r: r.server_name or ""):
-        table.add_row(escape(r.server_name or ""), f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
+        table.add_row(escape(r.server_name or ""),
+                      f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
                       str(r.guests) if not r.error_kind else "–", str(r.changed), str(r.removed),
                       f"[yellow]{r.skipped}[/yellow]" if r.skipped else "0",
                       escape(" ".join(filter(None, (r.error_message, r.skipped_detail)))))

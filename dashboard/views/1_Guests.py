@@ -69,8 +69,8 @@ def sync_notes(syncs: list[dict]) -> None:
             st.warning(f"{plain(s['server_name'])}: the last guest sync failed — {plain(s['error_message'])}",
                        icon=":material/error:")
         if s.get("skipped"):
-            st.warning(f"{plain(s['server_name'])}: {plain(s.get('skipped_detail') or str(s['skipped']) + ' entries skipped')}",
-                       icon=":material/report:")
+            detail = s.get("skipped_detail") or f"{s['skipped']} entries of PVE's answer skipped as malformed"
+            st.warning(f"{plain(s['server_name'])}: {plain(detail)}", icon=":material/report:")
 
 
 def guests(client) -> None:
