@@ -174,7 +174,8 @@ def servers_add(
             fingerprint=fingerprint, insecure=insecure, tenant=tenant, interval=interval))
     tls = {"pinned": "pinned fingerprint", "insecure": "[red]INSECURE: TLS not verified[/red]",
            "verify": "verified by system CAs"}[row["tls_mode"]]
-    out.print(f"server [bold]{escape(row['name'])}[/bold] added to tenant {escape(row['tenant'])}: {row['base_url']}, "
+    out.print(f"server [bold]{escape(row['name'])}[/bold] added to tenant {escape(row['tenant'])}: "
+              f"{escape(row['base_url'])}, "
               f"{row['auth_kind']} auth, TLS {tls}")
 
 
@@ -190,7 +191,8 @@ def servers_list(tenant: Optional[str] = typer.Option(None, "--tenant")) -> None
     table = Table("tenant", "name", "url", "status", "last check", "avg ms", "24 h ok", "version", "nodes", "TLS")
     for r in rows:
         st = r["connection_status"]
-        table.add_row(escape(r["tenant"]), escape(r["name"]), r["base_url"], f"[{STATUS_STYLE[st]}]{st}[/]",
+        table.add_row(escape(r["tenant"]), escape(r["name"]), escape(r["base_url"]),
+                      f"[{STATUS_STYLE[st]}]{st}[/]",
                       ago(r["last_poll_at"] or r["last_health_check_at"]), fmt(r["avg_response_time_ms"]),
                       fmt(r["success_rate"], "%"), r["pve_version"] or "–",
                       f"{r['nodes_online']}/{r['nodes_total']}" if r["nodes_total"] else "–",
@@ -230,7 +232,8 @@ def servers_update(
         row = admin.update_server(conn, Box(ep.secret_key), name, tenant, rename=rename, url=url,
                                   fallback_url=fallback_url, fingerprint=fingerprint, tls_mode=tls, token=token,
                                   user=user, password=password, interval=interval, enabled=enabled)
-    out.print(f"server [bold]{escape(row['name'])}[/bold] of tenant {escape(row['tenant'])}: {row['base_url']}, "
+    out.print(f"server [bold]{escape(row['name'])}[/bold] of tenant {escape(row['tenant'])}: "
+              f"{escape(row['base_url'])}, "
               f"TLS {row['tls_mode']}")
     if row["trust_dropped"]:
         out.print("[yellow]the pinned fingerprint was for the old address: TLS is verified by system CAs now "

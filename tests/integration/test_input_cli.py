@@ -208,3 +208,36 @@ def test_every_command_refuses_hostile_arguments_with_a_sentence(cli, conn, path
         assert "Traceback" not in result.output
         assert result.output.strip(), (path, shown)         # a sentence, not silence
     assert count(conn, "proxmox_servers") == 0 and count(conn, "tenants") == 1
+
+
+# ------------------------------------------------------------------------- servers add / update
+@pytest.mark.parametrize("args, words", [
+    (["servers", "add", "a", "https://host?x=1"], "has a query"),
+    (["servers", "add", "a", "https://root:hunter2@host"], "user name or password"),
+    (["servers", "add", "a", "https://host#x"], "has a fragment"),
+    (["servers", "add", "n" * 101, "https://host"], "at most 100"),
+    (["servers", "add", "[/bold]", "https://host/x"], "has a path"),
+    (["tenants", "add", "t" * 101], "at most 100"),
+    (["servers", "update", "a", "--url", "https://host?x=1"], "has a query"),
+    (["servers", "update", "a", "--rename", "n" * 101], "at most 100"),
+    (["servers", "update", "a", "--fallback-url", "https://[fd00::1"], "brackets"),
+])
+def test_a_bad_address_or_name_is_a_sentence_and_writes_nothing(cli, conn, args, words):
+    cli("tenants", "add", "acme")
+    cli("servers", "add", "a", "https://a.example", PROXWATCH_PVE_TOKEN=TOKEN)
+    conn.commit()
+    before = conn.execute("select name, base_url, fallback_url from public.proxmox_servers").fetchall()
+    result = cli(*args, ok=False, PROXWATCH_PVE_TOKEN=TOKEN)
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert "hunter2" not in result.output
+    conn.commit()
+    assert conn.execute("select name, base_url, fallback_url from public.proxmox_servers").fetchall() == before
+    assert count(conn, "tenants") == 1
+
+
+def test_an_ipv6_address_keeps_its_brackets_and_gets_the_pve_port(cli, conn):
+    cli("tenants", "add", "acme")
+    out = cli("servers", "add", "v6", "https://[FD00::1]", PROXWATCH_PVE_TOKEN=TOKEN).output
+    assert "https://[fd00::1]:8006" in out
+    conn.commit()
+    assert conn.execute("select base_url from public.proxmox_servers").fetchone()["base_url"] == "https://[fd00::1]:8006"
