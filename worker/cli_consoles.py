@@ -143,9 +143,10 @@ def sessions_list(show_all: bool = typer.Option(False, "--all", help="Closed, ex
     table = Table("id", "status", "protocol", "target", "server", "team", "user", "client", "since", "last seen")
     for r in rows:
         status = r.get("status") or "open"
-        table.add_row(str(r["id"])[:8], status, r["protocol"], r["target"], r["server_name"], r["team_name"],
-                      r.get("user_email") or "–", r.get("client_ip") or "–", _ago(r["started_at"]),
-                      _ago(r["last_seen_at"]) if status == "open" else (r.get("close_reason") or ""))
+        table.add_row(str(r["id"])[:8], status, r["protocol"], escape(r["target"] or ""), escape(r["server_name"]),
+                      escape(r["team_name"]), escape(r.get("user_email") or "–"), str(r.get("client_ip") or "–"),
+                      _ago(r["started_at"]),
+                      _ago(r["last_seen_at"]) if status == "open" else escape(r.get("close_reason") or ""))
     out.print(table)
 
 
@@ -164,7 +165,7 @@ def sessions_kill(session_id: str = typer.Argument(..., help="The session id (or
         if len(found) > 1:
             fail(f"several sessions start with {session_id!r}: give more characters")
         result = sessions.kill(conn, str(found[0]["id"]))
-    out.print(f"session {result['id']} killed ({result['close_reason']})")
+    out.print(f"session {result['id']} killed ({escape(result['close_reason'] or '')})")
 
 
 @sessions_app.command("cleanup")
@@ -193,7 +194,7 @@ def sessions_stats(as_json: bool = typer.Option(False, "--json")) -> None:
               + ", ".join(f"{k} {v}" for k, v in data["by_protocol"].items()))
     table = Table("team", "server", "open", "max")
     for h in data["per_host"]:
-        table.add_row(h["team_name"], h["server_name"], str(h["active"]), str(h["max"]))
+        table.add_row(escape(h["team_name"]), escape(h["server_name"]), str(h["active"]), str(h["max"]))
     out.print(table)
     out.print(f"stale after {timedelta(seconds=lim['stale_after_s'])} without heartbeat; closed sessions kept "
               f"{timedelta(seconds=lim['retention_s'])}")
@@ -237,4 +238,4 @@ def sessions_limits(max_total: Optional[int] = typer.Option(None, "--max-total",
     out.print(f"at most {cfg['max_total']} open sessions in all, {cfg['max_per_host']} per server; expired after "
               f"{cfg['stale_after']} without heartbeat; closed sessions kept {cfg['retention']}")
     for h in hosts:
-        out.print(f"  {h['server_name']}: at most {h['max_sessions']}")
+        out.print(f"  {escape(h['server_name'])}: at most {h['max_sessions']}")

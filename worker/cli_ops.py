@@ -99,19 +99,19 @@ def request(server: str = typer.Argument(..., metavar="SERVER", help="The server
                 conn.commit()
                 _fail(f"the operation could not be handed to a worker ({exc.__class__.__name__}): is `proxwatch up` "
                       "(or the worker) running?", 1)
-            out.print(f"{op_type} on {srv['name']} started: operation {op_id}", highlight=False)
+            out.print(f"{op_type} on {escape(srv['name'])} started: operation {op_id}", highlight=False)
         else:
             existing = result["existingOperation"]
-            out.print(f"already running: {existing['operationType']} on {srv['name']}, operation {op_id} "
-                      f"({existing['progress']} %, {existing['message'] or 'waiting'}, requested by "
+            out.print(f"already running: {existing['operationType']} on {escape(srv['name'])}, operation {op_id} "
+                      f"({existing['progress']} %, {escape(existing['message'] or 'waiting')}, requested by "
                       f"{existing.get('createdBy', 'user')})", highlight=False)
         if no_wait:
             return
         row = follow(conn, op_id)
     if row["status"] == "completed":
-        out.print(f"[green]✓[/green] {row['message']}", highlight=False)
+        out.print(f"[green]✓[/green] {escape(row['message'] or '')}", highlight=False)
     else:
-        err.print(f"[red]✗ {row['message'] or 'failed'}:[/red] {row['error']}", highlight=False)
+        err.print(f"[red]✗ {escape(row['message'] or 'failed')}:[/red] {escape(row['error'] or '')}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -167,9 +167,9 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     table = Table("started", "server", "operation", "target", "status", "progress", "by", "result", "id")
     for r in rows:
         st = r["status"]
-        table.add_row(r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["server_name"], r["operation_type"],
-                      r["target"] or "(default node)", f"[{STATUS_STYLE[st]}]{st}[/]", f"{r['progress']} %",
-                      r["created_by"], r["error"] if st == "failed" else (r["message"] or ""), str(r["id"]))
+        table.add_row(r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), escape(r["server_name"]), r["operation_type"],
+                      escape(r["target"] or "(default node)"), f"[{STATUS_STYLE[st]}]{st}[/]", f"{r['progress']} %",
+                      r["created_by"], escape((r["error"] if st == "failed" else r["message"]) or ""), str(r["id"]))
     out.print(table)
 
 
@@ -190,11 +190,11 @@ def show(operation_id: str) -> None:
     for key in ("id", "server_name", "operation_type", "status", "node", "target", "progress", "message", "error",
                 "created_by", "upid", "estimated_duration_ms", "started_at", "claimed_at", "completed_at"):
         if row[key] is not None:
-            out.print(f"[bold]{key}[/bold]: {row[key]}", highlight=False)
+            out.print(f"[bold]{key}[/bold]: {escape(str(row[key]))}", highlight=False)
     if row["params"]:
-        out.print(f"[bold]params[/bold]: {json.dumps(row['params'])}", highlight=False)
+        out.print(f"[bold]params[/bold]: {escape(json.dumps(row['params']))}", highlight=False)
     if row["metadata"]:
-        out.print(f"[bold]metadata[/bold]: {json.dumps(row['metadata'], indent=2)}", highlight=False)
+        out.print(f"[bold]metadata[/bold]: {escape(json.dumps(row['metadata'], indent=2))}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------- ssh-set
@@ -212,7 +212,8 @@ def ssh_set(server: str,
                                                    "standard input (or --password-file, or $PROXWATCH_SSH_PASSWORD)"),
             password_file: Optional[Path] = typer.Option(None, "--password-file",
                                                          help="Read the SSH password from this file (its first line)"),
-            password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the SSH password from standard input"),
+            password_stdin: bool = typer.Option(False, "--password-stdin",
+                                                help="Read the SSH password from standard input"),
             key_file: Optional[Path] = typer.Option(None, "--key-file", help="A private key without passphrase"),
             node: str = typer.Option("", "--node", help="Only for this node (default: every node of the server)"),
             tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
@@ -250,7 +251,8 @@ def ssh_set(server: str,
             raise InputError(str(exc)) from None
         conn.commit()
     scope = f"node {node}" if node else "its nodes"
-    out.print(f"SSH access of {escape(srv['name'])} ({scope}) set: {stored['username']}@{stored['host']}:{stored['port']}, "
+    out.print(f"SSH access of {escape(srv['name'])} ({scope}) set: "
+              f"{stored['username']}@{stored['host']}:{stored['port']}, "
               f"{stored['auth_kind']} login, host key pinned ({stored['fingerprint']})", highlight=False)
 
 
