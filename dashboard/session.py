@@ -20,6 +20,7 @@ from supabase_auth.errors import AuthApiError, AuthError
 
 from dashboard import live
 from dashboard.data import DataError, unreachable
+from dashboard.text import plain
 from worker import settings
 from worker.settings import SettingsError
 
@@ -151,7 +152,7 @@ def _sign_in_form(client: Client) -> None:
             try:
                 sign_in(client, email, password)
             except DataError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 st.session_state.pop(SIGNED_OUT_KEY, None)
                 st.rerun()
@@ -159,7 +160,7 @@ def _sign_in_form(client: Client) -> None:
 
 def _account_bar(client: Client, email: str) -> None:
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.caption(f"Signed in as {email}")
+    left.caption(f"Signed in as {plain(email)}")
     if right.button("Sign out", width="stretch"):
         live.forget(st.session_state)
         sign_out(client)
@@ -178,7 +179,7 @@ def signed_in(*, home: bool = False) -> Client | None:
         cfg = config()
         cfg.check()
     except DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
     client = session_client(st.session_state, cfg)
     email = signed_in_email(client)
@@ -186,7 +187,7 @@ def signed_in(*, home: bool = False) -> Client | None:
         try:
             email = sign_in(client, cfg.email, cfg.password)
         except DataError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return None
     if email is None:
         if not home:
@@ -211,4 +212,4 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
             body(client)
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
-        st.error(f"The {what} hit an unexpected error: {exc}")
+        st.error(f"The {what} hit an unexpected error: {plain(exc)}")
