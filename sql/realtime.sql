@@ -152,6 +152,11 @@ begin
     end if;
     col_type = (select atttypid::regtype from pg_attribute where attrelid = entity and attname = columns[n]);
     if ops[n] = 'in' then
+      -- Stricter than Supabase (which accepts it and fails at delivery): `col = any(list)` of an
+      -- array column compares the array with its elements.
+      if (select t.typcategory from pg_type t where t.oid = col_type) = 'A' then
+        raise exception '`in` filter requires a column that is not an array, got %', col_type::text;
+      end if;
       execute format('select cardinality(%L::%s)', vals[n], col_type::text || '[]') into in_count;
       if coalesce(in_count, 0) > 100 then
         raise exception 'too many values for `in` filter. Maximum 100';

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import dramatiq
 
-from worker import broker, inventory, services, sessions
+from worker import broker, inventory, retention, services, sessions
 
 # A poll older than this is dropped: the scheduler has issued newer ones meanwhile.
 POLL_MAX_AGE_MS = 120_000
@@ -56,6 +56,13 @@ def expire_sessions(scheduled_at: str) -> None:
     """Expire sessions without a heartbeat for the grace period; delete closed ones past the retention."""
     with _services().pool.connection() as conn:
         sessions.expire_and_purge(conn)
+
+
+@dramatiq.actor(queue_name="inventory", retry_when=retries(2), min_backoff=5000, time_limit=1_800_000, max_age=3_600_000)
+def purge_expired(scheduled_at: str) -> None:
+    """Delete audit rows and finished operations past their retention, in committed batches."""
+    with _services().pool.connection() as conn:
+        retention.purge(conn, broker.SETTINGS.retention)
 
 
 # ---- operations (worker/operations) ----

@@ -7,7 +7,7 @@ Two modes, one code path:
 
 Each variable is a `Var` in `VARS` with its default and a line saying what it does; `load()` builds
 one frozen `Settings` (with a section per concern: operations, gateway, inventory, sessions,
-dashboard, realtime) from them. A bad value fails loudly with one sentence naming the variable
+dashboard, realtime, retention) from them. A bad value fails loudly with one sentence naming the variable
 (`Unexpected value PROXWATCH_POLL_INTERVAL='ten': use a whole number.`). The README's configuration
 table is `markdown_table()` (`python3 -m worker.settings` prints it; a test keeps the two equal), so
 the documentation cannot drift from the code. No other module reads the environment.
@@ -175,6 +175,11 @@ VARS: dict[str, Var] = {v.name: v for v in (
         _integer(5, 3600)),
     Var("PROXWATCH_DASHBOARD_RECONCILE", 30, "Seconds between the dashboard's cheap \"did anything change\" "
         "checks while Realtime is live (corrects changes Realtime dropped over its quota).", _integer(5, 3600)),
+    # -- retention
+    Var("PROXWATCH_AUDIT_RETENTION_DAYS", 400, "Days the audit log is kept; older rows are deleted by the hourly "
+        "purge job.", _integer(1, 36500)),
+    Var("PROXWATCH_OPERATIONS_RETENTION_DAYS", 90, "Days completed and failed operations are kept after they "
+        "finished; pending and running ones are never deleted.", _integer(1, 36500)),
     # -- the embedded Realtime (Supabase's own limits apply in Supabase mode)
     Var("PROXWATCH_REALTIME_EVENTS_PER_S", 100, "Embedded mode: the Realtime events quota per second (one-minute "
         "average, as Supabase's Free plan); over it changes are skipped silently.", _integer(1, 100000)),
@@ -258,6 +263,12 @@ class CliSecrets:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    audit_days: int = env("PROXWATCH_AUDIT_RETENTION_DAYS")
+    operations_days: int = env("PROXWATCH_OPERATIONS_RETENTION_DAYS")
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = env("PROXWATCH_HOME")
     database_url: str | None = env("DATABASE_URL")
@@ -287,6 +298,7 @@ class Settings:
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @property
     def embedded(self) -> bool:

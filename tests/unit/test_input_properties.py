@@ -17,6 +17,9 @@ from worker.errors import ProxwatchError
 from worker.urls import UrlError, server_url
 
 FAST = settings(max_examples=200, deadline=None)
+# Printable-or-not ASCII without NUL; the password test builds its '@' or ':' in rather than
+# filtering for it (filtering most examples away is slow and trips Hypothesis' health check).
+ASCII = st.text(st.characters(codec="ascii", exclude_characters="\x00"), max_size=10)
 KINDS = {pve.TIMEOUT, pve.REFUSED, pve.DNS, pve.NETWORK, pve.TLS, pve.AUTH, pve.HTTP, pve.BAD_RESPONSE, pve.CONFIG}
 # What the proxmox_servers.base_url check accepts (supabase/migrations/20261122000100_spine.sql).
 STORED = re.compile(r"^https://[^/\s]+(:[0-9]+)?/?$")
@@ -46,8 +49,7 @@ def test_any_text_is_an_address_or_a_sentence(text):
 
 
 @FAST
-@given(st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=1, max_size=20).filter(
-    lambda s: "@" in s or ":" in s))
+@given(st.tuples(ASCII, st.sampled_from(["@", ":"]), ASCII).map("".join))
 def test_a_password_in_an_address_is_never_repeated(secret):
     try:
         server_url(f"https://root:{secret}@pve.example:8006")

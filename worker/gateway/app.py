@@ -10,6 +10,12 @@ Steps of a console (Gateway.console_socket):
 5. pipe bytes both ways until either side ends, the session is killed or expires, or the gateway
    stops; then close the registry row with the reason (close_session).
 
+Backpressure, so a session holds a bounded amount of memory whoever is slow: a browser frame is at
+most MAX_BROWSER_FRAME (bigger: closed with 1009 and a sentence, before it is read whole); each
+frame is written to the upstream and its drain awaited (SSH: the channel's write buffer; PVE: the
+WebSocket's) before the next is read, so a side that does not read pauses the other's reading
+(aiohttp stops reading the socket), and TCP pushes back to the sender.
+
 Two background loops serve every session of this process: a kill watch every second (one query for
 all of them) and a heartbeat every 30 s (one statement for all of them).
 """
@@ -49,6 +55,11 @@ STATIC = {"novnc": ROOT / "node_modules" / "@novnc" / "novnc",
 # WebSocket close codes the pages understand (4000–4999 are the application's).
 CLOSE_NORMAL, CLOSE_GOING_AWAY = 1000, 1001
 CLOSE_KILLED, CLOSE_EXPIRED, CLOSE_SERVER_ENDED, CLOSE_REFUSED, CLOSE_FAILED = 4001, 4002, 4003, 4429, 4502
+CLOSE_TOO_BIG = 1009
+# Keystrokes, pastes, resizes and VNC input are small; a paste of a whole file is still far under it.
+MAX_BROWSER_FRAME = 1 << 20
+TOO_BIG = "the browser sent a frame over 1 MiB: a console frame is at most 1 MiB"
+UPSTREAM_WATCH_S = 1.0
 
 
 GC_THRESHOLDS = (50_000, 50, 1000)
@@ -78,6 +89,15 @@ class GatewayConfig:
                    heartbeat_s=g.heartbeat_s, trust_proxy=g.trust_proxy, ca_file=s.pve_ca_file)
 
 
+class BrowserSocket(web.WebSocketResponse):
+    """aiohttp closes on a frame over max_msg_size with 1009 and no reason: the page gets a sentence."""
+
+    async def close(self, *, code: int = CLOSE_NORMAL, message: bytes = b"", drain: bool = True) -> bool:
+        if code == CLOSE_TOO_BIG and not message:
+            message = TOO_BIG.encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class Bridge:
     """One open console: the browser's WebSocket and the upstream, piped both ways."""
 
@@ -93,12 +113,35 @@ class Bridge:
         ws, up = self.ws, self.upstream
         async for msg in ws:
             if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                await up.send(msg)
+                # Returns once the upstream took it: the next frame waits.
+                if not await self._to_upstream(msg):
+                    return f"the browser stopped answering while the {up.kind} side was not reading its input"
             elif msg.type == aiohttp.WSMsgType.ERROR:
                 break
+        error = ws.exception()
+        if isinstance(error, aiohttp.WebSocketError) and error.code == CLOSE_TOO_BIG:
+            self.code = CLOSE_TOO_BIG
+            return TOO_BIG
         if isinstance(ws.exception(), (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return "the browser stopped answering"
         return "the browser closed the console"
+
+    async def _to_upstream(self, msg: aiohttp.WSMessage) -> bool:
+        """Send to the upstream; False when the browser went away meanwhile. While the upstream is
+        full nothing reads the browser's socket (not even its pongs), so the heartbeat ends the
+        WebSocket, and that is watched here rather than waiting for a drain that may never come."""
+        send = asyncio.ensure_future(self.upstream.send(msg))
+        try:
+            while True:
+                done, _ = await asyncio.wait({send}, timeout=UPSTREAM_WATCH_S)
+                if done:
+                    send.result()
+                    return True
+                if self.ws.closed:
+                    return False
+        finally:
+            if not send.done():
+                send.cancel()
 
     async def _upstream_to_browser(self) -> str:
         ws, up = self.ws, self.upstream
@@ -261,7 +304,7 @@ class Gateway:
 
     # -- the console socket --------------------------------------------------------------------
     async def console_socket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=self.config.ping_s, max_msg_size=16 * 1024 * 1024, compress=False)
+        ws = BrowserSocket(heartbeat=self.config.ping_s, max_msg_size=MAX_BROWSER_FRAME, compress=False)
         await ws.prepare(request)
         task = asyncio.current_task()
         self._handlers.add(task)

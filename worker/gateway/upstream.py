@@ -68,7 +68,8 @@ def classify_ws(exc: BaseException, url: str, timeout: float) -> PveError:
 
 
 class PveUpstream:
-    """PVE's vncwebsocket: bytes both ways (a terminal's input frames stay text, as PVE expects)."""
+    """PVE's vncwebsocket: bytes both ways (a terminal's input frames stay text, as PVE expects).
+    aiohttp's send awaits the transport's drain past its high-water mark: backpressure as SSH's."""
 
     kind = "PVE"
 
@@ -128,7 +129,10 @@ class SshUpstream:
         except ValueError:
             return  # not a terminal frame: ignored, as PVE's termproxy does
         if frame[0] == "input":
+            # Wait while the channel's buffer is over its high-water mark (the shell is not reading):
+            # the gateway then stops reading the browser, instead of buffering what it sends.
             self.process.stdin.write(frame[1].encode())
+            await self.process.stdin.drain()
         elif frame[0] == "resize":
             self.process.change_terminal_size(frame[1], frame[2])
 

@@ -61,7 +61,7 @@ from psycopg_pool import PoolTimeout
 from worker import db
 from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog, Table
 from worker.embedded.standin.channels import Binding, Channel, Socket
-from worker.embedded.standin.filters import Condition, condition_sql
+from worker.embedded.standin.filters import Condition, evaluation_parts, evaluation_sql
 from worker.embedded.standin.limits import RateCounter
 
 log = logging.getLogger("proxwatch.realtime")
@@ -241,7 +241,11 @@ class Changes:
         """Which channel bindings each change reaches (apply_rls): the event, the filters (Postgres
         evaluates them on the columns the change carries — the new row less its unchanged TOAST
         values, or for a DELETE the old row's replica identity; a filter on a column it does not
-        carry fails), then row-level security per distinct subscriber, for INSERT and UPDATE."""
+        carry fails), then row-level security per distinct subscriber, for INSERT and UPDATE.
+
+        The cost is bounded per batch, whoever subscribes: one statement evaluates every distinct
+        condition on every change (_filters), one checks RLS for every subscriber (_visible); then
+        each binding meets only the changes its conditions let through."""
         conditions = sorted({c for _, _, bs in interested for b in bs for c in b.conditions},
                             key=lambda c: (c.column, c.op, str(c.value), c.negate))
         carried = [self._carried(table, ch) for ch in changes]
@@ -251,7 +255,7 @@ class Changes:
                   for role in {c.role for _, c, _ in interested}}
         conn = await self._checker()
         try:
-            truth = await self._filters(conn, table, images, conditions) if conditions else None
+            true_for, broken = await self._filters(conn, table, images, conditions) if conditions else ({}, {})
             identities = sorted({c.identity for _, c, _ in interested if key_ok[c.role]})
             visible = await self._visible(conn, table, changes, identities) if table.rls else None
         except psycopg.OperationalError:
@@ -263,22 +267,44 @@ class Changes:
             if not conn.closed:
                 await conn.rollback()
         cond_index = {c: k for k, c in enumerate(conditions)}
-        for n, (i, ch) in enumerate(zip(indices, changes)):
-            for ci, channel, bindings in interested:
-                wanted = [b for b in bindings if b.wants(ch.op)]
-                if not wanted:
-                    continue
-                if ch.op != "DELETE" and not key_ok[channel.role]:
-                    # apply_rls: no primary key (400) or one the role may not select (401): every
-                    # subscription of the role gets the error, its filters unchecked.
-                    errors.setdefault(i, {})[ci] = wanted
-                    continue
-                if ch.op != "DELETE" and visible is not None and n not in visible.get(channel.identity, ()):
-                    continue
-                hits = [b for b in wanted
-                        if all(c.column in carried[n] and truth[n][cond_index[c]] for c in b.conditions)]
-                if hits:
-                    matched.setdefault(i, {})[ci] = hits
+        every = range(len(changes))
+        for ci, channel, bindings in interested:
+            failed = next((broken[cond_index[c]] for b in bindings for c in b.conditions
+                           if cond_index[c] in broken), None)
+            if failed is not None:
+                self._drop_channel(channel, failed)
+                continue
+            seen = visible.get(channel.identity, set()) if visible is not None else None
+            if not key_ok[channel.role]:
+                # apply_rls: no primary key (400) or one the role may not select (401): every
+                # subscription of the role gets the error, its filters unchecked.
+                for n in every:
+                    wanted = [b for b in bindings if b.wants(changes[n].op)]
+                    if changes[n].op != "DELETE" and wanted:
+                        errors.setdefault(indices[n], {})[ci] = wanted
+            for b in bindings:
+                if b.conditions:
+                    sets = sorted((true_for.get(cond_index[c], ()) for c in b.conditions), key=len)
+                    candidates = sorted(set(sets[0]).intersection(*sets[1:])) if sets[0] else ()
+                else:
+                    candidates = every
+                for n in candidates:
+                    ch = changes[n]
+                    if not b.wants(ch.op) or (ch.op != "DELETE" and not key_ok[channel.role]):
+                        continue
+                    if ch.op != "DELETE" and seen is not None and n not in seen:
+                        continue
+                    if all(c.column in carried[n] for c in b.conditions):
+                        matched.setdefault(indices[n], {}).setdefault(ci, []).append(b)
+
+    def _drop_channel(self, channel: Channel, message: str) -> None:
+        """A filter Postgres cannot evaluate on this table (any more) ends its channel's
+        subscription with the server's sentence; everyone else's changes go on."""
+        sock = channel.socket
+        if sock.channels.get(channel.topic) is channel:
+            sock.leave(channel.topic)
+            sock.send_json(channel.topic, "system", {"extension": "postgres_changes", "status": "error",
+                                                     "message": message, "channel": channel.sub_topic})
 
     @staticmethod
     def _carried(table: Table, change: Change) -> set[str]:
@@ -295,18 +321,40 @@ class Changes:
                                                                connect_timeout=DB_TIMEOUT_S)
         return self._conn
 
-    async def _filters(self, conn, table: Table, images: list[dict], conditions: list[Condition]) -> list[list[bool]]:
-        exprs, params = [], []
-        for cond in conditions:
-            expr, param = condition_sql(cond, table.full_types[cond.column])
-            exprs.append(expr)
-            params.append(param)
-        statement = sql.SQL(
-            "select e.n, array[{}] as truth from jsonb_array_elements(%s::jsonb) with ordinality as e (img, n)"
-            " cross join lateral jsonb_populate_record(null::{}, e.img) as r order by e.n").format(
-            sql.SQL(", ").join(exprs), table.ident)
-        rows = await (await conn.execute(statement, params + [json.dumps(images)])).fetchall()
-        return [list(r["truth"]) for r in rows]
+    async def _filters(self, conn, table: Table, images: list[dict],
+                       conditions: list[Condition]) -> tuple[dict[int, set[int]], dict[int, str]]:
+        """({condition index: positions of the images it is true for}, {condition index: the error
+        of a condition Postgres refused}) — one statement for the batch: per group of conditions
+        (filters.group_key) a join of the images with the group's values, however many there are.
+        When that statement fails, each group is tried alone to find the one to blame."""
+        parts = evaluation_parts(conditions, table.full_types)
+
+        async def run(chosen) -> dict[int, set[int]]:
+            statement, params = evaluation_sql(table.ident, chosen)
+            rows = await (await conn.execute(statement, [json.dumps(images)] + params)).fetchall()
+            return {r["k"]: set(r["ns"]) for r in rows}
+
+        try:
+            return await run(parts), {}
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error:
+            await conn.rollback()
+        true_for, broken = {}, {}
+        for part in parts:
+            try:
+                true_for.update(await run([part]))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                await conn.rollback()
+                cond = conditions[part[2][0]]
+                log.warning("Realtime cannot evaluate filter %s on %s.%s: %s", cond.as_elixir(), table.schema,
+                            table.name, str(exc).strip())
+                for k in part[2]:
+                    broken[k] = (f"Unable to evaluate the filter {conditions[k].as_elixir()} on {table.schema}."
+                                 f"{table.name}: {str(exc).strip().splitlines()[0]}")
+        return true_for, broken
 
     async def _visible(self, conn, table: Table, changes: list[Change], identities) -> dict[tuple, set[int]]:
         """{identity: indices of the INSERT/UPDATE changes whose row that subscriber may select}."""

@@ -185,23 +185,55 @@ def parse_filter(text: str | None) -> tuple[Condition, ...]:
     return tuple(conditions)
 
 
-def condition_sql(cond: Condition, full_type: str, row: str = "r") -> tuple[sql.Composable, object]:
-    """The condition as Postgres evaluates it, with its parameter: `realtime.check_equality_op`'s
-    operators, both sides of the column's type (from pg_catalog, never from the subscriber);
-    a NULL comparison fails (is_visible_through_filters sums only true answers)."""
-    col = sql.SQL("{}.{}").format(sql.Identifier(row), sql.Identifier(cond.column))
+def group_key(cond: Condition) -> tuple:
+    """Conditions evaluated by one join: the same column, operator and negation (and for `is`,
+    the same keyword); their values are the join's other side."""
+    return (cond.column, cond.op, cond.negate, cond.value if cond.op == "is" else None)
+
+
+def condition_join_sql(cond: Condition, full_type: str) -> sql.Composable:
+    """The condition of `cond`'s group as Postgres evaluates it (`realtime.check_equality_op`'s
+    operators), as a join predicate between a change's row `i.r` and a value `c.v` (text) cast to
+    the column's type (from pg_catalog, never from the subscriber). A NULL answer joins nothing,
+    so a NULL comparison fails (is_visible_through_filters sums only true answers); a plain `=`
+    is a hash join, so a batch costs one pass over its changes and its values."""
+    col = sql.SQL("(i.r).{}").format(sql.Identifier(cond.column))
     typ = sql.SQL(full_type)
     if cond.op == "is":
         keyword = sql.SQL(cond.value.upper() if cond.value in IS_VALUES else "NULL")
-        return sql.SQL("({} {} {} and %s::text is not null)").format(
-            col, sql.SQL("is not" if cond.negate else "is"), keyword), cond.value
+        return sql.SQL("({} {} {} and c.v is not null)").format(col, sql.SQL("is not" if cond.negate else "is"), keyword)
     if cond.op == "isdistinct":
-        return sql.SQL("({} {} %s::text::{})").format(
-            col, sql.SQL("is not distinct from" if cond.negate else "is distinct from"), typ), cond.value
+        return sql.SQL("({} {} c.v::{})").format(
+            col, sql.SQL("is not distinct from" if cond.negate else "is distinct from"), typ)
     if cond.op == "in":
-        test = sql.SQL("{} = any(%s::text::{}[])").format(col, typ)
+        test = sql.SQL("{} = any(c.v::{}[])").format(col, typ)
     else:
-        test = sql.SQL("{} {} %s::text::{}").format(col, sql.SQL(_SYMBOLS[cond.op]), typ)
-    if cond.negate:
-        test = sql.SQL("not ({})").format(test)
-    return sql.SQL("coalesce({}, false)").format(test), cond.value
+        test = sql.SQL("{} {} c.v::{}").format(col, sql.SQL(_SYMBOLS[cond.op]), typ)
+    return sql.SQL("not ({})").format(test) if cond.negate else test
+
+
+def evaluation_parts(conditions: list[Condition], full_types: dict[str, str]) -> list[tuple[sql.Composable, list, list[int]]]:
+    """One join per group of conditions: (its SQL, its parameters — the group's values and their
+    indices in `conditions` —, those indices)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, cond in enumerate(conditions):
+        groups.setdefault(group_key(cond), []).append(k)
+    parts = []
+    for ks in groups.values():
+        first = conditions[ks[0]]
+        parts.append((sql.SQL("select c.k, i.n from images as i join unnest(%s::text[], %s::int[]) as c (v, k)"
+                              " on {}").format(condition_join_sql(first, full_types[first.column])),
+                      [[conditions[k].value for k in ks], ks], ks))
+    return parts
+
+
+def evaluation_sql(table: sql.Identifier, parts) -> tuple[sql.Composed, list]:
+    """The statement evaluating `parts` on a batch's images (its first parameter, a JSON array of
+    rows): one row per condition index `k` with the positions `ns` of the images it is true for.
+    Its text depends on the groups, never on how many values they hold."""
+    statement = sql.SQL(
+        "with images as materialized (select (e.n - 1)::int as n, jsonb_populate_record(null::{}, e.img) as r"
+        " from jsonb_array_elements(%s::jsonb) with ordinality as e (img, n))"
+        " select t.k, array_agg(t.n) as ns from ({}) as t group by t.k").format(
+        table, sql.SQL(" union all ").join(p[0] for p in parts))
+    return statement, [v for p in parts for v in p[1]]

@@ -11,6 +11,20 @@
   (`db_events_per_second_rate`, `joins_per_second_rate`: tick 5 s, 12 buckets, measured on :avg).
 
 Ticks are counted lazily (when the counter is read or added to), so no timer runs.
+
+What one socket or one user may cost the stand-in (the README's Realtime section lists them). The
+real server bounds a frame (`lib/realtime_web/endpoint.ex`, max_frame_size 5,000,000) and the
+memory of each channel process (`config/runtime.exs` WEBSOCKET_MAX_HEAP_SIZE, 50 MB: a process
+over it is killed); in Python the equivalent is counted in bytes per socket:
+
+- a frame from the client: at most MAX_FRAME_BYTES (bigger: closed with 1009, read no further);
+- a topic: at most MAX_TOPIC_BYTES, since every reply echoes it (longer: closed with 1008);
+- what waits to be sent to one socket: at most MAX_QUEUED_BYTES; past it the client is not
+  reading, and the connection is dropped at once (its queue freed), never waited for;
+- postgres_changes bindings: MAX_BINDINGS_PER_CHANNEL in one join and MAX_BINDINGS_PER_USER over
+  every socket of one user (the JWT's `sub`; tokens without one count per role), so one user's
+  filters cannot slow the delivery to another. Over either, the join is refused with an error
+  reply and the socket stays open.
 """
 
 from __future__ import annotations
@@ -23,6 +37,11 @@ MAX_EVENTS_PER_SECOND = 100        # Free plan and the server's default
 MAX_JOINS_PER_SECOND = 100
 MAX_CHANNELS_PER_CLIENT = 100
 TICK_S = 5.0
+MAX_FRAME_BYTES = 1 << 20          # 1 MiB (Supabase: 5 MB, for broadcast payloads the stand-in does not serve)
+MAX_TOPIC_BYTES = 1024
+MAX_QUEUED_BYTES = 8 << 20         # 8 MiB per socket
+MAX_BINDINGS_PER_CHANNEL = 100
+MAX_BINDINGS_PER_USER = 1000
 MAX_BUCKETS = 12
 
 

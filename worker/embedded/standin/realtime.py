@@ -10,11 +10,14 @@ Where it mirrors supabase/realtime, the file is named (`realtime_channel.ex` is
 It speaks what the official `realtime` 2.34 client speaks (Phoenix serializer vsn 1.0.0, one JSON
 object per frame: topic, event, payload, ref):
 
+- Bounds (limits.py): a frame over 1 MiB closes the socket (1009), a topic over 1 KiB too (1008,
+  since every reply would echo it), and a client more than 8 MiB behind in reading is dropped.
 - `heartbeat` on topic `phoenix` → `phx_reply` ok. A socket silent for 60 s is closed.
 - `phx_join` on `realtime:<name>` (realtime_channel.ex join/3): the joins-per-second quota (over
   it: error "ClientJoinRateLimitReached: Too many joins per second" and the socket is
   disconnected), 100 channels per socket ("ChannelRateLimitReached: Too many channels"), then the
-  JWT (`access_token`, else the socket's apikey). Then `phx_reply` ok at once, echoing every
+  JWT (`access_token`, else the socket's apikey), then the stand-in's own bindings caps (100 per
+  channel, 1,000 per user: "TooManyBindings: …", the socket stays open). Then `phx_reply` ok at once, echoing every
   binding as sent with an `id`. The subscription is created AFTER the reply
   (realtime_channel.ex handle_info(:postgres_subscribe)): changes reach the channel only from the
   `system` message "Subscribed to PostgreSQL" on, which may come seconds later (the stand-in
@@ -51,11 +54,12 @@ from worker import db
 from worker.errors import ProxwatchError
 from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog
 from worker.embedded.standin.changes import Changes
-from worker.embedded.standin.channels import Binding, Channel, Socket
+from worker.embedded.standin.channels import Binding, Channel, Socket, owner
 from worker.embedded.standin.common import ROLES, JoinError, JWTError, verify_jwt
 from worker.embedded.standin.filters import Params, ParamsError, parse_params
-from worker.embedded.standin.limits import (MAX_CHANNELS_PER_CLIENT, MAX_EVENTS_PER_SECOND, MAX_JOINS_PER_SECOND,
-                                            TICK_S, RateCounter)
+from worker.embedded.standin.limits import (MAX_BINDINGS_PER_CHANNEL, MAX_BINDINGS_PER_USER, MAX_CHANNELS_PER_CLIENT,
+                                            MAX_EVENTS_PER_SECOND, MAX_FRAME_BYTES, MAX_JOINS_PER_SECOND,
+                                            MAX_QUEUED_BYTES, MAX_TOPIC_BYTES, TICK_S, RateCounter)
 
 log = logging.getLogger("proxwatch.realtime")
 
@@ -68,6 +72,10 @@ RETRY_AFTER_ERROR_S = (5.0, 10.0)
 
 class SubscribeError(ProxwatchError):
     """The subscription cannot be created; the message is the server's sentence."""
+
+
+class ProtocolViolation(ProxwatchError):
+    """The client broke a bound the socket cannot answer within (the message is the close reason)."""
 
 
 def _like(name: str, pattern: str) -> bool:
@@ -96,17 +104,23 @@ class Realtime:
     `shutdown()` (close every socket), `stop()`.
 
     The per-project quotas default to Supabase's (100 events/s, 100 joins/s, 100 channels per
-    client); `tick_s` is the rate counters' tick (5 s on Supabase)."""
+    client); `tick_s` is the rate counters' tick (5 s on Supabase). The bounds per socket and per
+    user are limits.py's."""
 
     def __init__(self, database_url: str, jwt_secret: str, events_per_s: float = MAX_EVENTS_PER_SECOND,
                  joins_per_s: float = MAX_JOINS_PER_SECOND, channels_per_client: int = MAX_CHANNELS_PER_CLIENT,
-                 tick_s: float = TICK_S, resubscribe_s: tuple[float, float] = RESUBSCRIBE_S):
+                 tick_s: float = TICK_S, resubscribe_s: tuple[float, float] = RESUBSCRIBE_S,
+                 queued_bytes: int = MAX_QUEUED_BYTES, bindings_per_channel: int = MAX_BINDINGS_PER_CHANNEL,
+                 bindings_per_user: int = MAX_BINDINGS_PER_USER):
         self.secret = jwt_secret
         self.sockets: set[Socket] = set()
         self.catalog = Catalog()
         self.changes = Changes(database_url, self.catalog, self.sockets, RateCounter(events_per_s, tick_s))
         self.joins = RateCounter(joins_per_s, tick_s)
         self.channels_per_client = channels_per_client
+        self.queued_bytes = queued_bytes
+        self.bindings_per_channel = bindings_per_channel
+        self.bindings_per_user = bindings_per_user
         self.resubscribe_s = resubscribe_s
         self._stopping = False
 
@@ -136,11 +150,15 @@ class Realtime:
         """GET /realtime/v1/websocket?apikey=…&vsn=1.0.0 (the apikey was checked by the gateway)."""
         if self._stopping:
             return web.json_response({"message": "Realtime is shutting down"}, status=503)
-        ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True)
+        # A bigger frame closes the socket with 1009 before it is read whole (Cowboy's max_frame_size).
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
         await ws.prepare(request)
-        sock = Socket(ws, request["apikey"])
+        transport = request.transport
+        sock = Socket(ws, request["apikey"], max_queued=self.queued_bytes,
+                      abort=transport.abort if transport is not None else None)
         self.sockets.add(sock)
         writer = asyncio.create_task(self._write(sock))
+        violation: ProtocolViolation | None = None
         try:
             while not sock.closed:
                 try:
@@ -152,8 +170,15 @@ class Realtime:
                     await self._on_message(sock, msg.data)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
+        except ProtocolViolation as exc:
+            log.info("closing a Realtime socket: %s", exc)
+            violation = exc
         finally:
             self._drop_socket(sock)
+            if violation is not None:
+                sock.kill_queue()  # what was queued is not sent: the close frame goes now
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(code=1008, message=str(violation).encode()[:120]), 5)
             sock.outbox.put_nowait(None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, 5)
@@ -173,6 +198,7 @@ class Realtime:
             except Exception:  # the peer is gone; the reader side ends the socket
                 sock.closed = True
                 break
+            sock.sent(frame)
         if sock.closed:
             with contextlib.suppress(Exception):
                 await sock.ws.close(code=1011 if sock.outbox.qsize() else 1000)
@@ -192,6 +218,8 @@ class Realtime:
             return
         if not isinstance(topic, str) or not isinstance(event, str) or not isinstance(payload, dict):
             return
+        if len(topic) > MAX_TOPIC_BYTES:
+            raise ProtocolViolation(f"a topic is at most {MAX_TOPIC_BYTES} bytes")
         if topic == "phoenix" and event == "heartbeat":
             sock.reply(topic, ref, "ok", {})
         elif event == "phx_join":
@@ -239,6 +267,10 @@ class Realtime:
         specs = config.get("postgres_changes")
         # payloads/config.ex drops nil entries; realtime_channel.ex pg_change_params/5 takes a list.
         specs = [s for s in specs if s is not None] if isinstance(specs, list) else []
+        refusal = self._over_bindings(claims, len(specs))
+        if refusal:
+            sock.reply(topic, ref, "error", {"reason": refusal})
+            return
         channel = Channel(sock, topic, join_ref or ref, claims["role"], claims,
                           json.dumps(claims, sort_keys=True, separators=(",", ":")), [], token=token, specs=specs)
         sock.channels[topic] = channel
@@ -247,6 +279,19 @@ class Realtime:
         sock.reply(topic, ref, "ok", {"postgres_changes": echo})
         if specs:
             self._schedule_subscribe(channel, 0.0)
+
+    def _over_bindings(self, claims: dict, adding: int, leaving: Channel | None = None) -> str | None:
+        """The stand-in's own caps (limits.py): bindings in one channel, and over every socket of
+        one user, so that one user's filters cannot slow the delivery to another."""
+        if adding > self.bindings_per_channel:
+            return f"TooManyBindings: at most {self.bindings_per_channel} postgres_changes bindings per channel"
+        user = owner(claims)
+        held = sum(len(c.specs) for s in list(self.sockets) for c in s.channels.values()
+                   if c is not leaving and c.user == user)
+        if held + adding > self.bindings_per_user:
+            return (f"TooManyBindings: at most {self.bindings_per_user} postgres_changes bindings per user"
+                    f" (this user holds {held})")
+        return None
 
     def _claims(self, token) -> dict:
         """The JWT's claims, or JoinError with the server's code and sentence."""
@@ -382,6 +427,10 @@ class Realtime:
             claims = self._claims(token)
         except JoinError as exc:
             self._shut_channel(channel, str(exc).split(": ", 1)[-1])
+            return
+        refusal = self._over_bindings(claims, len(channel.specs), leaving=channel)
+        if refusal:  # another user's token: its bindings count for that user
+            self._shut_channel(channel, refusal.split(": ", 1)[-1])
             return
         channel.token = token
         channel.role = claims["role"]

@@ -120,7 +120,8 @@ class StandIn:
     ... standin.stop()
 
     `realtime_limits` passes Realtime's quotas on (events_per_s, joins_per_s, channels_per_client,
-    tick_s, resubscribe_s; Supabase's defaults when absent); `realtime` is the running Realtime
+    tick_s, resubscribe_s, queued_bytes, bindings_per_channel, bindings_per_user; Supabase's
+    defaults and limits.py's bounds when absent); `realtime` is the running Realtime
     (its `changes.delivered` / `changes.dropped` count what the events quota let through).
     """
 
