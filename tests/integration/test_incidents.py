@@ -283,3 +283,50 @@ def test_the_cli_lists_open_incidents_and_json_parses(db_url, redis_server, secr
     missing = run_cli(env, "incidents", "--server", "ghost")
     assert missing.returncode == 2 and "no server named 'ghost'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+# ------------------------------------------------------------------------------------ dashboard
+
+def incident_tables(app) -> list:
+    return [d.value for d in app.dataframe if "First error" in d.value.columns]
+
+
+def test_the_fleet_page_shows_recent_incidents_and_the_servers_own(monkeypatch, standin, fleet, db_url):
+    from tests.support.seed import ALICE, BOB
+    from tests.support.streamlit import APP, app_test, sign_in_env
+
+    # Given pve-beta (acme) offline since 3 minutes ago, an earlier outage of pve-alpha that is over,
+    # and pve-gamma (globex) degraded
+    now = utcnow()
+    with db.connect(db_url) as conn:
+        beta = {"connection_status": "offline", "health_check_error": "The server refused the connection.",
+                "health_check_error_kind": "refused"}
+        degraded = {"connection_status": "degraded", "health_check_error": "1 of 2 cluster nodes offline",
+                    "health_check_error_kind": None}
+        online = {"connection_status": "online", "health_check_error": None, "health_check_error_kind": None}
+        conn.execute(db.q("record_incidents"), incident_arrays([
+            (fleet.servers["pve-alpha"], beta, now - timedelta(hours=2)),
+            (fleet.servers["pve-gamma"], degraded, now - timedelta(minutes=1))]))
+        conn.execute(db.q("record_incidents"), incident_arrays([
+            (fleet.servers["pve-alpha"], online, now - timedelta(hours=2) + timedelta(minutes=5))]))
+        conn.execute(db.q("record_incidents"), incident_arrays(
+            [(fleet.servers["pve-beta"], beta, now - timedelta(minutes=3))]))
+        conn.commit()
+    # When alice opens the fleet page
+    app = app_test(monkeypatch, APP, sign_in_env(standin, ALICE))
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert any(h.value == "Recent incidents" for h in app.subheader)
+    recent, alphas = incident_tables(app)
+    # Then acme's incidents are listed newest first, the open one as open, globex's not at all
+    assert recent["Server"].tolist() == ["pve-beta", "pve-alpha"]
+    assert recent["Ended"].tolist()[0] == "open" and recent["Duration"].tolist()[0].endswith("so far")
+    assert recent["Duration"].tolist()[1] == "5 min" and recent["Kind"].tolist() == ["● offline", "● offline"]
+    assert recent["First error"].tolist()[0] == "The server refused the connection."
+    # And the open server (pve-alpha, the first) shows its own
+    assert "Server" not in alphas.columns and len(alphas) == 1
+    app.selectbox(key="server").select(fleet.servers["pve-delta"]).run()
+    assert len(incident_tables(app)) == 1
+    assert any("No outages recorded." == c.value for c in app.caption)
+    # And bob sees globex's only
+    app = app_test(monkeypatch, APP, sign_in_env(standin, BOB))
+    assert incident_tables(app)[0]["Server"].tolist() == ["pve-gamma"]
