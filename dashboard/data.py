@@ -52,6 +52,13 @@ def history(client, server_id: str, hours: int = 24) -> dict:
     return call(client, "connection_history", {"p_server_id": server_id, "p_hours": hours}, name_fn=True)
 
 
+def incidents(client, server_id: str | None = None, open_only: bool = False, limit: int = 50) -> list[dict]:
+    """incidents(): outage periods newest first (of one server when given), with server_name and
+    duration_s; ended_at is null while one is open."""
+    return call(client, "incidents", {"p_server_id": server_id, "p_open_only": open_only, "p_limit": limit},
+                name_fn=True) or []
+
+
 # ---------------------------------------------------------------- guests, consoles, sessions
 def guests(client, server_id: str | None = None) -> list[dict]:
     """guests_overview(): every VM and container the user may see (of one server when given)."""

@@ -73,6 +73,28 @@ def fleet_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
     return table
 
 
+INCIDENT_COLUMNS = ["Kind", "Server", "Started", "Ended", "Duration", "First error"]
+
+
+def incident_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
+    """incidents() rows → the incident table's cells: local times, "open" for no end yet, the
+    duration so far for an open one."""
+    table = []
+    for row in rows:
+        status = row.get("status") or "offline"
+        ended = row.get("ended_at")
+        table.append({
+            "Kind": FLEET_STATUS.get(status, f"● {status}"),
+            "Server": row.get("server_name") or "",
+            "Started": timefmt.local_datetime(row.get("started_at")),
+            "Ended": timefmt.local_datetime(ended) if ended else "open",
+            "Duration": timefmt.duration(row.get("duration_s") or 0) if ended
+            else f"{timefmt.age(row.get('started_at'), now)} so far",
+            "First error": row.get("error_message") or "",
+        })
+    return table
+
+
 def size(value) -> str:
     """Bytes as GiB: '12 GiB', '1.5 GiB'; '—' for none."""
     if not value:

@@ -144,6 +144,45 @@ update public.proxmox_servers set
   learned_timeout_ms = %(learned_timeout_ms)s
 where id = %(id)s;
 
+-- name: record_incidents
+-- The incident side of the status changes of one batch, in the same transaction (one statement):
+-- a server now offline or degraded opens its incident, or — when one is open — raises its kind to the
+-- worst seen (offline beats degraded) and notes the latest error; the first error stays. A server
+-- now online closes its open incident at the recovering poll. `at` is the scheduled_at of the poll
+-- that made the change. The unique index on open incidents is the arbiter: a retried or concurrent
+-- write updates the open incident instead of opening a second one.
+with r as (
+  select * from unnest(%(server_id)s::uuid[], %(status)s::text[], %(at)s::timestamptz[], %(error_kind)s::text[],
+                       %(error_message)s::text[]) as r(server_id, status, at, error_kind, error_message)
+), closed as (
+  update public.incidents i set ended_at = r.at, updated_at = now()
+  from r
+  where r.status = 'online' and i.server_id = r.server_id and i.ended_at is null and i.started_at <= r.at
+  returning i.id
+), opened as (
+  insert into public.incidents as i (tenant_id, server_id, status, started_at, error_kind, error_message,
+                                     last_error_message)
+  select s.tenant_id, r.server_id, r.status::public.connection_status, r.at, r.error_kind, r.error_message,
+         r.error_message
+  from r join public.proxmox_servers s on s.id = r.server_id
+  where r.status in ('offline', 'degraded')
+  order by r.server_id
+  on conflict (server_id) where ended_at is null do update set
+    status = case when excluded.status = 'offline' then 'offline'::public.connection_status else i.status end,
+    error_kind = coalesce(i.error_kind, excluded.error_kind),
+    last_error_message = coalesce(excluded.last_error_message, i.last_error_message),
+    updated_at = now()
+  where excluded.status is distinct from i.status and excluded.status = 'offline'
+     or excluded.last_error_message is distinct from i.last_error_message and excluded.last_error_message is not null
+  returning i.id, (xmax = 0) as new
+)
+select (select count(*) from closed) as closed, (select count(*) from opened where new) as opened,
+       (select count(*) from opened where not new) as updated;
+
+-- name: incidents_list
+-- Incidents for the CLI, newest first (the API function, as the owner: every tenant's).
+select * from public.incidents(%(server_id)s, %(open_only)s, %(limit)s);
+
 -- name: schema_present
 select to_regclass('public.proxmox_servers') is not null as present;
 

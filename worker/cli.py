@@ -312,6 +312,38 @@ def history(name: str, hours: int = typer.Option(24, "--hours", min=1, max=720),
               f"average {fmt(sm['avgResponseTime'], ' ms')}")
 
 
+# ----------------------------------------------------------------------------------- incidents
+@app.command("incidents")
+@guarded
+def incidents(open_only: bool = typer.Option(False, "--open", help="Only the incidents still open"),
+              server: Optional[str] = typer.Option(None, "--server", help="Only this server's"),
+              tenant: Optional[str] = typer.Option(None, "--tenant", help="The tenant of --server"),
+              limit: int = typer.Option(50, "--limit", min=1, max=1000, help="At most this many, newest first"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Outage periods, newest first: when a server went offline or degraded, when it recovered, why."""
+    with database() as (_, conn):
+        sid = admin.find_server(conn, server, tenant)["id"] if server is not None else None
+        rows = conn.execute(db.q("incidents_list"), {"server_id": sid, "open_only": open_only,
+                                                     "limit": limit}).fetchall()
+    if as_json:
+        print(json.dumps([{**r, "id": str(r["id"]), "server_id": str(r["server_id"]),
+                           "tenant_id": str(r["tenant_id"]),
+                           "started_at": r["started_at"].isoformat(),
+                           "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None} for r in rows],
+                         indent=2))
+        return
+    if not rows:
+        out.print("no open incidents" if open_only else "no incidents")
+        return
+    table = Table("server", "kind", "started (UTC)", "ended (UTC)", "duration", "first error")
+    for r in rows:
+        table.add_row(escape(r["server_name"]), f"[{STATUS_STYLE[r['status']]}]{r['status']}[/]",
+                      f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
+                      f"{r['ended_at']:%Y-%m-%d %H:%M:%S}" if r["ended_at"] else "[red]open[/red]",
+                      span(r["duration_s"]), escape(r["error_message"] or "–"))
+    out.print(table)
+
+
 # ------------------------------------------------------------------------------ up, demo, env
 @app.command("up")
 @guarded
@@ -383,6 +415,21 @@ def ago(when: datetime | None) -> str:
     if secs < 3600:
         return f"{int(secs // 60)} min ago"
     return f"{int(secs // 3600)} h ago"
+
+
+def span(seconds: int | None) -> str:
+    """A duration in its two largest units: 45 s, 12 min 5 s, 3 h 20 min, 2 d 4 h."""
+    if seconds is None:
+        return "–"
+    s = max(0, int(seconds))
+    units = ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
+    i = next(i for i, (size, _) in enumerate(units) if s >= size or size == 1)
+    size, name = units[i]
+    text = f"{s // size} {name}"
+    if size > 1:
+        smaller, smaller_name = units[i + 1]
+        text += f" {s % size // smaller} {smaller_name}"
+    return text
 
 
 def main() -> None:

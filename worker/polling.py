@@ -6,7 +6,8 @@ Steps of a poll:
    connection-level failure), timing each call;
 3. hand the result to the Recorder, which writes the metric row and rewrites the server row
    only when something a person sees changes (or "last checked" is older than
-   PROXWATCH_STATUS_REFRESH, five minutes by default).
+   PROXWATCH_STATUS_REFRESH, five minutes by default) — and, in the same transaction, opens,
+   raises or closes the server's incident when its status moves to or from offline/degraded.
 
 A failed poll is a result, not an error: it becomes a metric row with error_kind and a sentence.
 Database errors propagate, so the actor retries them.
@@ -44,6 +45,8 @@ MIN_TIMEOUT_SAMPLES = 5  # successful polls needed before the timeout is learned
 WRITE_RETRY_S = 90
 # The errors of an unreachable database (as opposed to a bad statement).
 DB_DOWN = (psycopg.OperationalError, PoolTimeout)
+# The statuses an incident is open for (worst first); see the migration `incidents`.
+PROBLEM = ("offline", "degraded")
 TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings before reading them again
 
 
@@ -112,8 +115,23 @@ def next_status(current: dict, flags: list[bool], latest: PollResult | None, off
     return status
 
 
+def incident_arrays(changes: list[tuple]) -> dict:
+    """The parameters of `record_incidents` for (server id, new status, poll time) changes: an
+    offline server's incident carries the poll's error kind and message, a degraded one its reasons."""
+    return {
+        "server_id": [sid for sid, _, _ in changes],
+        "status": [status["connection_status"] for _, status, _ in changes],
+        "at": [at for _, _, at in changes],
+        "error_kind": [status["health_check_error_kind"] if status["connection_status"] == "offline" else None
+                       for _, status, _ in changes],
+        "error_message": [status["health_check_error"] if status["connection_status"] in PROBLEM else None
+                          for _, status, _ in changes],
+    }
+
+
 class Recorder:
-    """Writes poll results: metric rows, then the status rows that change — all in one transaction.
+    """Writes poll results: metric rows, then the status rows that change and their incidents — all in
+    one transaction.
 
     `write(results)` writes a batch now. `record(result)` is group commit for worker threads: each
     caller waits until its row is committed (so an acknowledged message is a stored row), while
@@ -201,6 +219,7 @@ class Recorder:
                 rows = conn.execute(db.q("status_inputs"), {"ids": ids}).fetchall()
                 updates = []
                 refresh_due = []
+                incidents = []  # (server id, new status, the time of the poll that made it so)
                 for row in rows:
                     sid = str(row["id"])
                     latest = newest.get(sid)
@@ -210,6 +229,8 @@ class Recorder:
                     changed = any(status[k] != row[k] for k in VISIBLE)
                     stale = row["last_health_check_at"] is None or \
                         now - row["last_health_check_at"] >= timedelta(seconds=self.settings.status_refresh_s)
+                    if changed and (status["connection_status"] in PROBLEM or row["connection_status"] in PROBLEM):
+                        incidents.append((row["id"], status, row["newest"]))
                     if changed or stale:
                         connected = row["last_connected_at"]
                         if (row["flags"] or [False])[0]:
@@ -228,6 +249,9 @@ class Recorder:
                             u["learned_timeout_ms"] = learned_timeout(s["p95_ms"], s["samples"], self.settings)
                     with conn.cursor() as cur:
                         cur.executemany(db.q("update_status"), updates)
+                if incidents:
+                    # The incident rows of these status changes, in the same transaction.
+                    conn.execute(db.q("record_incidents"), incident_arrays(incidents))
                 return len(inserted)
 
 

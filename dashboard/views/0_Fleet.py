@@ -1,8 +1,9 @@
-"""Fleet: the fleet table and, per server, the 24 h history chart and its operations, live.
+"""Fleet: the fleet table, recent incidents and, per server, the 24 h history chart, its incidents and
+its operations, live.
 
 Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
-rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, and the
-open server's metric rows), or every PROXWATCH_DASHBOARD_REFRESH seconds (60) while the live
+rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, its
+incidents, and the open server's metric rows), or every PROXWATCH_DASHBOARD_REFRESH seconds (60) while the live
 connection is down. The home page: it has the sign-in form.
 """
 
@@ -85,7 +86,32 @@ def _server_detail(client, row: dict) -> None:
                    "Grey bands: hours without polls (no data). Times are in your local time zone.")
     else:
         st.info("No polls recorded for this server in the last 24 hours.")
+    _incidents(client, f"Incidents of {plain(row['name'])}", row["id"])
     ops_ui.server_operations(client, row)  # Test SSH, Restart Service, Renew Certificate
+
+
+RECENT_INCIDENTS = 10  # fleet-wide rows on the page; a server's own list shows as many
+
+
+def _incidents(client, title: str, server_id: str | None = None) -> None:
+    """The latest incidents (of one server, or of every server the user may see): when it went
+    offline or degraded, when it recovered, for how long, the first error. Cells are literal text."""
+    st.subheader(title)
+    try:
+        rows = _last_good(f"pw_last_incidents_{server_id or 'fleet'}",
+                          lambda: data.incidents(client, server_id, limit=RECENT_INCIDENTS))
+    except data.DataError as exc:
+        st.error(plain(exc))
+        return
+    if not rows:
+        st.caption("No outages recorded." if server_id else "No outages recorded for any server.")
+        return
+    frame = pd.DataFrame(tables.incident_rows(rows), columns=tables.INCIDENT_COLUMNS)
+    if server_id:
+        frame = frame.drop(columns=["Server"])
+    st.dataframe(frame, hide_index=True, width="stretch")
+    open_count = sum(1 for r in rows if not r.get("ended_at"))
+    st.caption((f"{open_count} still open. " if open_count else "") + "Times are in your local time zone.")
 
 
 def _announce(rows: list[dict]) -> None:
@@ -136,6 +162,9 @@ def _fleet_view(client, feeds: list) -> None:
     _status_counts(rows)
     st.subheader("Fleet")
     _fleet_table(rows)
+    # Outage periods of every server, opened and closed by the worker with the status change.
+    feeds.append(live.watch(st.session_state, [("incidents", None)]))
+    _incidents(client, "Recent incidents")
 
     tenants = {row.get("tenant_name") for row in rows}
     by_id = {row["id"]: row for row in rows}

@@ -70,3 +70,17 @@ def test_ago_in_words():
     assert timefmt.relative_time(NOW - timedelta(days=4, hours=3), NOW) == "4 d ago"
     assert timefmt.relative_time(NOW + timedelta(seconds=3), NOW) == "0 s ago"   # a clock a little ahead
     assert timefmt.relative_time(None, NOW) == "never"
+
+
+def test_an_incident_row_reads_open_with_its_duration_so_far_or_its_end_in_local_time(in_berlin):
+    from dashboard import tables
+
+    open_one, closed = tables.incident_rows([
+        {"status": "offline", "server_name": "pve1", "started_at": "2026-11-22T11:40:00Z", "ended_at": None,
+         "duration_s": 1200, "error_message": "refused"},
+        {"status": "degraded", "server_name": "pve2", "started_at": "2026-11-22T08:00:00Z",
+         "ended_at": "2026-11-22T09:05:30Z", "duration_s": 3930, "error_message": None}], now=NOW)
+    assert open_one == {"Kind": "● offline", "Server": "pve1", "Started": "2026-11-22 12:40:00", "Ended": "open",
+                        "Duration": "20 min so far", "First error": "refused"}
+    assert (closed["Kind"], closed["Ended"], closed["Duration"], closed["First error"]) == \
+        ("● degraded", "2026-11-22 10:05:30", "1 h 5 min", "")
