@@ -272,7 +272,7 @@ def env() -> None:
     s = settings_mod.load()
     ep = runtime.endpoints(s)
     print(f"DATABASE_URL={ep.database_url}")
-    print(f"REDIS_URL={ep.redis_url}")
+    print(f"REDIS_URL={ep.redis or ''}")
     print(f"SUPABASE_URL={ep.supabase_url or ''}")
     print(f"SUPABASE_ANON_KEY={ep.anon_key or ''}")
     if s.embedded and not port_in_use(s.pg_port):

@@ -111,14 +111,15 @@ VARS: dict[str, Var] = {v.name: v for v in (
         shown_default="`~/.local/share/proxwatch` (root: `/var/lib/proxwatch`)"),
     Var("DATABASE_URL", None, "Supabase mode: the Postgres the workers write to (direct or session pooler). "
         "Unset: embedded mode.", _url("postgres", "postgresql", what="a postgresql:// URL")),
-    Var("REDIS_URL", None, "The Dramatiq broker. Required with DATABASE_URL.",
+    Var("REDIS_URL", None, "The Dramatiq broker. With DATABASE_URL: needed by the worker, the scheduler and "
+        "commands that hand work to them (`ops request`); listings and `db migrate` do without.",
         _url("redis", "rediss", "unix", what="a redis:// URL")),
     Var("SUPABASE_URL", None, "The dashboard's Supabase project (REST RPC, Auth, Realtime).",
         _url("http", "https", what="an http(s):// URL")),
     Var("SUPABASE_ANON_KEY", None, "The project's anon key (the dashboard signs users in with it)."),
     Var("SUPABASE_SERVICE_ROLE_KEY", None, "Lets `users add` create users through the Supabase Auth admin API."),
-    Var("PROXWATCH_SECRET_KEY", None, "Fernet key that encrypts stored credentials. Required with DATABASE_URL; "
-        "embedded mode generates one."),
+    Var("PROXWATCH_SECRET_KEY", None, "Fernet key that encrypts stored credentials. With DATABASE_URL: needed by "
+        "whatever stores or uses them (worker, gateway, `servers add`, `poll --once`); embedded mode generates one."),
     Var("PROXWATCH_JWT_SECRET", None, "The stand-in's JWT signing secret (set by `proxwatch up` for its child)."),
     # -- embedded mode's ports (loopback)
     Var("PROXWATCH_PG_PORT", 54329, "Embedded Postgres port.", _PORT),
