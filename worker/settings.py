@@ -15,6 +15,7 @@ the documentation cannot drift from the code. No other module reads the environm
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -126,6 +127,9 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_REDIS_PORT", 6389, "Embedded Redis port.", _PORT),
     Var("PROXWATCH_SUPABASE_PORT", 54321, "Embedded Supabase stand-in port (REST RPC, Auth, Realtime).", _PORT),
     Var("PROXWATCH_WEB_PORT", 8501, "The dashboard's port under `proxwatch up` / `demo`.", _PORT),
+    Var("PROXWATCH_WEB_HOST", "127.0.0.1", "The address the dashboard listens on under `proxwatch up` / `demo`. "
+        "Embedded mode signs browsers in as the local admin only on a loopback address; on any other, "
+        "everyone signs in."),
     # -- polling
     Var("PROXWATCH_POLL_INTERVAL", 10, "Seconds between polls of a new server (each server keeps its own).",
         _integer(2, 3600)),
@@ -165,7 +169,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
         _url("http", "https", what="an http(s):// URL"),
         shown_default="`http://127.0.0.1:$PROXWATCH_GATEWAY_PORT`"),
     # -- dashboard
-    Var("PROXWATCH_DASHBOARD_EMAIL", None, "Embedded mode: the local admin the dashboard signs in as."),
+    Var("PROXWATCH_DASHBOARD_EMAIL", None, "Embedded mode: the local admin the dashboard signs in as by itself "
+        "(only while it listens on a loopback address; `proxwatch up` sets it then)."),
     Var("PROXWATCH_DASHBOARD_PASSWORD", None, "Embedded mode: that admin's password."),
     Var("PROXWATCH_DASHBOARD_REFRESH", 60, "Seconds between the dashboard's re-reads while Realtime is down.",
         _integer(5, 3600)),
@@ -247,6 +252,7 @@ class Settings:
     redis_port: int = env("PROXWATCH_REDIS_PORT")
     standin_port: int = env("PROXWATCH_SUPABASE_PORT")
     web_port: int = env("PROXWATCH_WEB_PORT")
+    web_host: str = env("PROXWATCH_WEB_HOST")
     default_interval_s: int = env("PROXWATCH_POLL_INTERVAL")
     offline_after: int = env("PROXWATCH_OFFLINE_AFTER")
     status_refresh_s: int = env("PROXWATCH_STATUS_REFRESH")
@@ -267,6 +273,20 @@ class Settings:
     def embedded(self) -> bool:
         """True when proxwatch must start its own Postgres (DATABASE_URL unset)."""
         return not self.database_url
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost); False for any
+    other, for 0.0.0.0 / :: (every interface) and for none (a server's default: every interface)."""
+    if not host:
+        return False
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_home() -> Path:

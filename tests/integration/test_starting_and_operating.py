@@ -137,3 +137,31 @@ def test_a_second_up_on_the_same_home_is_refused_with_a_sentence(new_home):
         proc = run_cli(env, "up", timeout=120)
     assert proc.returncode == 2 and "is running on" in proc.stderr and "Traceback" not in proc.stderr
     assert not (home / "postgres").exists()
+
+
+# ---------------------------------------------- the dashboard signs in by itself on loopback only
+def test_on_loopback_the_local_admin_is_signed_in_and_the_page_says_why(monkeypatch, standin, fleet):
+    from tests.support.seed import ALICE
+    from tests.support.streamlit import APP, app_test, sign_in_env
+
+    app = app_test(monkeypatch, APP, sign_in_env(standin, ALICE), address="127.0.0.1")
+    assert len(app.table) == 1, [e.value for e in app.error]
+    assert f"Signed in automatically as {ALICE[0]} because the dashboard only listens on this machine " \
+           "(127.0.0.1)." in [c.value for c in app.caption]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.0.2.7", "::", None])
+def test_on_any_other_address_everyone_signs_in(monkeypatch, standin, fleet, address):
+    from tests.support.seed import ALICE
+    from tests.support.streamlit import APP, app_test, sign_in_env
+
+    # Given the local admin's credentials in the environment, and a dashboard reachable from elsewhere …
+    app = app_test(monkeypatch, APP, sign_in_env(standin, ALICE), address=address)
+    # … nobody is signed in: the sign-in form, and a sentence saying why.
+    assert not app.table
+    assert [b.label for b in app.button] == ["Sign in"]
+    assert len(app.info) == 1 and "Nobody is signed in automatically" in app.info[0].value
+    app.text_input[0].input(ALICE[0])
+    app.text_input[1].input(ALICE[1])
+    app.button[0].click().run()
+    assert len(app.table) == 1 and f"Signed in as {ALICE[0]}" in [c.value for c in app.caption]

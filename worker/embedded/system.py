@@ -26,7 +26,7 @@ import psycopg
 
 from worker import admin, db, runtime
 from worker.embedded.services import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, load_secrets, port_in_use
-from worker.settings import Settings
+from worker.settings import Settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,10 @@ def child_env(s: Settings, ep: runtime.Endpoints) -> dict:
         env["SUPABASE_URL"] = ep.supabase_url
     if ep.anon_key:
         env["SUPABASE_ANON_KEY"] = ep.anon_key
-    if s.embedded:
+    for name in ("PROXWATCH_DASHBOARD_EMAIL", "PROXWATCH_DASHBOARD_PASSWORD"):
+        env.pop(name, None)
+    if s.embedded and is_loopback(s.web_host):
+        # Whoever reaches a loopback address is on this machine already; anywhere else, people sign in.
         env.update(PROXWATCH_DASHBOARD_EMAIL=ep.admin_email, PROXWATCH_DASHBOARD_PASSWORD=ep.admin_password)
     return env
 
@@ -131,7 +134,7 @@ def processes(s: Settings) -> dict[str, list[str]]:
         "scheduler": [py, "-m", "worker.scheduler"],
         "console": [py, "-m", "worker.gateway"],
         "web": [py, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
-                "--server.address", "127.0.0.1", "--server.port", str(s.web_port),
+                "--server.address", s.web_host, "--server.port", str(s.web_port),
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
     }
 
@@ -188,12 +191,16 @@ def run(s: Settings, demo: bool = False) -> None:
             children[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True)
         stack.callback(_stop_children, children)
-        print(f"proxwatch: dashboard at http://127.0.0.1:{s.web_port}  (logs in {logdir}; Ctrl-C stops)",
+        web = f"[{s.web_host}]" if ":" in s.web_host else s.web_host
+        print(f"proxwatch: dashboard at http://{web}:{s.web_port}  (logs in {logdir}; Ctrl-C stops)",
               flush=True)
         print(f"proxwatch: console gateway at http://{s.gateway.host}:{s.gateway.port}", flush=True)
-        if s.embedded:
+        if s.embedded and is_loopback(s.web_host):
             print(f"proxwatch: signed in automatically as {ep.admin_email} (password in {s.home}/secrets.json)",
                   flush=True)
+        elif s.embedded:
+            print(f"proxwatch: the dashboard listens on {s.web_host}, so everyone signs in: the local admin is "
+                  f"{ep.admin_email} (password in {s.home}/secrets.json)", flush=True)
         try:
             while True:
                 for name, proc in children.items():
