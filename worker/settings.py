@@ -65,6 +65,20 @@ def _url(*schemes: str, what: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _networks(name: str, raw: str) -> tuple:
+    """A comma-separated list of addresses or CIDR networks (`10.0.0.0/8, fd00::/8, 192.0.2.1`)."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"Unexpected value {name}={raw!r}: {item!r} is not an address or a network; "
+                                "use addresses or CIDR networks separated by commas.") from None
+    return tuple(out)
+
+
 def _path(name: str, raw: str) -> Path:
     path = Path(raw.strip()).expanduser()
     return path if path.is_absolute() else Path.cwd() / path
@@ -165,6 +179,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         _integer(2, 600)),
     Var("PROXWATCH_GATEWAY_TRUST_PROXY", False, "Take the client address from X-Forwarded-For (only behind a proxy).",
         _boolean),
+    Var("PROXWATCH_GATEWAY_TRUSTED_PROXIES", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        "With PROXWATCH_GATEWAY_TRUST_PROXY: the proxies (addresses or CIDR networks, comma-separated) whose "
+        "X-Forwarded-For entries are believed; the client is the right-most address that is not one of them.",
+        _networks, shown_default="`127.0.0.0/8, ::1/128`"),
     Var("PROXWATCH_GATEWAY_URL", None, "The gateway as browsers reach it (the dashboard's console links).",
         _url("http", "https", what="an http(s):// URL"),
         shown_default="`http://127.0.0.1:$PROXWATCH_GATEWAY_PORT`"),
@@ -206,6 +224,7 @@ class GatewaySettings:
     ping_s: int = env("PROXWATCH_GATEWAY_PING_S")
     heartbeat_s: int = env("PROXWATCH_SESSION_HEARTBEAT_S")
     trust_proxy: bool = env("PROXWATCH_GATEWAY_TRUST_PROXY")
+    trusted_proxies: tuple = env("PROXWATCH_GATEWAY_TRUSTED_PROXIES")
     public_url: str | None = env("PROXWATCH_GATEWAY_URL")
 
     @property
