@@ -124,6 +124,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
     # -- where the services are
     Var("PROXWATCH_HOME", None, "Embedded mode keeps Postgres, Redis and its generated secrets here.", _path,
         shown_default="`~/.local/share/proxwatch` (root: `/var/lib/proxwatch`)"),
+    Var("XDG_DATA_HOME", None, "Without PROXWATCH_HOME, a normal user's embedded data goes to "
+        "`$XDG_DATA_HOME/proxwatch`.", _path, shown_default="`~/.local/share`"),
     Var("DATABASE_URL", None, "Supabase mode: the Postgres the workers write to (direct or session pooler). "
         "Unset: embedded mode.", _url("postgres", "postgresql", what="a postgresql:// URL")),
     Var("REDIS_URL", None, "The Dramatiq broker. With DATABASE_URL: needed by the worker, the scheduler and "
@@ -260,6 +262,7 @@ class RealtimeSettings:
 @dataclass(frozen=True)
 class Settings:
     home: Path = env("PROXWATCH_HOME")
+    xdg_data_home: Path | None = env("XDG_DATA_HOME")
     database_url: str | None = env("DATABASE_URL")
     redis_url: str | None = env("REDIS_URL")
     supabase_url: str | None = env("SUPABASE_URL")
@@ -308,22 +311,22 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def default_home() -> Path:
+def default_home(xdg_data_home: Path | None = None) -> Path:
     """Where embedded mode keeps its data when PROXWATCH_HOME is unset.
 
-    A normal user gets ~/.local/share/proxwatch. Root gets /var/lib/proxwatch: Postgres refuses to
-    run as root, so the embedded server runs as the 'postgres' user, which cannot enter /root.
+    A normal user gets ~/.local/share/proxwatch ($XDG_DATA_HOME/proxwatch). Root gets
+    /var/lib/proxwatch: Postgres refuses to run as root, so the embedded server runs as the
+    'postgres' user, which cannot enter /root.
     """
     if os.geteuid() == 0:
         return Path("/var/lib/proxwatch")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "proxwatch"
+    return (xdg_data_home or Path(os.path.expanduser("~")) / ".local" / "share") / "proxwatch"
 
 
 def load() -> Settings:
     """Every variable read and checked now; SettingsError with one sentence for the first bad one."""
     s = _build(Settings)
-    return s if s.home else replace(s, home=default_home())
+    return s if s.home else replace(s, home=default_home(s.xdg_data_home))
 
 
 def _build(cls):
