@@ -48,8 +48,12 @@ BOOTSTRAP_LOCK, UP_LOCK = "bootstrap.lock", "up.lock"
 def home_lock(s: Settings, name: str, *, wait: bool = True) -> Iterator[bool]:
     """An exclusive lock on <home>/<name> (flock: the kernel drops it when the process ends, however
     it ends). Yields True once held; with wait=False, False at once when another process holds it."""
-    s.home.mkdir(parents=True, exist_ok=True)
-    with open(s.home / name, "a") as handle:
+    try:
+        s.home.mkdir(parents=True, exist_ok=True)
+        handle = open(s.home / name, "a")
+    except OSError as exc:
+        raise EmbeddedError(f"cannot use {s.home} as PROXWATCH_HOME: {exc.strerror or exc}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
