@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from dashboard import data, session, timefmt
+from dashboard.text import plain
 from worker.consoles import pve_console_url
 
 PROTOCOLS = {"vnc": "VNC", "term": "Terminal", "ssh": "SSH"}
@@ -72,11 +73,11 @@ def open_console(client, key: str, server_id: str, protocol: str, vmid=None, nod
 def console_link(key: str) -> None:
     """The console link made by a button, while it is valid (60 s, once)."""
     if st.session_state.get(f"{key}-error"):
-        st.error(st.session_state[f"{key}-error"])
+        st.error(plain(st.session_state[f"{key}-error"]))
     found = st.session_state.get(LINKS_KEY, {}).get(key)
     if found and found[0] > time.monotonic():
         link = found[1]
-        st.link_button(f"Open {link['target']} in a new tab ↗", console_url(link["token"]),
+        st.link_button(f"Open {plain(link['target'])} in a new tab ↗", console_url(link["token"]),
                        type="primary", icon=":material/open_in_new:")
         st.caption("The link works once, within 60 seconds.")
 
@@ -89,7 +90,7 @@ def sidebar(client, top: int = 5) -> None:
     try:
         rows = data.active_connections(client, limit=200)
     except data.DataError as exc:
-        bar.caption(str(exc))
+        bar.caption(plain(exc))
         return
     if not rows:
         bar.caption("No console or SSH session is open. Starting a connection (a console from the Guests "
@@ -103,4 +104,4 @@ def sidebar(client, top: int = 5) -> None:
         session.page_link(bar, session.CONNECTIONS_PAGE, f"{PROTOCOLS.get(protocol, protocol)} ({count})",
                           ICONS.get(protocol), connections_query(None, protocol))
         for row in shown:
-            bar.caption(f"{session_line(row)} — {timefmt.live_since(row['started_at'])}")
+            bar.caption(plain(f"{session_line(row)} — {timefmt.live_since(row['started_at'])}"))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import httpx
 from postgrest.exceptions import APIError
 
+from worker.errors import ProxwatchError
+
 EXPIRED = ("PGRST301", "PGRST303")  # PostgREST: JWT expired / invalid
 
 
-class DataError(Exception):
+class DataError(ProxwatchError):
     """The dashboard could not read from the API; the message is one sentence for the page."""
 
 
@@ -54,6 +56,12 @@ def history(client, server_id: str, hours: int = 24) -> dict:
 def guests(client, server_id: str | None = None) -> list[dict]:
     """guests_overview(): every VM and container the user may see (of one server when given)."""
     return call(client, "guests_overview", {"p_server_id": server_id} if server_id else {}) or []
+
+
+def guest_syncs(client) -> list[dict]:
+    """guest_sync_status(): the last guest sync of each server the user may see — its error and
+    the malformed entries of PVE's answer it skipped."""
+    return call(client, "guest_sync_status") or []
 
 
 def console_nodes(client) -> list[dict]:

@@ -21,7 +21,6 @@ countdown.
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 import streamlit as st
 
 from dashboard import data, live, timefmt
+from dashboard.text import plain
 
 log = logging.getLogger("proxwatch.ops_ui")
 
@@ -168,7 +168,7 @@ def _flash(key: str, message: str, kind: str) -> None:
 def _show_flash(key: str) -> None:
     kind, message = st.session_state.get(FLASH_KEY, {}).pop(key, (None, None))
     if message:
-        {"info": st.info, "error": st.error, "success": st.success}[kind](message)
+        {"info": st.info, "error": st.error, "success": st.success}[kind](plain(message))
 
 
 def _press(client, server_id: str, op_type: str, params: dict, flash_key: str) -> None:
@@ -197,11 +197,11 @@ def operation_button(client, server_id: str, op_type: str, params: dict, state: 
                                   type="primary" if shown.kind == "failed" else "secondary",
                                   help=help_text if help_text and (disabled or not can_operate) else None)
     if shown.kind == "active":
-        st.progress((shown.progress or 0) / 100, text=shown.caption)
+        st.progress((shown.progress or 0) / 100, text=plain(shown.caption))
     elif shown.kind == "success":
-        st.success(shown.caption or "Done", icon=":material/check_circle:")
+        st.success(plain(shown.caption or "Done"), icon=":material/check_circle:")
     elif shown.kind == "failed":
-        st.error(f"{shown.caption}: {shown.error}", icon=":material/error:")
+        st.error(plain(f"{shown.caption}: {shown.error}"), icon=":material/error:")
     _show_flash(key)
     if pressed and not disabled:
         _press(client, server_id, op_type, params, key)
@@ -226,7 +226,8 @@ def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
     ssh_col, restart_col, cert_col = st.columns(3)
     with ssh_col:
         ssh_ok = bool(opts.get("sshConfigured"))
-        no_ssh = f"No SSH access set yet: `proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …`"
+        command = f"proxwatch ops ssh-set {server.get('name', 'SERVER')} --host …"
+        no_ssh = f"No SSH access set yet: {plain(command)}"
         operation_button(client, sid, "ssh_test", dict(base), pick_state(rows, "ssh_test", node), can,
                          key=f"ops-{sid}-ssh_test-{node or ''}", enabled=ssh_ok,
                          help_text=viewer_help if not can else no_ssh)
@@ -235,7 +236,7 @@ def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
             st.caption(no_ssh)
         elif last and last.get("status") == "completed" and (last.get("metadata") or {}).get("latency_ms") is not None:
             meta = last["metadata"]
-            st.caption(f"Last test: pve-manager {meta.get('version')}, {meta['latency_ms']} ms")
+            st.caption(plain(f"Last test: pve-manager {meta.get('version')}, {meta['latency_ms']} ms"))
     with restart_col:
         services = opts.get("services") or ["pveproxy"]
         pick, press = st.columns([1, 1.4])
@@ -247,7 +248,7 @@ def _server_panel(client, server: dict, opts: dict, rows: list[dict]) -> None:
         others = [r for r in rows if r.get("operation_type") == "service_restart" and r.get("status") in RUNNING
                   and (r.get("params") or {}).get("service") != service]
         for r in others:
-            st.caption(f"Also running: {html.escape(r.get('message') or r.get('target') or '')} ({r.get('progress')}%)")
+            st.caption(plain(f"Also running: {r.get('message') or r.get('target') or ''} ({r.get('progress')}%)"))
     with cert_col:
         operation_button(client, sid, "certificate_renewal", dict(base), pick_state(rows, "certificate_renewal", node),
                          can, key=f"ops-{sid}-certificate_renewal-{node or ''}", help_text=viewer_help)
@@ -260,7 +261,7 @@ def _panel(client, server: dict, rows: list[dict] | None = None) -> bool:
         opts = data.operation_options(client, sid)
         rows = data.operation_states(client, sid) if rows is None else rows
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return False
     _server_panel(client, server, opts, rows)
     return needs_ticking(rows)
@@ -280,7 +281,7 @@ def server_operations(client, server: dict) -> None:
     try:
         rows = data.operation_states(client, sid)
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     if needs_ticking(rows):
         _ticking_panel(client, server)

@@ -20,6 +20,7 @@ from supabase_auth.errors import AuthApiError, AuthError
 
 from dashboard import live
 from dashboard.data import DataError, unreachable
+from dashboard.text import plain
 from worker import settings
 from worker.settings import SettingsError
 
@@ -155,7 +156,7 @@ def _sign_in_form(client: Client) -> None:
             try:
                 sign_in(client, email, password)
             except DataError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
                 st.session_state.pop(SIGNED_OUT_KEY, None)
                 st.rerun()
@@ -164,10 +165,10 @@ def _sign_in_form(client: Client) -> None:
 def _account_bar(client: Client, email: str, cfg: Config) -> None:
     left, right = st.columns([5, 1], vertical_alignment="center")
     if cfg.auto_sign_in and email == cfg.email.strip().lower():
-        left.caption(f"Signed in automatically as {email} because the dashboard only listens on this machine "
-                     f"({cfg.address}).")
+        left.caption(f"Signed in automatically as {plain(email)} because the dashboard only listens on this "
+                     f"machine ({plain(cfg.address)}).")
     else:
-        left.caption(f"Signed in as {email}")
+        left.caption(f"Signed in as {plain(email)}")
     if right.button("Sign out", width="stretch"):
         live.forget(st.session_state)
         sign_out(client)
@@ -186,7 +187,7 @@ def signed_in(*, home: bool = False) -> Client | None:
         cfg = config()
         cfg.check()
     except DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return None
     client = session_client(st.session_state, cfg)
     email = signed_in_email(client)
@@ -194,7 +195,7 @@ def signed_in(*, home: bool = False) -> Client | None:
         try:
             email = sign_in(client, cfg.email, cfg.password)
         except DataError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return None
     if email is None:
         if not home:
@@ -204,7 +205,7 @@ def signed_in(*, home: bool = False) -> Client | None:
         if st.session_state.get(SIGNED_OUT_KEY):
             st.info("You are signed out.")
         elif cfg.email and cfg.password and not cfg.auto_sign_in:
-            st.info(f"Nobody is signed in automatically: the dashboard listens on {cfg.address or 'every address'}, "
+            st.info(f"Nobody is signed in automatically: the dashboard listens on {plain(cfg.address or 'every address')}, "
                     "not only on this machine. Sign in (the local admin's password is in secrets.json).")
         _sign_in_form(client)
         return None
@@ -222,4 +223,4 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
             body(client)
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
-        st.error(f"The {what} hit an unexpected error: {exc}")
+        st.error(f"The {what} hit an unexpected error: {plain(exc)}")

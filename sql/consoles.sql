@@ -39,22 +39,25 @@ delete from public.guests where server_id = %(server_id)s and not (vmid = any(%(
 returning vmid;
 
 -- name: record_guest_sync
--- The outcome of one sync (error_kind null: it worked). Not published.
+-- The outcome of one sync (error_kind null: it worked; skipped: malformed entries of PVE's answer
+-- left out, null when PVE could not be asked). Not published.
 insert into public.guest_syncs as y (server_id, tenant_id, last_attempt_at, last_success_at, guest_count,
-                                     error_kind, error_message)
+                                     error_kind, error_message, skipped, skipped_detail)
 select s.id, s.tenant_id, now(), case when %(error_kind)s::text is null then now() end, %(guest_count)s,
-       %(error_kind)s, %(error_message)s
+       %(error_kind)s, %(error_message)s, coalesce(%(skipped)s::integer, 0), %(skipped_detail)s
 from public.proxmox_servers s where s.id = %(server_id)s
 on conflict (server_id) do update set
   last_attempt_at = excluded.last_attempt_at,
   last_success_at = coalesce(excluded.last_success_at, y.last_success_at),
   guest_count = coalesce(excluded.guest_count, y.guest_count),
-  error_kind = excluded.error_kind, error_message = excluded.error_message;
+  error_kind = excluded.error_kind, error_message = excluded.error_message,
+  skipped = case when %(skipped)s::integer is null then y.skipped else excluded.skipped end,
+  skipped_detail = case when %(skipped)s::integer is null then y.skipped_detail else excluded.skipped_detail end;
 
 -- name: guests_list
 -- The CLI's guest list (service role: every tenant, or one).
 select t.name as tenant, s.name as server, g.vmid, g.guest_type, g.node, g.name, g.status, g.tags, g.cpu_pct,
-       g.mem_pct, g.maxmem, g.started_at, y.last_success_at, y.error_message
+       g.mem_pct, g.maxmem, g.started_at, y.last_success_at, y.error_message, y.skipped, y.skipped_detail
 from public.guests g
 join public.proxmox_servers s on s.id = g.server_id
 join public.tenants t on t.id = g.tenant_id

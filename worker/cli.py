@@ -9,10 +9,12 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker import admin, db, runtime, settings as settings_mod
@@ -35,7 +37,38 @@ err = Console(stderr=True)
 STATUS_STYLE = {"online": "green", "degraded": "yellow", "offline": "red", "unknown": "dim"}
 
 
-from worker.cli_common import database, fail, guarded  # noqa: E402  (shared with the other groups)
+from worker.cli_common import STDIN, SecretError, database, fail, guarded, read_secret  # noqa: E402
+
+SECRET_HELP = "'-' reads it from standard input (or use the -stdin / -file options, or the environment)"
+
+
+def _token_options():
+    return (typer.Option(None, "--token", help=f"USER@REALM!TOKENID=SECRET (preferred); {SECRET_HELP}"),
+            typer.Option(None, "--token-file", help="Read the API token from this file (its first line)"),
+            typer.Option(False, "--token-stdin", help="Read the API token from standard input"))
+
+
+def _password_options(what: str, rule: str = ""):
+    return (typer.Option(None, "--password", help=f"The {what}{rule}; {SECRET_HELP}"),
+            typer.Option(None, "--password-file", help=f"Read the {what} from this file (its first line)"),
+            typer.Option(False, "--password-stdin", help=f"Read the {what} from standard input"))
+
+
+def server_secrets(token, token_file, token_stdin, user, password, password_file, password_stdin,
+                   use_environment: bool = True) -> tuple[str | None, str | None]:
+    """(token, password) from the options, standard input, files — or, when use_environment and no
+    option gives them, $PROXWATCH_PVE_TOKEN (without --user) / $PROXWATCH_PVE_PASSWORD (with --user)."""
+    if (token_stdin or token == STDIN) and (password_stdin or password == STDIN):
+        raise SecretError("only one secret can come from standard input: give the other with a -file option")
+    env = settings_mod.load().cli_secrets if use_environment else None
+    token_given = token is not None or token_file is not None or token_stdin
+    password_given = password is not None or password_file is not None or password_stdin
+    token = read_secret("API token", token, from_stdin=token_stdin, file=token_file, env_name="PROXWATCH_PVE_TOKEN",
+                        env_value=env.pve_token if env and not user and not password_given else None)
+    password = read_secret("password", password, from_stdin=password_stdin, file=password_file,
+                           env_name="PROXWATCH_PVE_PASSWORD",
+                           env_value=env.pve_password if env and user and not token_given else None)
+    return token, password
 
 
 # ------------------------------------------------------------------------------------------ db
@@ -65,7 +98,7 @@ def tenants_add(name: str) -> None:
         row = admin.add_tenant(conn, name)
         if settings_mod.load().embedded:
             system.ensure_local_admin(conn, ep)
-    out.print(f"tenant [bold]{row['name']}[/bold] created ({row['id']})")
+    out.print(f"tenant [bold]{escape(row['name'])}[/bold] created ({row['id']})")
 
 
 @tenants_app.command("list")
@@ -75,18 +108,30 @@ def tenants_list() -> None:
         rows = conn.execute(db.q("tenants_list")).fetchall()
     table = Table("tenant", "servers", "id")
     for r in rows:
-        table.add_row(r["name"], str(r["servers"]), str(r["id"]))
+        table.add_row(escape(r["name"]), str(r["servers"]), str(r["id"]))
     out.print(table)
 
 
 # --------------------------------------------------------------------------------------- users
 @users_app.command("add")
 @guarded
-def users_add(email: str, password: str = typer.Option(..., "--password", help="At least 8 characters."),
+def users_add(email: str,
+              password: Optional[str] = _password_options("password", " (8 characters to 72 bytes)")[0],
+              password_file: Optional[Path] = _password_options("password", " (8 characters to 72 bytes)")[1],
+              password_stdin: bool = _password_options("password", " (8 characters to 72 bytes)")[2],
               tenant: str = typer.Option(..., "--tenant"),
               role: str = typer.Option("viewer", "--role", help="admin, operator or viewer")) -> None:
-    """Create (or update) a user who can sign in, and make them a member of a tenant."""
+    """Create (or update) a user who can sign in, and make them a member of a tenant.
+
+    The password comes from standard input (`--password -`), a file or $PROXWATCH_USER_PASSWORD
+    rather than the command line, where every local user sees it in the process list."""
     s = settings_mod.load()
+    password = read_secret("password", password, from_stdin=password_stdin, file=password_file,
+                           env_name="PROXWATCH_USER_PASSWORD", env_value=s.cli_secrets.user_password)
+    if password is None:
+        fail("give the password: --password - (standard input), --password-file FILE or $PROXWATCH_USER_PASSWORD")
+    admin.check_email(email)
+    admin.check_password(password)
     if not s.embedded and s.supabase_url and s.supabase_service_key:
         from worker.supabase_admin import add_user_via_auth_api
 
@@ -95,7 +140,7 @@ def users_add(email: str, password: str = typer.Option(..., "--password", help="
     else:
         with database() as (_, conn):
             row = admin.add_user(conn, email, password, tenant, role)
-    out.print(f"user [bold]{row['email']}[/bold] is {row['role']} of tenant {row['tenant']}")
+    out.print(f"user [bold]{escape(row['email'])}[/bold] is {row['role']} of tenant {escape(row['tenant'])}")
 
 
 # ------------------------------------------------------------------------------------- servers
@@ -103,23 +148,32 @@ def users_add(email: str, password: str = typer.Option(..., "--password", help="
 @guarded
 def servers_add(
     name: str, url: str,
-    token: Optional[str] = typer.Option(None, "--token", help="USER@REALM!TOKENID=SECRET (preferred)"),
+    token: Optional[str] = _token_options()[0],
+    token_file: Optional[Path] = _token_options()[1],
+    token_stdin: bool = _token_options()[2],
     user: Optional[str] = typer.Option(None, "--user", help="USER@REALM for password login"),
-    password: Optional[str] = typer.Option(None, "--password"),
+    password: Optional[str] = _password_options("PVE password")[0],
+    password_file: Optional[Path] = _password_options("PVE password")[1],
+    password_stdin: bool = _password_options("PVE password")[2],
     fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="Tried when URL fails to connect"),
     fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="SHA-256 of the server's certificate"),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify TLS at all (shown as insecure)"),
     tenant: Optional[str] = typer.Option(None, "--tenant"),
     interval: int = typer.Option(10, "--interval", help="Seconds between polls"),
 ) -> None:
-    """Add a Proxmox VE server to watch. Its secret is stored encrypted."""
+    """Add a Proxmox VE server to watch. Its secret is stored encrypted.
+
+    Give the secret on standard input (`--token -`), in a file or in $PROXWATCH_PVE_TOKEN rather
+    than on the command line, where every local user sees it in the process list."""
+    token, password = server_secrets(token, token_file, token_stdin, user, password, password_file, password_stdin)
     with database() as (ep, conn):
         row = admin.add_server(conn, Box(ep.secret_key), admin.ServerInput(
             name=name, url=url, token=token, user=user, password=password, fallback_url=fallback_url,
             fingerprint=fingerprint, insecure=insecure, tenant=tenant, interval=interval))
     tls = {"pinned": "pinned fingerprint", "insecure": "[red]INSECURE: TLS not verified[/red]",
            "verify": "verified by system CAs"}[row["tls_mode"]]
-    out.print(f"server [bold]{row['name']}[/bold] added to tenant {row['tenant']}: {row['base_url']}, "
+    out.print(f"server [bold]{escape(row['name'])}[/bold] added to tenant {escape(row['tenant'])}: "
+              f"{escape(row['base_url'])}, "
               f"{row['auth_kind']} auth, TLS {tls}")
 
 
@@ -135,7 +189,8 @@ def servers_list(tenant: Optional[str] = typer.Option(None, "--tenant")) -> None
     table = Table("tenant", "name", "url", "status", "last check", "avg ms", "24 h ok", "version", "nodes", "TLS")
     for r in rows:
         st = r["connection_status"]
-        table.add_row(r["tenant"], r["name"], r["base_url"], f"[{STATUS_STYLE[st]}]{st}[/]",
+        table.add_row(escape(r["tenant"]), escape(r["name"]), escape(r["base_url"]),
+                      f"[{STATUS_STYLE[st]}]{st}[/]",
                       ago(r["last_poll_at"] or r["last_health_check_at"]), fmt(r["avg_response_time_ms"]),
                       fmt(r["success_rate"], "%"), r["pve_version"] or "–",
                       f"{r['nodes_online']}/{r['nodes_total']}" if r["nodes_total"] else "–",
@@ -153,18 +208,31 @@ def servers_update(
     fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="A new fallback address ('' removes it)"),
     fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="Pin this SHA-256 certificate fingerprint"),
     tls: Optional[str] = typer.Option(None, "--tls", help="verify, pinned or insecure"),
-    token: Optional[str] = typer.Option(None, "--token", help="New credentials: USER@REALM!TOKENID=SECRET"),
+    token: Optional[str] = _token_options()[0],
+    token_file: Optional[Path] = _token_options()[1],
+    token_stdin: bool = _token_options()[2],
     user: Optional[str] = typer.Option(None, "--user", help="New credentials: USER@REALM for password login"),
-    password: Optional[str] = typer.Option(None, "--password"),
+    password: Optional[str] = _password_options("PVE password")[0],
+    password_file: Optional[Path] = _password_options("PVE password")[1],
+    password_stdin: bool = _password_options("PVE password")[2],
     interval: Optional[int] = typer.Option(None, "--interval", help="Seconds between polls"),
     enabled: Optional[bool] = typer.Option(None, "--enable/--disable", help="Poll it or not"),
 ) -> None:
-    """Change a server. A new address or TLS setting drops its stored credentials unless new ones are given."""
+    """Change a server. A new address or TLS setting drops its stored credentials unless new ones are given.
+
+    $PROXWATCH_PVE_TOKEN / $PROXWATCH_PVE_PASSWORD are used when the change needs new credentials (a
+    new address or TLS setting) or when nothing else is changed (replacing the credentials)."""
+    reach = any(v is not None for v in (url, fallback_url, fingerprint, tls))
+    other = any(v is not None for v in (rename, interval, enabled))
+    token, password = server_secrets(token, token_file, token_stdin, user, password, password_file, password_stdin,
+                                     use_environment=reach or not other)
     with database() as (ep, conn):
         row = admin.update_server(conn, Box(ep.secret_key), name, tenant, rename=rename, url=url,
                                   fallback_url=fallback_url, fingerprint=fingerprint, tls_mode=tls, token=token,
                                   user=user, password=password, interval=interval, enabled=enabled)
-    out.print(f"server [bold]{row['name']}[/bold] of tenant {row['tenant']}: {row['base_url']}, TLS {row['tls_mode']}")
+    out.print(f"server [bold]{escape(row['name'])}[/bold] of tenant {escape(row['tenant'])}: "
+              f"{escape(row['base_url'])}, "
+              f"TLS {row['tls_mode']}")
     if row["trust_dropped"]:
         out.print("[yellow]the pinned fingerprint was for the old address: TLS is verified by system CAs now "
                   "(pin the new one with --fingerprint)[/yellow]")
@@ -179,7 +247,7 @@ def servers_remove(name: str, tenant: Optional[str] = typer.Option(None, "--tena
     """Remove a server, its credentials and its history."""
     with database() as (_, conn):
         row = admin.remove_server(conn, name, tenant)
-    out.print(f"server [bold]{row['name']}[/bold] removed from tenant {row['tenant']}")
+    out.print(f"server [bold]{escape(row['name'])}[/bold] removed from tenant {escape(row['tenant'])}")
 
 
 # ---------------------------------------------------------------------------------------- poll
@@ -195,7 +263,7 @@ def poll(name: Optional[str] = typer.Argument(None, help="One server (default: a
         fail("only `poll --once` exists: continuous polling is `proxwatch up` (or the worker and scheduler)")
     s = settings_mod.load()
     with database() as (ep, conn):
-        if name:
+        if name is not None:
             ids = [str(admin.find_server(conn, name, tenant)["id"])]
         else:
             ids = [str(r["id"]) for r in admin.list_servers(conn, tenant)]
@@ -209,10 +277,10 @@ def poll(name: Optional[str] = typer.Argument(None, help="One server (default: a
             pool.close()
     table = Table("server", "result", "ms", "fallback", "detail")
     for r in sorted(results, key=lambda r: r.server_name or ""):
-        table.add_row(r.server_name, "[green]ok[/green]" if r.success else f"[red]{r.error_kind}[/red]",
+        table.add_row(escape(r.server_name or ""), "[green]ok[/green]" if r.success else f"[red]{r.error_kind}[/red]",
                       fmt(r.response_time_ms), "yes" if r.used_fallback else "",
-                      f"PVE {r.pve_version}, {r.nodes_online}/{r.nodes_total} nodes online" if r.success
-                      else r.error_message)
+                      escape(f"PVE {r.pve_version}, {r.nodes_online}/{r.nodes_total} nodes online" if r.success
+                             else r.error_message or ""))
     out.print(table)
 
 

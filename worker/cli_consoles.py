@@ -19,6 +19,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker import admin, db, sessions
@@ -50,7 +51,7 @@ def _duration(text: str | None) -> timedelta | None:
 
 
 def _server_ids(conn, name: str | None, tenant: str | None) -> list[str]:
-    if name:
+    if name is not None:     # "" is a name nobody has, not "all servers"
         return [str(admin.find_server(conn, name, tenant)["id"])]
     return [str(r["id"]) for r in admin.list_servers(conn, tenant)]
 
@@ -80,11 +81,13 @@ def guests_sync(name: Optional[str] = typer.Argument(None, help="One server (def
             results = [r for r in (sync_guests(poller, sid) for sid in ids) if r is not None]
         finally:
             pool.close()
-    table = Table("server", "result", "guests", "changed", "removed", "detail")
+    table = Table("server", "result", "guests", "changed", "removed", "skipped", "detail")
     for r in sorted(results, key=lambda r: r.server_name or ""):
-        table.add_row(r.server_name, f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
+        table.add_row(escape(r.server_name or ""),
+                      f"[red]{r.error_kind}[/red]" if r.error_kind else "[green]ok[/green]",
                       str(r.guests) if not r.error_kind else "–", str(r.changed), str(r.removed),
-                      r.error_message or "")
+                      f"[yellow]{r.skipped}[/yellow]" if r.skipped else "0",
+                      escape(" ".join(filter(None, (r.error_message, r.skipped_detail)))))
     out.print(table)
 
 
@@ -95,7 +98,9 @@ def guests_list(name: Optional[str] = typer.Argument(None, help="One server (def
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """The guests as last synced."""
     with database() as (_, conn):
-        server_id = _server_ids(conn, name, tenant)[0] if name else None
+        server_id = _server_ids(conn, name, tenant)[0] if name is not None else None
+        if tenant is not None:
+            admin.tenant(conn, tenant)      # an unknown (or empty) tenant is a sentence, not an empty list
         rows = conn.execute(db.q("guests_list"), {"server_id": server_id, "tenant": tenant}).fetchall()
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
@@ -106,9 +111,10 @@ def guests_list(name: Optional[str] = typer.Argument(None, help="One server (def
     table = Table("tenant", "server", "vmid", "type", "node", "name", "status", "cpu", "mem", "tags", "up since")
     for r in rows:
         style = {"running": "green", "stopped": "dim"}.get(r["status"], "yellow")
-        table.add_row(r["tenant"], r["server"], str(r["vmid"]), r["guest_type"], r["node"], r["name"] or "",
-                      f"[{style}]{r['status']}[/]", "–" if r["cpu_pct"] is None else f"{r['cpu_pct']} %",
-                      "–" if r["mem_pct"] is None else f"{r['mem_pct']} %", ", ".join(r["tags"] or []),
+        table.add_row(escape(r["tenant"]), escape(r["server"]), str(r["vmid"]), r["guest_type"], escape(r["node"]),
+                      escape(r["name"] or ""), f"[{style}]{escape(r['status'])}[/]",
+                      "–" if r["cpu_pct"] is None else f"{r['cpu_pct']} %",
+                      "–" if r["mem_pct"] is None else f"{r['mem_pct']} %", escape(", ".join(r["tags"] or [])),
                       _ago(r["started_at"]) if r["started_at"] else "–")
     out.print(table)
 
@@ -137,9 +143,10 @@ def sessions_list(show_all: bool = typer.Option(False, "--all", help="Closed, ex
     table = Table("id", "status", "protocol", "target", "server", "team", "user", "client", "since", "last seen")
     for r in rows:
         status = r.get("status") or "open"
-        table.add_row(str(r["id"])[:8], status, r["protocol"], r["target"], r["server_name"], r["team_name"],
-                      r.get("user_email") or "–", r.get("client_ip") or "–", _ago(r["started_at"]),
-                      _ago(r["last_seen_at"]) if status == "open" else (r.get("close_reason") or ""))
+        table.add_row(str(r["id"])[:8], status, r["protocol"], escape(r["target"] or ""), escape(r["server_name"]),
+                      escape(r["team_name"]), escape(r.get("user_email") or "–"), str(r.get("client_ip") or "–"),
+                      _ago(r["started_at"]),
+                      _ago(r["last_seen_at"]) if status == "open" else escape(r.get("close_reason") or ""))
     out.print(table)
 
 
@@ -158,7 +165,7 @@ def sessions_kill(session_id: str = typer.Argument(..., help="The session id (or
         if len(found) > 1:
             fail(f"several sessions start with {session_id!r}: give more characters")
         result = sessions.kill(conn, str(found[0]["id"]))
-    out.print(f"session {result['id']} killed ({result['close_reason']})")
+    out.print(f"session {result['id']} killed ({escape(result['close_reason'] or '')})")
 
 
 @sessions_app.command("cleanup")
@@ -187,7 +194,7 @@ def sessions_stats(as_json: bool = typer.Option(False, "--json")) -> None:
               + ", ".join(f"{k} {v}" for k, v in data["by_protocol"].items()))
     table = Table("team", "server", "open", "max")
     for h in data["per_host"]:
-        table.add_row(h["team_name"], h["server_name"], str(h["active"]), str(h["max"]))
+        table.add_row(escape(h["team_name"]), escape(h["server_name"]), str(h["active"]), str(h["max"]))
     out.print(table)
     out.print(f"stale after {timedelta(seconds=lim['stale_after_s'])} without heartbeat; closed sessions kept "
               f"{timedelta(seconds=lim['retention_s'])}")
@@ -231,4 +238,4 @@ def sessions_limits(max_total: Optional[int] = typer.Option(None, "--max-total",
     out.print(f"at most {cfg['max_total']} open sessions in all, {cfg['max_per_host']} per server; expired after "
               f"{cfg['stale_after']} without heartbeat; closed sessions kept {cfg['retention']}")
     for h in hosts:
-        out.print(f"  {h['server_name']}: at most {h['max_sessions']}")
+        out.print(f"  {escape(h['server_name'])}: at most {h['max_sessions']}")

@@ -7,6 +7,7 @@
     proxwatch ops list [pve1] [--status running] [--type ssh_test]
     proxwatch ops show OPERATION_ID
     proxwatch ops ssh-set pve1 --host 10.0.0.5 --user root --host-key-file ssh_host_ed25519_key.pub --key-file id_ed25519
+    proxwatch ops ssh-set pve1 --host 10.0.0.5 --host-key-file ssh_host_ed25519_key.pub --password - < pw.txt
 
 Bad input gets one sentence on stderr, exit code 2, and writes nothing; a failed operation exits 1.
 (Self-contained on purpose: worker/cli.py imports this module while it is itself being imported.)
@@ -25,12 +26,14 @@ from typing import List, Optional
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from worker import admin, db, operations, ssh
 from worker.crypto import Box
 from worker.admin import InputError
+from worker.cli_common import STDIN, read_secret
 from worker.cli_common import database as _database, fail as _fail, guarded_by
 from worker.operations.registry import TYPES
 
@@ -96,19 +99,19 @@ def request(server: str = typer.Argument(..., metavar="SERVER", help="The server
                 conn.commit()
                 _fail(f"the operation could not be handed to a worker ({exc.__class__.__name__}): is `proxwatch up` "
                       "(or the worker) running?", 1)
-            out.print(f"{op_type} on {srv['name']} started: operation {op_id}", highlight=False)
+            out.print(f"{op_type} on {escape(srv['name'])} started: operation {op_id}", highlight=False)
         else:
             existing = result["existingOperation"]
-            out.print(f"already running: {existing['operationType']} on {srv['name']}, operation {op_id} "
-                      f"({existing['progress']} %, {existing['message'] or 'waiting'}, requested by "
+            out.print(f"already running: {existing['operationType']} on {escape(srv['name'])}, operation {op_id} "
+                      f"({existing['progress']} %, {escape(existing['message'] or 'waiting')}, requested by "
                       f"{existing.get('createdBy', 'user')})", highlight=False)
         if no_wait:
             return
         row = follow(conn, op_id)
     if row["status"] == "completed":
-        out.print(f"[green]✓[/green] {row['message']}", highlight=False)
+        out.print(f"[green]✓[/green] {escape(row['message'] or '')}", highlight=False)
     else:
-        err.print(f"[red]✗ {row['message'] or 'failed'}:[/red] {row['error']}", highlight=False)
+        err.print(f"[red]✗ {escape(row['message'] or 'failed')}:[/red] {escape(row['error'] or '')}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -149,7 +152,9 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     if op_type and op_type not in TYPES:
         raise InputError(f"unknown operation type {op_type!r}: use {TYPE_HELP}")
     with _database() as (_, conn):
-        sid = admin.find_server(conn, server, tenant)["id"] if server else None
+        sid = admin.find_server(conn, server, tenant)["id"] if server is not None else None
+        if tenant is not None:
+            admin.tenant(conn, tenant)      # an unknown (or empty) tenant is a sentence, not an empty list
         rows = conn.execute(db.q("ops_list"), {"server_id": sid, "tenant": tenant, "status": status,
                                                "type": op_type, "limit": limit}).fetchall()
     if as_json:
@@ -162,9 +167,9 @@ def list_(server: Optional[str] = typer.Argument(None, help="Only this server's 
     table = Table("started", "server", "operation", "target", "status", "progress", "by", "result", "id")
     for r in rows:
         st = r["status"]
-        table.add_row(r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), r["server_name"], r["operation_type"],
-                      r["target"] or "(default node)", f"[{STATUS_STYLE[st]}]{st}[/]", f"{r['progress']} %",
-                      r["created_by"], r["error"] if st == "failed" else (r["message"] or ""), str(r["id"]))
+        table.add_row(r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), escape(r["server_name"]), r["operation_type"],
+                      escape(r["target"] or "(default node)"), f"[{STATUS_STYLE[st]}]{st}[/]", f"{r['progress']} %",
+                      r["created_by"], escape((r["error"] if st == "failed" else r["message"]) or ""), str(r["id"]))
     out.print(table)
 
 
@@ -185,11 +190,11 @@ def show(operation_id: str) -> None:
     for key in ("id", "server_name", "operation_type", "status", "node", "target", "progress", "message", "error",
                 "created_by", "upid", "estimated_duration_ms", "started_at", "claimed_at", "completed_at"):
         if row[key] is not None:
-            out.print(f"[bold]{key}[/bold]: {row[key]}", highlight=False)
+            out.print(f"[bold]{key}[/bold]: {escape(str(row[key]))}", highlight=False)
     if row["params"]:
-        out.print(f"[bold]params[/bold]: {json.dumps(row['params'])}", highlight=False)
+        out.print(f"[bold]params[/bold]: {escape(json.dumps(row['params']))}", highlight=False)
     if row["metadata"]:
-        out.print(f"[bold]metadata[/bold]: {json.dumps(row['metadata'], indent=2)}", highlight=False)
+        out.print(f"[bold]metadata[/bold]: {escape(json.dumps(row['metadata'], indent=2))}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------- ssh-set
@@ -203,11 +208,25 @@ def ssh_set(server: str,
             host_key_file: Optional[Path] = typer.Option(None, "--host-key-file", help="e.g. ssh_host_ed25519_key.pub"),
             scan: bool = typer.Option(False, "--scan", help="Read the host key from the node now (check its fingerprint!)"),
             yes: bool = typer.Option(False, "--yes", help="With --scan: trust the key without asking"),
-            password: Optional[str] = typer.Option(None, "--password"),
+            password: Optional[str] = typer.Option(None, "--password", help="The SSH password; '-' reads it from "
+                                                   "standard input (or --password-file, or $PROXWATCH_SSH_PASSWORD)"),
+            password_file: Optional[Path] = typer.Option(None, "--password-file",
+                                                         help="Read the SSH password from this file (its first line)"),
+            password_stdin: bool = typer.Option(False, "--password-stdin",
+                                                help="Read the SSH password from standard input"),
             key_file: Optional[Path] = typer.Option(None, "--key-file", help="A private key without passphrase"),
             node: str = typer.Option("", "--node", help="Only for this node (default: every node of the server)"),
             tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
     """Set how ssh_test reaches a server's nodes: address, user, pinned host key, password or key (stored encrypted)."""
+    from worker import settings as settings_mod
+
+    if password_stdin or password == STDIN:
+        if scan and not yes:
+            raise InputError("--scan asks on standard input: with the password on standard input, add --yes "
+                             "(after checking the fingerprint) or use --password-file")
+    password = read_secret("SSH password", password, from_stdin=password_stdin, file=password_file,
+                           env_name="PROXWATCH_SSH_PASSWORD",
+                           env_value=None if key_file else settings_mod.load().cli_secrets.ssh_password)
     if sum(bool(x) for x in (host_key, host_key_file, scan)) != 1:
         raise InputError("give the node's host key with exactly one of --host-key, --host-key-file or --scan")
     if host_key_file:
@@ -232,15 +251,17 @@ def ssh_set(server: str,
             raise InputError(str(exc)) from None
         conn.commit()
     scope = f"node {node}" if node else "its nodes"
-    out.print(f"SSH access of {srv['name']} ({scope}) set: {stored['username']}@{stored['host']}:{stored['port']}, "
+    out.print(f"SSH access of {escape(srv['name'])} ({scope}) set: "
+              f"{stored['username']}@{stored['host']}:{stored['port']}, "
               f"{stored['auth_kind']} login, host key pinned ({stored['fingerprint']})", highlight=False)
 
 
 def _read(path: Path, what: str) -> str:
     try:
         return path.read_text()
-    except OSError as exc:
-        raise InputError(f"the {what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"the {what} {str(path)[:200]!r} cannot be read: {reason}") from None
 
 
 # ---------------------------------------------------------------------------------- formatting

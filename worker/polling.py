@@ -297,10 +297,14 @@ class Poller:
 
 
 def poll_all_once(poller: Poller, recorder: Recorder, server_ids: list[str], threads: int = 16) -> list[PollResult]:
-    """Poll the given servers concurrently now and record every result (used by `poll --once`)."""
+    """Poll the given servers concurrently now and record every result (used by `poll --once`).
+
+    The poll is keyed by the exact time it was asked for (microseconds), not the scheduler's whole
+    second: (server_id, scheduled_at) is unique, so two `poll --once` within one second would
+    otherwise write one row and report two. (A retried scheduler message keeps its own key.)"""
     from concurrent.futures import ThreadPoolExecutor
 
-    scheduled_at = utcnow().replace(microsecond=0)
+    scheduled_at = utcnow()
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(server_ids) or 1))) as ex:
         results = [r for r in ex.map(lambda sid: poller.poll(sid, scheduled_at), server_ids) if r is not None]
     recorder.write(results)

@@ -214,7 +214,9 @@ def classify(exc: BaseException, url: str, timeout_s: float) -> PveError:
         return PveError(AUTH, f"{host} refused the login: {exc}", permanent=True)
     if isinstance(exc, ResourceException):
         code = exc.status_code
-        reason = str(exc.content or exc.status_message).strip().splitlines()[0] if (exc.content or exc.status_message) else ""
+        # PVE's reason phrase is its message's first line; a blank or huge one is cut to what reads.
+        text = str(exc.content or exc.status_message or "").strip()
+        reason = text.splitlines()[0].strip()[:300] if text else ""
         if code == 401:
             return PveError(AUTH, f"{host} refused the credentials (401 {reason})", permanent=True)
         if code == 403:

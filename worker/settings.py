@@ -35,6 +35,11 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _secret(name: str, raw: str) -> str:
+    """A secret exactly as given (spaces can be part of a password), without a trailing line break."""
+    return raw.rstrip("\r\n")
+
+
 def _integer(minimum: int, maximum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
@@ -201,12 +206,23 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "average, as Supabase's Free plan); over it changes are skipped silently.", _integer(1, 100000)),
     Var("PROXWATCH_REALTIME_JOINS_PER_S", 100, "Embedded mode: Realtime channel joins per second (as Supabase).",
         _integer(1, 100000)),
+    # -- secrets for the command line (kept out of the process list and shell history)
+    Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token "
+        "`USER@REALM!TOKENID=SECRET` when no `--token`/`--token-file`/`--token-stdin` and no `--user` is given.",
+        _secret),
+    Var("PROXWATCH_PVE_PASSWORD", None, "`servers add` and `servers update` with `--user`: the PVE password when "
+        "no `--password` option is given.", _secret),
+    Var("PROXWATCH_USER_PASSWORD", None, "`users add`: the new user's password when no `--password` option is "
+        "given.", _secret),
+    Var("PROXWATCH_SSH_PASSWORD", None, "`ops ssh-set`: the SSH password when neither `--password` options nor "
+        "`--key-file` is given.", _secret),
 )}
 
 
-def env(name: str):
-    """A settings field read from the variable `name`, with the variable's default."""
-    return field(default=VARS[name].default, metadata={"env": name})
+def env(name: str, repr: bool = True):
+    """A settings field read from the variable `name`, with the variable's default (repr=False for
+    secrets, so printing the settings never shows them)."""
+    return field(default=VARS[name].default, metadata={"env": name}, repr=repr)
 
 
 # -------------------------------------------------------------------------------- sections
@@ -260,6 +276,15 @@ class RealtimeSettings:
 
 
 @dataclass(frozen=True)
+class CliSecrets:
+    """Secrets the command line takes from the environment instead of its arguments (never shown)."""
+    pve_token: str | None = env("PROXWATCH_PVE_TOKEN", repr=False)
+    pve_password: str | None = env("PROXWATCH_PVE_PASSWORD", repr=False)
+    user_password: str | None = env("PROXWATCH_USER_PASSWORD", repr=False)
+    ssh_password: str | None = env("PROXWATCH_SSH_PASSWORD", repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = env("PROXWATCH_HOME")
     xdg_data_home: Path | None = env("XDG_DATA_HOME")
@@ -290,6 +315,7 @@ class Settings:
     sessions: SessionSettings = field(default_factory=SessionSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
 
     @property
     def embedded(self) -> bool:

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboard import charts, connections_ui, data, live, ops_ui, session, tables  # noqa: E402
+from dashboard.text import plain  # noqa: E402
 
 log = logging.getLogger("proxwatch.dashboard")
 STATUS_KEY = "proxwatch_fleet_status"
@@ -57,7 +58,7 @@ def _status_counts(rows: list[dict]) -> None:
 
 def _server_detail(client, row: dict) -> None:
     status = row.get("connection_status") or "unknown"
-    st.subheader(f"{row['name']} — last 24 hours")
+    st.subheader(f"{plain(row['name'])} — last 24 hours")
     parts = [f"<span class='pw-status' style='color:{tables.STATUS_COLOR.get(status, '#374151')}'>● {status}</span>",
              html.escape(row.get("base_url") or "")]
     if row.get("fallback_url"):
@@ -68,7 +69,7 @@ def _server_detail(client, row: dict) -> None:
     parts.append(f"checked {tables.last_check(row)}")
     st.markdown("<div class='pw-server-line'>" + " · ".join(parts) + "</div>", unsafe_allow_html=True)
     if row.get("health_check_error"):
-        st.warning(f"Last error: {row['health_check_error']}", icon=":material/error:")
+        st.warning(f"Last error: {plain(row['health_check_error'])}", icon=":material/error:")
 
     history = _last_good(f"pw_last_history_{row['id']}", lambda: data.history(client, row["id"], 24))
     figures = charts.summary_figures(history)
@@ -104,7 +105,7 @@ def _announce(rows: list[dict]) -> None:
     st.markdown(f"<div class='pw-sr' role='status' aria-live='polite' aria-atomic='true' id='pw-announcer'>"
                 f"{html.escape(' '.join(said))}</div>", unsafe_allow_html=True)
     for sentence in said[:3]:
-        st.toast(sentence, icon=":material/sync_alt:")
+        st.toast(plain(sentence), icon=":material/sync_alt:")
 
 
 def _last_good(key: str, fetch):
@@ -115,7 +116,7 @@ def _last_good(key: str, fetch):
     except data.DataError as exc:
         if key not in st.session_state:
             raise
-        st.warning(f"{exc} Showing the last data received.", icon=":material/history:")
+        st.warning(f"{plain(exc)} Showing the last data received.", icon=":material/history:")
         return st.session_state[key]
     st.session_state[key] = value
     return value
@@ -125,7 +126,7 @@ def _fleet_view(client, feeds: list) -> None:
     try:
         rows = _last_good("pw_last_fleet", lambda: data.fleet(client))
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     _announce(rows)
     if not rows:
@@ -147,7 +148,7 @@ def _fleet_view(client, feeds: list) -> None:
         try:
             _server_detail(client, by_id[chosen])
         except data.DataError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
 
 
 def page(client) -> None:
@@ -158,7 +159,7 @@ def page(client) -> None:
         _fleet_view(client, feeds)
     except Exception as exc:  # a sentence on the page; the live indicator below still runs
         log.exception("dashboard failed")
-        st.error(f"The dashboard hit an unexpected error: {exc}")
+        st.error(f"The dashboard hit an unexpected error: {plain(exc)}")
     with status_slot:
         live.rerun_on_change(*feeds, fallback_s=session.config().refresh_s)
 

@@ -16,12 +16,13 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboard import connections_ui, data, live, ops_ui, session, tables  # noqa: E402
+from dashboard.text import plain  # noqa: E402
 
 session.page_header("Guests")
 
 
 def guest_actions(client, guest: dict) -> None:
-    st.subheader(f"{guest['name'] or 'guest'} ({guest['guest_type']}/{guest['vmid']}) on {guest['server_name']}")
+    st.subheader(plain(f"{guest['name'] or 'guest'} ({guest['guest_type']}/{guest['vmid']}) on {guest['server_name']}"))
     key = f"guest-{guest['server_id']}-{guest['vmid']}"
     cols = st.columns(4)
     if guest["status"] == "running":
@@ -31,7 +32,7 @@ def guest_actions(client, guest: dict) -> None:
         cols[1].button("Terminal (xterm.js)", icon=":material/terminal:", key=f"{key}-term",
                        on_click=connections_ui.open_console, args=(client, key, guest["server_id"], "term", guest["vmid"]))
     else:
-        cols[0].caption(f"The guest is {guest['status']}: consoles open on running guests.")
+        cols[0].caption(f"The guest is {plain(guest['status'])}: consoles open on running guests.")
     cols[2].link_button("PVE web UI console", connections_ui.pve_console(guest), icon=":material/open_in_new:", help="Needs your browser to be signed in to PVE.")
     connections_ui.console_link(key)
     # Power actions (Start / Shutdown / Stop / Reset), tracked as operations.
@@ -42,7 +43,7 @@ def node_shells(client, server_ids: set[str]) -> None:
     try:
         nodes = [n for n in data.console_nodes(client) if n["server_id"] in server_ids]
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     if not nodes:
         return
@@ -60,15 +61,29 @@ def node_shells(client, server_ids: set[str]) -> None:
     connections_ui.console_link(key)
 
 
+def sync_notes(syncs: list[dict]) -> None:
+    """What went wrong in each server's last guest sync: its error, and the entries of PVE's answer
+    it skipped as malformed (the others were stored). Names and PVE's words shown literally."""
+    for s in syncs:
+        if s.get("error_message"):
+            st.warning(f"{plain(s['server_name'])}: the last guest sync failed — {plain(s['error_message'])}",
+                       icon=":material/error:")
+        if s.get("skipped"):
+            detail = s.get("skipped_detail") or f"{s['skipped']} entries of PVE's answer skipped as malformed"
+            st.warning(f"{plain(s['server_name'])}: {plain(detail)}", icon=":material/report:")
+
+
 def guests(client) -> None:
     # Before reading, so no change falls in between; sessions too, for the sidebar's list.
     feed = live.watch(st.session_state, [("guests", None), ("connection_sessions", None)])
     try:
         rows = data.guests(client)
+        syncs = data.guest_syncs(client)
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         live.rerun_on_change(feed)
         return
+    sync_notes(syncs)
     if not rows:
         st.info("No guests yet. They appear within 30 seconds of adding a server "
                 "(or run `proxwatch guests sync --once`).")
@@ -88,9 +103,6 @@ def guests(client) -> None:
              and (chosen_status == "All statuses" or r["status"] == chosen_status)]
     running = sum(1 for r in shown if r["status"] == "running")
     st.caption(f"{len(shown)} guests, {running} running · select a row to open its console")
-    errors = {r["server_name"]: r["sync_error"] for r in rows if r["sync_error"]}
-    for name, error in errors.items():
-        st.warning(f"{name}: the last guest sync failed — {error}", icon=":material/error:")
     table = pd.DataFrame(tables.guest_rows(shown), columns=tables.GUEST_COLUMNS)
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
                          key="g-table", width="stretch")

@@ -20,6 +20,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard import connections_ui, data, live, session, timefmt  # noqa: E402
+from dashboard.text import plain  # noqa: E402
 
 session.page_header("Connections", css=".pw-card-title { font-weight: 600; font-size: 1.05rem; }"
                                         " .pw-muted { color: #6b7280; }")
@@ -55,7 +56,7 @@ def session_card(client, row: dict) -> None:
                      icon=f":material/{row['protocol_icon']}:", color="blue")
         badges.badge(timefmt.live_since(row["started_at"]), icon=":material/radio_button_checked:",
                      color="green")
-        badges.badge(f"User: {row['user_email'] or 'unknown'}", icon=":material/person:", color="gray")
+        badges.badge(f"User: {plain(row['user_email'] or 'unknown')}", icon=":material/person:", color="gray")
         if row.get("can_kill"):
             action.button("Kill", key=f"kill-{row['id']}", icon=":material/cancel:", on_click=_kill,
                           args=(client, row["id"]), help="End this session now (admins)")
@@ -87,7 +88,7 @@ def connections(client) -> None:
         summary = data.connection_summary(client)
         stats = data.session_stats(client)
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         live.rerun_on_change(feed)
         return
     teams = {r["team_id"]: r["team_name"] for r in summary}
@@ -112,14 +113,14 @@ def connections(client) -> None:
 
     flash = st.session_state.pop("conn-flash", None)
     if flash:
-        (st.error if flash[0] == "error" else st.success)(flash[1])
+        (st.error if flash[0] == "error" else st.success)(plain(flash[1]))
 
     if mode == "active":
         page_no = st.session_state.get("conn-page", 0)
         try:
             rows = data.active_connections(client, team, protocol, PAGE_SIZE, page_no * PAGE_SIZE)
         except data.DataError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             rows = []
         total = rows[0]["total_count"] if rows else 0
         if not rows:

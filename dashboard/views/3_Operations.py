@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboard import data, live, ops_ui, session  # noqa: E402
+from dashboard.text import plain  # noqa: E402
 
 session.page_header("Operations", icon=":material/build:", sidebar="collapsed")
 
@@ -36,9 +37,9 @@ def _table(rows: list[dict]) -> None:
 def _running(rows: list[dict]) -> None:
     for r in rows:
         with st.container(border=True):
-            st.markdown(f"**{r.get('server_name')}** · {ops_ui.LABELS.get(r['operation_type'])} · "
-                        f"{ops_ui.operation_target(r)} · {ops_ui.running_label(r)}")
-            st.progress(r["progress"] / 100, text=r.get("message") or "Waiting for a worker")
+            st.markdown(f"**{plain(r.get('server_name'))}** · {plain(ops_ui.LABELS.get(r['operation_type']))} · "
+                        f"{plain(ops_ui.operation_target(r))} · {plain(ops_ui.running_label(r))}")
+            st.progress(r["progress"] / 100, text=plain(r.get("message") or "Waiting for a worker"))
 
 
 def _controls(client, fleet: list[dict]) -> None:
@@ -53,7 +54,7 @@ def _controls(client, fleet: list[dict]) -> None:
     try:
         guests = data.guests(client, chosen)
     except data.DataError as exc:
-        st.caption(f"Guests are not available: {exc}")
+        st.caption(f"Guests are not available: {plain(exc)}")
         return
     guests = [g for g in guests if not g.get("template")]
     if not guests:
@@ -71,7 +72,7 @@ def page(client) -> None:
     try:
         fleet = data.fleet(client)
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     servers = {"All servers": None} | {f"{r['name']} · {r['tenant_name']}": r["id"] for r in fleet}
     a, b, c, d = st.columns(4)
@@ -83,7 +84,7 @@ def page(client) -> None:
         rows = data.operations_list(client, server_id, status, op_type, limit)
         running = data.operations_list(client, server_id, "running", op_type, 100)
     except data.DataError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         return
     st.subheader(f"Running now ({len(running)})")
     if running:

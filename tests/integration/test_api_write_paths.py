@@ -234,7 +234,7 @@ def test_update_server_checks_the_role_and_the_input(conn, uconn, fleet):
         update(uconn, u["alice"], sid, credentials=json.dumps(
             {"username": "root@pam", "token_id": "x", "secret_ciphertext": "forged"}))
     for bad, message in [({"base_url": "http://x.example"}, "must start with https://"),
-                         ({"base_url": "https://x.example/evil"}, "nothing after it"),
+                         ({"base_url": "https://x.example/evil"}, "has a path"),
                          ({"fallback_url": "https://x.example:99999"}, "outside 1-65535"),
                          ({"tls_mode": "none"}, "unknown TLS mode"),
                          ({"tls_fingerprint": "12:34"}, "not a SHA-256 fingerprint"),

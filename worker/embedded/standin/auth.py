@@ -113,9 +113,11 @@ class Auth:
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not email or not isinstance(password, str) or not password:
             return self._auth_error(request, 400, "validation_failed", "An email and a password are required")
-        async with self.pool.connection() as conn:
-            user = await (await conn.execute(db.q("standin_user_by_email"), {"email": email})).fetchone()
-            await conn.rollback()
+        user = None
+        if _storable(email):   # an e-mail the database cannot hold (NUL, not UTF-8) belongs to nobody
+            async with self.pool.connection() as conn:
+                user = await (await conn.execute(db.q("standin_user_by_email"), {"email": email})).fetchone()
+                await conn.rollback()
         stored = (user or {}).get("encrypted_password") or ""
         ok = await asyncio.get_running_loop().run_in_executor(None, _check_password, password, stored)
         if not user or not ok:
@@ -206,13 +208,30 @@ class Auth:
                                   "description": "password login for the embedded dashboard"})
 
 
-def _check_password(password: str, stored: str) -> bool:
-    """bcrypt check; without a stored hash the work is done anyway and the answer is no."""
-    if not stored:
-        bcrypt.checkpw(password.encode(), _DUMMY_HASH)
+BCRYPT_MAX_BYTES = 72
+
+
+def _storable(text: str) -> bool:
+    if len(text) > 1024 or "\x00" in text:
         return False
     try:
-        return bcrypt.checkpw(password.encode(), stored.encode())
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_password(password: str, stored: str) -> bool:
+    """bcrypt check; the same work and the same "no" whether the e-mail is known or not, whatever
+    the password: without a stored hash a dummy one is checked; a password longer than bcrypt's 72
+    bytes (GoTrue refuses those as invalid credentials) or one that is not valid UTF-8 is checked
+    against the dummy too and is never right."""
+    secret = password.encode("utf-8", "surrogatepass")
+    if not stored or len(secret) > BCRYPT_MAX_BYTES or secret != password.encode("utf-8", "replace"):
+        bcrypt.checkpw(secret[:BCRYPT_MAX_BYTES], _DUMMY_HASH)
+        return False
+    try:
+        return bcrypt.checkpw(secret, stored.encode())
     except ValueError:  # not a bcrypt hash
         return False
 

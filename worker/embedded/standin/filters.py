@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from worker.errors import ProxwatchError
+
 # subscriptions.ex @filter_types
 OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "like", "ilike", "is", "match", "imatch", "isdistinct")
 # realtime.check_equality_op (migration 20260626120000_readd_postgrest_filter_ops.ex)
@@ -26,7 +28,7 @@ _SYMBOLS = {"eq": "=", "neq": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">
 IS_VALUES = ("null", "true", "false", "unknown")
 
 
-class ParamsError(Exception):
+class ParamsError(ProxwatchError):
     """The subscription parameters cannot be parsed (the server's sentence is the message)."""
 
 

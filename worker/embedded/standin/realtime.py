@@ -48,6 +48,7 @@ from aiohttp import WSMsgType, web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from worker import db
+from worker.errors import ProxwatchError
 from worker.embedded.standin.catalog import DB_TIMEOUT_S, Catalog
 from worker.embedded.standin.changes import Changes
 from worker.embedded.standin.channels import Binding, Channel, Socket
@@ -65,7 +66,7 @@ RESUBSCRIBE_S = (1.0, 3.0)
 RETRY_AFTER_ERROR_S = (5.0, 10.0)
 
 
-class SubscribeError(Exception):
+class SubscribeError(ProxwatchError):
     """The subscription cannot be created; the message is the server's sentence."""
 
 
