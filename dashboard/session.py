@@ -49,13 +49,16 @@ class Config:
     url: str                    # SUPABASE_URL: the API (Supabase, or the embedded stand-in)
     anon_key: str               # SUPABASE_ANON_KEY
     email: str | None           # PROXWATCH_DASHBOARD_EMAIL / _PASSWORD: embedded mode's local admin,
-    password: str | None        # signed in automatically
+    password: str | None        # signed in automatically while the dashboard listens on loopback only
     gateway_url: str            # the console gateway as the browser reaches it
     refresh_s: int              # how often a page rereads while the live connection is down
+    address: str | None = None  # what Streamlit listens on (--server.address; unset: every interface)
 
     @property
     def auto_sign_in(self) -> bool:
-        return bool(self.email and self.password)
+        """Sign browsers in as the local admin: only when whoever reaches the dashboard is on this
+        machine already (it listens on a loopback address), whatever the environment says."""
+        return bool(self.email and self.password) and settings.is_loopback(self.address)
 
     def check(self) -> None:
         """DataError with a sentence when the API is not configured."""
@@ -72,7 +75,8 @@ def config() -> Config:
     except SettingsError as exc:
         raise DataError(str(exc)) from None
     return Config(url=s.supabase_url or "", anon_key=s.supabase_anon_key or "", email=s.dashboard.email,
-                  password=s.dashboard.password, gateway_url=s.gateway.url, refresh_s=s.dashboard.refresh_s)
+                  password=s.dashboard.password, gateway_url=s.gateway.url, refresh_s=s.dashboard.refresh_s,
+                  address=st.get_option("server.address"))
 
 
 # ------------------------------------------------------------------------------- the client
@@ -158,9 +162,13 @@ def _sign_in_form(client: Client) -> None:
                 st.rerun()
 
 
-def _account_bar(client: Client, email: str) -> None:
+def _account_bar(client: Client, email: str, cfg: Config) -> None:
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.caption(f"Signed in as {plain(email)}")
+    if cfg.auto_sign_in and email == cfg.email.strip().lower():
+        left.caption(f"Signed in automatically as {plain(email)} because the dashboard only listens on this "
+                     f"machine ({plain(cfg.address)}).")
+    else:
+        left.caption(f"Signed in as {plain(email)}")
     if right.button("Sign out", width="stretch"):
         live.forget(st.session_state)
         sign_out(client)
@@ -196,10 +204,13 @@ def signed_in(*, home: bool = False) -> Client | None:
             return None
         if st.session_state.get(SIGNED_OUT_KEY):
             st.info("You are signed out.")
+        elif cfg.email and cfg.password and not cfg.auto_sign_in:
+            st.info(f"Nobody is signed in automatically: the dashboard listens on {plain(cfg.address or 'every address')}, "
+                    "not only on this machine. Sign in (the local admin's password is in secrets.json).")
         _sign_in_form(client)
         return None
     if home:
-        _account_bar(client, email)
+        _account_bar(client, email, cfg)
     return client
 
 

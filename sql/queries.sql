@@ -192,6 +192,15 @@ insert into public.tenant_members (tenant_id, user_id, role)
 select t.id, %(user_id)s, 'admin' from public.tenants t
 on conflict (tenant_id, user_id) do update set role = 'admin';
 
+-- name: insert_local_admin
+-- Embedded mode's local admin, unless it exists (two processes may bootstrap one home at once).
+insert into auth.users (instance_id, id, aud, role, email, encrypted_password, email_confirmed_at,
+                        raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
+values ('00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', 'authenticated',
+        lower(%(email)s), %(password_hash)s, now(), '{"provider": "email", "providers": ["email"]}', '{}',
+        now(), now())
+on conflict do nothing;
+
 -- name: insert_audit
 -- One audit entry (see worker/audit.py).
 insert into public.audit_log (tenant_id, user_id, actor, action, server_id, target_type, target_id, details)

@@ -79,13 +79,11 @@ def db_migrate() -> None:
     from worker.embedded import system
 
     s = settings_mod.load()
-    ep = runtime.endpoints(s)
-    started = system.ensure_database(s, migrate=False) if s.embedded else None
-    try:
-        report = db.migrate(ep.database_url, s.home / "supabase-cli")
-    finally:
-        if started is not None:
-            started.stop()
+    if s.embedded:
+        with system.attached(s, always_migrate=True) as report:
+            pass
+    else:
+        report = db.migrate(runtime.endpoints(s).database_url, s.home / "supabase-cli")
     out.print(report)
 
 
@@ -96,7 +94,7 @@ def tenants_add(name: str) -> None:
     """Create a tenant."""
     from worker.embedded import system
 
-    with database() as (ep, conn):
+    with database(default_tenant=False) as (ep, conn):
         row = admin.add_tenant(conn, name)
         if settings_mod.load().embedded:
             system.ensure_local_admin(conn, ep)
@@ -372,7 +370,7 @@ def env() -> None:
     s = settings_mod.load()
     ep = runtime.endpoints(s)
     print(f"DATABASE_URL={ep.database_url}")
-    print(f"REDIS_URL={ep.redis_url}")
+    print(f"REDIS_URL={ep.redis or ''}")
     print(f"SUPABASE_URL={ep.supabase_url or ''}")
     print(f"SUPABASE_ANON_KEY={ep.anon_key or ''}")
     if s.embedded and not port_in_use(s.pg_port):

@@ -29,22 +29,16 @@ def fail(message: str, code: int = 2) -> None:
 
 
 @contextlib.contextmanager
-def database() -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
-    """A connection to DATABASE_URL, or to the embedded database (started for this command when
-    `proxwatch up` is not running, and migrated when it is new)."""
+def database(*, default_tenant: bool = True) -> Iterator[tuple[runtime.Endpoints, psycopg.Connection]]:
+    """A connection to DATABASE_URL, or to the embedded database (attached to when `proxwatch up`
+    runs, else started for this command; bootstrapped either way: see system.attached)."""
     from worker.embedded import system
 
     s = settings_mod.load()
     ep = runtime.endpoints(s)
-    started = None
-    try:
-        if s.embedded:
-            started = system.ensure_database(s)
+    with system.attached(s, default_tenant=default_tenant) if s.embedded else contextlib.nullcontext():
         with db.connect(ep.database_url) as conn:
             yield ep, conn
-    finally:
-        if started is not None:
-            started.stop()
 
 
 def guarded_by(*refusals: type[BaseException]):

@@ -15,6 +15,7 @@ the documentation cannot drift from the code. No other module reads the environm
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -69,6 +70,20 @@ def _url(*schemes: str, what: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _networks(name: str, raw: str) -> tuple:
+    """A comma-separated list of addresses or CIDR networks (`10.0.0.0/8, fd00::/8, 192.0.2.1`)."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"Unexpected value {name}={raw!r}: {item!r} is not an address or a network; "
+                                "use addresses or CIDR networks separated by commas.") from None
+    return tuple(out)
+
+
 def _path(name: str, raw: str) -> Path:
     path = Path(raw.strip()).expanduser()
     return path if path.is_absolute() else Path.cwd() / path
@@ -114,22 +129,28 @@ VARS: dict[str, Var] = {v.name: v for v in (
     # -- where the services are
     Var("PROXWATCH_HOME", None, "Embedded mode keeps Postgres, Redis and its generated secrets here.", _path,
         shown_default="`~/.local/share/proxwatch` (root: `/var/lib/proxwatch`)"),
+    Var("XDG_DATA_HOME", None, "Without PROXWATCH_HOME, a normal user's embedded data goes to "
+        "`$XDG_DATA_HOME/proxwatch`.", _path, shown_default="`~/.local/share`"),
     Var("DATABASE_URL", None, "Supabase mode: the Postgres the workers write to (direct or session pooler). "
         "Unset: embedded mode.", _url("postgres", "postgresql", what="a postgresql:// URL")),
-    Var("REDIS_URL", None, "The Dramatiq broker. Required with DATABASE_URL.",
+    Var("REDIS_URL", None, "The Dramatiq broker. With DATABASE_URL: needed by the worker, the scheduler and "
+        "commands that hand work to them (`ops request`); listings and `db migrate` do without.",
         _url("redis", "rediss", "unix", what="a redis:// URL")),
     Var("SUPABASE_URL", None, "The dashboard's Supabase project (REST RPC, Auth, Realtime).",
         _url("http", "https", what="an http(s):// URL")),
     Var("SUPABASE_ANON_KEY", None, "The project's anon key (the dashboard signs users in with it)."),
     Var("SUPABASE_SERVICE_ROLE_KEY", None, "Lets `users add` create users through the Supabase Auth admin API."),
-    Var("PROXWATCH_SECRET_KEY", None, "Fernet key that encrypts stored credentials. Required with DATABASE_URL; "
-        "embedded mode generates one."),
+    Var("PROXWATCH_SECRET_KEY", None, "Fernet key that encrypts stored credentials. With DATABASE_URL: needed by "
+        "whatever stores or uses them (worker, gateway, `servers add`, `poll --once`); embedded mode generates one."),
     Var("PROXWATCH_JWT_SECRET", None, "The stand-in's JWT signing secret (set by `proxwatch up` for its child)."),
     # -- embedded mode's ports (loopback)
     Var("PROXWATCH_PG_PORT", 54329, "Embedded Postgres port.", _PORT),
     Var("PROXWATCH_REDIS_PORT", 6389, "Embedded Redis port.", _PORT),
     Var("PROXWATCH_SUPABASE_PORT", 54321, "Embedded Supabase stand-in port (REST RPC, Auth, Realtime).", _PORT),
     Var("PROXWATCH_WEB_PORT", 8501, "The dashboard's port under `proxwatch up` / `demo`.", _PORT),
+    Var("PROXWATCH_WEB_HOST", "127.0.0.1", "The address the dashboard listens on under `proxwatch up` / `demo`. "
+        "Embedded mode signs browsers in as the local admin only on a loopback address; on any other, "
+        "everyone signs in."),
     # -- polling
     Var("PROXWATCH_POLL_INTERVAL", 10, "Seconds between polls of a new server (each server keeps its own).",
         _integer(2, 3600)),
@@ -165,11 +186,16 @@ VARS: dict[str, Var] = {v.name: v for v in (
         _integer(2, 600)),
     Var("PROXWATCH_GATEWAY_TRUST_PROXY", False, "Take the client address from X-Forwarded-For (only behind a proxy).",
         _boolean),
+    Var("PROXWATCH_GATEWAY_TRUSTED_PROXIES", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        "With PROXWATCH_GATEWAY_TRUST_PROXY: the proxies (addresses or CIDR networks, comma-separated) whose "
+        "X-Forwarded-For entries are believed; the client is the right-most address that is not one of them.",
+        _networks, shown_default="`127.0.0.0/8, ::1/128`"),
     Var("PROXWATCH_GATEWAY_URL", None, "The gateway as browsers reach it (the dashboard's console links).",
         _url("http", "https", what="an http(s):// URL"),
         shown_default="`http://127.0.0.1:$PROXWATCH_GATEWAY_PORT`"),
     # -- dashboard
-    Var("PROXWATCH_DASHBOARD_EMAIL", None, "Embedded mode: the local admin the dashboard signs in as."),
+    Var("PROXWATCH_DASHBOARD_EMAIL", None, "Embedded mode: the local admin the dashboard signs in as by itself "
+        "(only while it listens on a loopback address; `proxwatch up` sets it then)."),
     Var("PROXWATCH_DASHBOARD_PASSWORD", None, "Embedded mode: that admin's password."),
     Var("PROXWATCH_DASHBOARD_REFRESH", 60, "Seconds between the dashboard's re-reads while Realtime is down.",
         _integer(5, 3600)),
@@ -221,6 +247,7 @@ class GatewaySettings:
     ping_s: int = env("PROXWATCH_GATEWAY_PING_S")
     heartbeat_s: int = env("PROXWATCH_SESSION_HEARTBEAT_S")
     trust_proxy: bool = env("PROXWATCH_GATEWAY_TRUST_PROXY")
+    trusted_proxies: tuple = env("PROXWATCH_GATEWAY_TRUSTED_PROXIES")
     public_url: str | None = env("PROXWATCH_GATEWAY_URL")
 
     @property
@@ -271,6 +298,7 @@ class RetentionSettings:
 @dataclass(frozen=True)
 class Settings:
     home: Path = env("PROXWATCH_HOME")
+    xdg_data_home: Path | None = env("XDG_DATA_HOME")
     database_url: str | None = env("DATABASE_URL")
     redis_url: str | None = env("REDIS_URL")
     supabase_url: str | None = env("SUPABASE_URL")
@@ -282,6 +310,7 @@ class Settings:
     redis_port: int = env("PROXWATCH_REDIS_PORT")
     standin_port: int = env("PROXWATCH_SUPABASE_PORT")
     web_port: int = env("PROXWATCH_WEB_PORT")
+    web_host: str = env("PROXWATCH_WEB_HOST")
     default_interval_s: int = env("PROXWATCH_POLL_INTERVAL")
     offline_after: int = env("PROXWATCH_OFFLINE_AFTER")
     status_refresh_s: int = env("PROXWATCH_STATUS_REFRESH")
@@ -306,22 +335,36 @@ class Settings:
         return not self.database_url
 
 
-def default_home() -> Path:
+def is_loopback(host: str | None) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost); False for any
+    other, for 0.0.0.0 / :: (every interface) and for none (a server's default: every interface)."""
+    if not host:
+        return False
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_home(xdg_data_home: Path | None = None) -> Path:
     """Where embedded mode keeps its data when PROXWATCH_HOME is unset.
 
-    A normal user gets ~/.local/share/proxwatch. Root gets /var/lib/proxwatch: Postgres refuses to
-    run as root, so the embedded server runs as the 'postgres' user, which cannot enter /root.
+    A normal user gets ~/.local/share/proxwatch ($XDG_DATA_HOME/proxwatch). Root gets
+    /var/lib/proxwatch: Postgres refuses to run as root, so the embedded server runs as the
+    'postgres' user, which cannot enter /root.
     """
     if os.geteuid() == 0:
         return Path("/var/lib/proxwatch")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "proxwatch"
+    return (xdg_data_home or Path(os.path.expanduser("~")) / ".local" / "share") / "proxwatch"
 
 
 def load() -> Settings:
     """Every variable read and checked now; SettingsError with one sentence for the first bad one."""
     s = _build(Settings)
-    return s if s.home else replace(s, home=default_home())
+    return s if s.home else replace(s, home=default_home(s.xdg_data_home))
 
 
 def _build(cls):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from dashboard.text import plain
@@ -71,6 +72,7 @@ def run(monkeypatch, standin, path: str) -> AppTest:
     monkeypatch.setenv("SUPABASE_ANON_KEY", standin.anon_key)
     monkeypatch.setenv("PROXWATCH_DASHBOARD_EMAIL", EMAIL)
     monkeypatch.setenv("PROXWATCH_DASHBOARD_PASSWORD", PASSWORD)
+    config.set_option("server.address", "127.0.0.1")  # as `proxwatch up` runs it: signed in by itself
     app = AppTest.from_file(str(ROOT / path), default_timeout=30)
     app.run()
     assert not app.exception, app.exception

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from tests.support.processes import ROOT
@@ -17,9 +18,12 @@ DASHBOARD = ROOT / "dashboard"
 APP = DASHBOARD / "app.py"
 
 
-def app_test(monkeypatch, script, env: dict[str, str | None], query: dict | None = None) -> AppTest:
+def app_test(monkeypatch, script, env: dict[str, str | None], query: dict | None = None,
+             address: str | None = "127.0.0.1") -> AppTest:
     """The script run once in AppTest with env set (None: unset) and the page's query parameters,
-    checked to raise nothing."""
+    checked to raise nothing. `address` is what Streamlit listens on, as `--server.address` sets it
+    (embedded mode signs in by itself only on loopback)."""
+    config.set_option("server.address", address)
     for name, value in env.items():
         if value is None:
             monkeypatch.delenv(name, raising=False)

@@ -125,3 +125,16 @@ def test_every_declared_variable_sets_exactly_one_settings_field():
 
     read = env_fields(Settings)
     assert sorted(read) == sorted(VARS), "a variable declared in VARS but never read (or read twice)"
+
+
+def test_settings_reads_no_variable_it_does_not_declare():
+    """settings.py itself reads the environment only through Var.read (every variable a Var)."""
+    path = ROOT / "worker" / "settings.py"
+    assert len(_environ_reads(path)) == 1, "read a variable through a Var in VARS, not os.environ directly"
+
+
+def test_the_home_defaults_under_xdg_data_home_for_a_normal_user(clean_env, tmp_path):
+    clean_env.setattr(settings.os, "geteuid", lambda: 1000)
+    clean_env.delenv("PROXWATCH_HOME")
+    clean_env.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert load().home == tmp_path / "data" / "proxwatch"

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,9 +56,17 @@ def load_secrets(home: Path) -> dict:
         "admin_email": "admin@proxwatch.local",
         "admin_password": secrets.token_urlsafe(12),
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(values, out, indent=2)
+    # Two processes starting on a new home at once must agree on one set: each writes its own file
+    # and links it into place; the link fails for the second, which reads the first one's.
+    fd, tmp = tempfile.mkstemp(prefix=".secrets-", dir=home)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(values, out, indent=2)
+        os.link(tmp, path)
+    except FileExistsError:
+        return json.loads(path.read_text())
+    finally:
+        os.unlink(tmp)
     return values
 
 

@@ -41,10 +41,10 @@ from psycopg_pool import AsyncConnectionPool
 from worker import consoles, db
 from worker.crypto import Box, SecretKeyError
 from worker.errors import ProxwatchError
-from worker.gateway import pages
+from worker.gateway import pages, proxies
 from worker.gateway.upstream import Opener
 from worker.sessions import HEARTBEAT_S, RegistryError, Registry, SessionRefused, TokenError
-from worker.settings import Settings
+from worker.settings import VARS, Settings
 
 log = logging.getLogger("proxwatch.gateway")
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,13 +80,15 @@ class GatewayConfig:
     heartbeat_s: float = HEARTBEAT_S
     kill_poll_s: float = 1.0
     trust_proxy: bool = False           # take the client IP from X-Forwarded-For (behind a proxy only)
+    trusted_proxies: tuple = VARS["PROXWATCH_GATEWAY_TRUSTED_PROXIES"].default  # whose X-Forwarded-For to believe
     timeout_s: float = 10.0
 
     @classmethod
     def from_settings(cls, s: Settings, database_url: str, secret_key: str) -> "GatewayConfig":
         g = s.gateway
         return cls(database_url=database_url, secret_key=secret_key, host=g.host, port=g.port, ping_s=g.ping_s,
-                   heartbeat_s=g.heartbeat_s, trust_proxy=g.trust_proxy, ca_file=s.pve_ca_file)
+                   heartbeat_s=g.heartbeat_s, trust_proxy=g.trust_proxy, trusted_proxies=g.trusted_proxies,
+                   ca_file=s.pve_ca_file)
 
 
 class BrowserSocket(web.WebSocketResponse):
@@ -293,14 +295,12 @@ class Gateway:
             "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
 
     def client_ip(self, request: web.Request) -> str | None:
-        if self.config.trust_proxy:
-            forwarded = request.headers.get("X-Forwarded-For", "")
-            first = forwarded.split(",")[0].strip()
-            if first:
-                return first
-            if request.headers.get("X-Real-IP"):
-                return request.headers["X-Real-IP"].strip()
-        return request.remote
+        """The browser's address: the socket's peer, or behind trusted proxies the right-most
+        untrusted X-Forwarded-For hop (see proxies.client_address)."""
+        if not self.config.trust_proxy:
+            return request.remote
+        return proxies.client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                                      self.config.trusted_proxies)
 
     # -- the console socket --------------------------------------------------------------------
     async def console_socket(self, request: web.Request) -> web.WebSocketResponse:
