@@ -207,3 +207,21 @@ insert into public.audit_log (tenant_id, user_id, actor, action, server_id, targ
 values (%(tenant_id)s, %(user_id)s, %(actor)s, %(action)s, %(server_id)s, %(target_type)s, %(target_id)s,
         %(details)s)
 returning id, created_at;
+
+-- name: fleet_metrics
+-- The fleet exporter's one query per scrape: every server's gauges. The 24 h figures are those the
+-- worker keeps on the server row (from the hourly rollup); the newest poll is one index probe per
+-- server on (server_id, scheduled_at); sessions and operations use their partial indexes.
+select t.name as tenant, s.name, s.connection_status::text as status, s.success_rate,
+       s.learned_timeout_ms, s.nodes_online,
+       (select m.response_time_ms from public.connection_metrics m
+         where m.server_id = s.id order by m.scheduled_at desc limit 1) as response_time_ms,
+       (select count(*) from public.guests g
+         where g.server_id = s.id and g.status = 'running' and not g.template) as guests_running,
+       (select count(*) from public.connection_sessions c
+         where c.server_id = s.id and c.status = 'open') as sessions_open,
+       (select count(*) from public.active_operations o
+         where o.server_id = s.id and o.status = 'in_progress') as operations_running
+from public.proxmox_servers s
+join public.tenants t on t.id = s.tenant_id
+order by t.name, s.name;

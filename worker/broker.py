@@ -12,3 +12,9 @@ ENDPOINTS = runtime.endpoints(SETTINGS)
 
 broker = RedisBroker(url=ENDPOINTS.redis_url)
 dramatiq.set_broker(broker)
+
+if SETTINGS.metrics.worker_port:
+    # The group's own metrics (see worker.metrics.process): counted in each worker process, served by a fork.
+    from worker.metrics.process import WorkerMetrics
+
+    broker.add_middleware(WorkerMetrics(SETTINGS.metrics.worker_dir))

@@ -373,6 +373,7 @@ def env() -> None:
     print(f"REDIS_URL={ep.redis or ''}")
     print(f"SUPABASE_URL={ep.supabase_url or ''}")
     print(f"SUPABASE_ANON_KEY={ep.anon_key or ''}")
+    print(f"METRICS_URL={s.metrics.url}")
     if s.embedded and not port_in_use(s.pg_port):
         err.print("note: the embedded system is not running (start it with `proxwatch up`)")
 

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker import db
 from worker.crypto import Box
+from worker.metrics import process as metrics
 from worker.pve import CONFIG, PveClient, PveError
 from worker.pve_clients import PveClients
 from worker.settings import Settings
@@ -195,7 +196,12 @@ class Recorder:
         """Insert the metric rows and apply status transitions; returns the number of new rows."""
         if not results:
             return 0
-        now = now or utcnow()
+        started = time.perf_counter()
+        written = self._write(results, now or utcnow())
+        metrics.observe_db_write(time.perf_counter() - started)
+        return written
+
+    def _write(self, results: list[PollResult], now: datetime) -> int:
         with self.pool.connection() as conn, conn.pipeline():
             # Pipeline mode: BEGIN, the insert and the status read go out in one round trip.
             with conn.transaction():
@@ -298,6 +304,13 @@ class Poller:
 
     def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
         """Poll one server now; None when the server no longer exists."""
+        started = time.perf_counter()
+        result = self._poll(server_id, scheduled_at)
+        if result is not None:
+            metrics.observe_poll(result.success, result.error_kind, time.perf_counter() - started)
+        return result
+
+    def _poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
         row = self.target(server_id)
         if row is None:
             return None

@@ -7,7 +7,7 @@ Two modes, one code path:
 
 Each variable is a `Var` in `VARS` with its default and a line saying what it does; `load()` builds
 one frozen `Settings` (with a section per concern: operations, gateway, inventory, sessions,
-dashboard, realtime, retention) from them. A bad value fails loudly with one sentence naming the variable
+dashboard, realtime, retention, metrics) from them. A bad value fails loudly with one sentence naming the variable
 (`Unexpected value PROXWATCH_POLL_INTERVAL='ten': use a whole number.`). The README's configuration
 table is `markdown_table()` (`python3 -m worker.settings` prints it; a test keeps the two equal), so
 the documentation cannot drift from the code. No other module reads the environment.
@@ -206,6 +206,16 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "purge job.", _integer(1, 36500)),
     Var("PROXWATCH_OPERATIONS_RETENTION_DAYS", 90, "Days completed and failed operations are kept after they "
         "finished; pending and running ones are never deleted.", _integer(1, 36500)),
+    # -- Prometheus metrics
+    Var("PROXWATCH_METRICS_HOST", "127.0.0.1", "Address the metrics endpoints listen on (the fleet exporter and "
+        "each worker group's)."),
+    Var("PROXWATCH_METRICS_PORT", 9464, "Port of the fleet exporter (`python3 -m worker.metrics`; `proxwatch up` "
+        "starts it): per-server gauges read from the database at each scrape.", _PORT),
+    Var("PROXWATCH_WORKER_METRICS_PORT", 9465, "Port of a worker group's own metrics (messages, failures, "
+        "durations, queue depth, poll and database-write latency); 0: not served. Two worker groups on one "
+        "machine need two ports.", _integer(0, 65535)),
+    Var("PROXWATCH_WORKER_METRICS_DIR", None, "Where a worker group's processes keep their metric files "
+        "(Prometheus multiprocess mode); unset: a new temporary directory per group.", _path),
     # -- the embedded Realtime (Supabase's own limits apply in Supabase mode)
     Var("PROXWATCH_REALTIME_EVENTS_PER_S", 100, "Embedded mode: the Realtime events quota per second (one-minute "
         "average, as Supabase's Free plan); over it changes are skipped silently.", _integer(1, 100000)),
@@ -296,6 +306,21 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    host: str = env("PROXWATCH_METRICS_HOST")
+    port: int = env("PROXWATCH_METRICS_PORT")
+    worker_port: int = env("PROXWATCH_WORKER_METRICS_PORT")
+    worker_dir: Path | None = env("PROXWATCH_WORKER_METRICS_DIR")
+
+    @property
+    def url(self) -> str:
+        """The fleet exporter's endpoint as a scraper on this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/metrics"
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = env("PROXWATCH_HOME")
     xdg_data_home: Path | None = env("XDG_DATA_HOME")
@@ -328,6 +353,7 @@ class Settings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def embedded(self) -> bool:

@@ -6,7 +6,7 @@ Steps of `run`:
    with the supabase CLI, make sure a tenant and the local admin exist;
 2. start Redis and the Supabase stand-in (RPC, Auth, Realtime);
 3. demo: start the simulated fleet and register it in tenant "demo";
-4. start the Procfile's processes (worker, scheduler, web) with the endpoints in their env;
+4. start the Procfile's processes (worker, scheduler, console, metrics, web) with the endpoints in their env;
 5. print the dashboard's address and wait; Ctrl-C stops everything in reverse order.
 """
 
@@ -137,6 +137,7 @@ def processes(s: Settings) -> dict[str, list[str]]:
                    str(s.worker_processes), "--threads", str(s.worker_threads)],
         "scheduler": [py, "-m", "worker.scheduler"],
         "console": [py, "-m", "worker.gateway"],
+        "metrics": [py, "-m", "worker.metrics"],
         "web": [py, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.headless", "true",
                 "--server.address", s.web_host, "--server.port", str(s.web_port),
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
@@ -199,6 +200,7 @@ def run(s: Settings, demo: bool = False) -> None:
         print(f"proxwatch: dashboard at http://{web}:{s.web_port}  (logs in {logdir}; Ctrl-C stops)",
               flush=True)
         print(f"proxwatch: console gateway at http://{s.gateway.host}:{s.gateway.port}", flush=True)
+        print(f"proxwatch: metrics at {s.metrics.url}", flush=True)
         if s.embedded and is_loopback(s.web_host):
             print(f"proxwatch: signed in automatically as {ep.admin_email} (password in {s.home}/secrets.json)",
                   flush=True)
