@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def service_env(db_url: str, redis_url: str, secret_key: str, home: Path, **extra: str) -> dict:
     """os.environ plus the services of one test (database, Redis, secret key, PROXWATCH_HOME),
-    plain output for 200 columns, and `extra`."""
+    plain output for 200 columns, no worker metrics endpoint (tests that want one set its port),
+    and `extra`."""
     env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, PROXWATCH_SECRET_KEY=secret_key,
-               PROXWATCH_HOME=str(home), PYTHONUNBUFFERED="1", COLUMNS="200", NO_COLOR="1")
+               PROXWATCH_HOME=str(home), PYTHONUNBUFFERED="1", COLUMNS="200", NO_COLOR="1",
+               PROXWATCH_WORKER_METRICS_PORT="0")
     env.update(extra)
     return env
 
