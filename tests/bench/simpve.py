@@ -185,8 +185,9 @@ async def start_minimal(host, ports, cert, key, latency, token, faults: Faults, 
                     transport.close()
 
     faults.on_change = changed
+    # A short shutdown_timeout: cleanup() must not wait for hanging handlers.
     runner = web.AppRunner(make_app(token, latency, faults, connections), access_log=None, keepalive_timeout=300,
-                           handle_signals=False)
+                           handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     for port in ports:
         ctx = tls_context(cert, key, alt_cert, alt_key, faults, port)
