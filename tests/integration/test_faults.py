@@ -18,8 +18,8 @@ import pytest
 from tests.bench import simpve
 from tests.support.seed import TOKEN
 from tests.support.waiting import free_port
-from worker.pve import AUTH, BAD_RESPONSE, HTTP, NETWORK, TIMEOUT, TLS
 from worker.polling import Poller, Recorder, utcnow
+from worker.pve import AUTH, BAD_RESPONSE, HTTP, NETWORK, TIMEOUT, TLS
 
 VOCABULARY = {"timeout", "refused", "dns", "network", "tls", "auth", "http", "bad_response", "config"}
 
