@@ -23,8 +23,12 @@ next fault's start, so it holds the fault and the recovery after it):
 - written: connection_metrics rows of the span (scheduled_at inside it), counted after the grace
   period; ok / failed split them.
 - duplicates: count(*) − count(distinct (server_id, scheduled_at)) over the span.
-- lost: scheduled pairs without a row after the grace period; "skipped" is the part of them whose
-  tick fell while Redis was down (the scheduler cannot send then and does not send late, by design).
+- lost: scheduled pairs without a row after the grace period; "skipped" is the part of them that no
+  scheduler could send: a tick is sent at any moment of [tick, tick + interval) while a scheduler
+  leads with Redis up (it sends each server's latest tick, never an older one: by design). The
+  moments a scheduler leads come from the schedulers' own logs ("leading", "broker unavailable")
+  and the times the bench killed one. Every other lost pair is listed with where its message was
+  at the end (still in a dead worker's hands, in a queue, or nowhere).
 - late: rows polled more than one interval after their tick (created_at − scheduled_at > interval):
   a message sent late or delivered again.
 - stuck: poll messages that a live worker held (its Dramatiq ack set in Redis, sampled every
@@ -82,8 +86,8 @@ VOCABULARY = {"timeout", "refused", "dns", "network", "tls", "auth", "http", "ba
 PVE_FAULTS = ("401", "500", "595", "hang", "tls", "html", "garbage")
 STUCK_S = 30
 RECOVERY_CAP_S = 120
-# The scheduler notices Redis is back within ~1 s (it retries every second, 3 s socket timeouts).
-BROKER_SLACK_S = 4
+# A span begins this long before its fault: ticks queued or in flight when the fault begins are its.
+LEAD_S = 2.0
 
 
 @dataclass
@@ -113,7 +117,7 @@ class Fleet:
         self.faults_file = tmp / "faults.json"
         self.expected_exit: set[int] = set()
         self.restarts: list[float] = []
-        self.broker_down: list[tuple[float, float]] = []
+        self.kills: dict[int, float] = {}       # scheduler pid -> when the bench killed it
         self._lock = threading.Lock()
 
     # -- processes --------------------------------------------------------------------------------
@@ -163,9 +167,7 @@ class Fleet:
 
     def start_redis(self, down_since: float) -> float:
         self.redis.start()
-        t = time.time()
-        self.broker_down.append((down_since, t))
-        return t
+        return time.time()
 
     def kill_worker_process(self) -> int:
         pid = self.worker_children()[0]
@@ -174,8 +176,28 @@ class Fleet:
 
     def kill_leader(self) -> None:
         proc = self.leader()
+        self.kills[proc.pid] = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+    def leading(self) -> list[tuple[float, float]]:
+        """The periods in which some scheduler led with Redis up, from their logs and the kills."""
+        periods = []
+        for proc, log in zip(self.schedulers, self.scheduler_logs):
+            since = None
+            for line in log.read_text(errors="replace").splitlines():
+                state = line.split(" scheduler: ", 1)[-1]
+                if not state.startswith(("leading", "standing by", "broker unavailable")):
+                    continue
+                at = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+                if state.startswith("leading"):
+                    since = at if since is None else since
+                elif since is not None:
+                    periods.append((since, at))
+                    since = None
+            if since is not None:
+                periods.append((since, self.kills.get(proc.pid, time.time())))
+        return periods
 
     def close(self) -> None:
         for proc in [self.worker, *self.schedulers, self.sim]:
@@ -225,6 +247,31 @@ class StuckWatch:
         for mid in list(self.first_seen):
             if mid not in held:
                 del self.first_seen[mid]
+
+
+def unacked_polls(redis_url: str) -> dict[tuple[str, float], str]:
+    """Where each poll message still in Redis is: (server_id, tick) -> a worker's ack set (alive or
+    dead by its heartbeat) or the queue."""
+    r = redis.Redis.from_url(redis_url)
+    now_ms = time.time() * 1000
+    beats = {k.decode(): s for k, s in r.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True)}
+    place = {}
+    for key in r.scan_iter(match="dramatiq:__acks__.*"):
+        worker_id, queue = key.decode().split("__acks__.", 1)[1].rsplit(".", 1)
+        state = "alive" if now_ms - beats.get(worker_id, 0) < 15_000 else \
+            f"dead, last heartbeat {(now_ms - beats[worker_id]) / 1000:.0f} s ago" if worker_id in beats else "dead"
+        for mid in r.smembers(key):
+            place[mid] = f"held by a worker ({state}) in {queue}"
+    for queue in ("polls", "polls.DQ"):
+        for mid in r.lrange(f"dramatiq:{queue}", 0, -1) if queue == "polls" else r.zrange(f"dramatiq:{queue}", 0, -1):
+            place.setdefault(mid, f"waiting in {queue}")
+    out = {}
+    for queue in ("polls", "polls.DQ"):
+        for mid, body in r.hscan_iter(f"dramatiq:{queue}.msgs"):
+            args = json.loads(body)["args"]
+            key = (args[0], round(datetime.fromisoformat(args[1]).timestamp(), 3))
+            out[key] = place.get(mid, f"in {queue}.msgs only")
+    return out
 
 
 def expected_ticks(server_ids: list[str], start: float, end: float) -> set[tuple[str, float]]:
@@ -307,8 +354,8 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
 
         def begin(name: str) -> Span:
             if spans:
-                spans[-1].until = time.time()
-            span = Span(name, time.time())
+                spans[-1].until = time.time() - LEAD_S
+            span = Span(name, max(window_start, time.time() - LEAD_S))
             spans.append(span)
             print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
             return span
@@ -410,6 +457,8 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
         time.sleep(max(0.0, deadline - time.time()))
         watch.stop.set()
         worker_log = (tmp_path / "procs.log").read_text(errors="replace")
+        leading = fleet.leading()
+        leftover = unacked_polls(redis_server.url)
     finally:
         watch.stop.set()
         if "supervisor_stop" in locals():
@@ -443,14 +492,17 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
         mine = [r for r in rows if a <= r[1] < b]
         have = {(r[0], round(r[1], 3)) for r in mine}
         lost = exp - have
-        skipped = {x for x in lost if any(d0 <= x[1] <= d1 + BROKER_SLACK_S for d0, d1 in fleet.broker_down)}
+        skipped = {x for x in lost if not any(p0 < x[1] + INTERVAL and p1 > x[1] for p0, p1 in leading)}
         failed = [r for r in mine if not r[2]]
         classified = [r for r in failed if r[3] in VOCABULARY and (r[4] or "").strip()]
         kinds = Counter(r[3] for r in failed)
         if lost - skipped:
-            offsets = sorted(round(t - a, 1) for _, t in lost - skipped)
-            s.notes.append(f"{len(lost - skipped)} lost, ticks at +{', +'.join(map(str, offsets))} s from the span's start "
-                           f"(fault ended at +{s.end - a:.1f} s)")
+            where = Counter(leftover.get((sid, t), "no message left in Redis") for sid, t in lost - skipped)
+            offsets = sorted(round(t - a - LEAD_S, 1) for _, t in lost - skipped)
+            s.notes.append(f"{len(lost - skipped)} lost that a scheduler could send: ticks at "
+                           f"{', '.join(f'{o:+}' for o in offsets)} s from the fault's start (it ended at "
+                           f"+{s.end - a - LEAD_S:.1f} s); their messages at the end: "
+                           + ", ".join(f"{n} {w}" for w, n in where.items()))
         late = sum(1 for r in mine if r[5] > INTERVAL)
         out.append(dict(
             fault=s.name, servers_hit=s.faulty or "-", scheduled=len(exp), written=len(mine),
