@@ -50,6 +50,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -66,7 +67,7 @@ import redis
 from tests.bench.reporting import table
 from tests.support import processes
 from tests.support.processes import service_env, spawn
-from tests.support.waiting import free_port, wait_for
+from tests.support.waiting import wait_for
 from worker import admin, db
 from worker.crypto import Box
 from worker.scheduler import tick
@@ -249,6 +250,26 @@ class StuckWatch:
                 del self.first_seen[mid]
 
 
+def free_range(n: int) -> int:
+    """The first of n consecutive free ports below the kernel's ephemeral range (where nothing is
+    handed out to outgoing connections meanwhile)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random(os.getpid())
+    for _ in range(100):
+        base = rng.randrange(10_000, low - n)
+        taken = False
+        for port in range(base, base + n):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise AssertionError(f"no {n} consecutive free ports below {low}")
+
+
 def unacked_polls(redis_url: str) -> dict[tuple[str, float], str]:
     """Where each poll message still in Redis is: (server_id, tick) -> a worker's ack set (alive or
     dead by its heartbeat) or the queue."""
@@ -306,7 +327,7 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
     cert, key, der = make_cert(str(tmp_path), name="fleet", hosts=("127.0.0.1",))
     alt_cert, alt_key, _ = make_cert(str(tmp_path), name="fleet-renewed", hosts=("127.0.0.1",))
     fingerprint = hashlib.sha256(der).hexdigest()
-    base_port = next(p for p in (free_port() for _ in range(50)) if p + SERVERS < 65000)
+    base_port = free_range(SERVERS)
     ports = list(range(base_port, base_port + SERVERS))
 
     processes.flush_redis(redis_server.url)
@@ -321,7 +342,8 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
     watch = StuckWatch(redis_server.url, db_url)
     spans: list[Span] = []
     try:
-        assert wait_for(lambda: "ready" in sim_log.read_text(), 30), sim_log.read_text()
+        assert wait_for(lambda: "ready 127.0.0.1" in sim_log.read_text() or fleet.sim.poll() is not None, 30) \
+            and fleet.sim.poll() is None, sim_log.read_text()
         box = Box(secret_key)
         server_ids = []
         with db.connect(db_url) as conn:
