@@ -576,7 +576,7 @@ def test_faults(pg_server, db_url, redis_server, secret_key, tmp_path):
           " | error kinds | recovery (s) | restart |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|")
     for r in out:
-        lost = f"{r['lost']}" + (f" ({r['skipped']} skipped: Redis down)" if r["skipped"] else "")
+        lost = f"{r['lost']}" + (f" ({r['skipped']} skipped: no scheduler could send)" if r["skipped"] else "")
         print(f"| {r['fault']} | {r['servers_hit']} | {r['scheduled']} | {r['written']} ({r['ok']} / {r['failed']}) "
               f"| {r['duplicates']} | {lost} | {r['late']} | {r['stuck']} | {r['classified']} | {r['kinds']} "
               f"| {r['recovery']} | {r['restart']} |")
