@@ -122,10 +122,14 @@ class Scheduler:
                         was, leading, renewed = leading, self.lock.hold(), now
                         if leading != was:
                             log.info("scheduler: %s", "leading" if leading else "standing by")
+                    # A standby keeps its server list fresh too: when it takes over — perhaps while
+                    # Postgres is down — it sends from a list it already has, not from none.
+                    self.refresh(now)
                     if leading:
-                        self.refresh(now)
                         self.step(now)
                 except redis.RedisError as exc:
+                    if leading:
+                        log.info("scheduler: standing by")
                     leading = False
                     log.warning("scheduler: broker unavailable (%s); ticks are skipped until it is back", exc)
                     stop.wait(1)
