@@ -224,3 +224,14 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
         st.error(f"The {what} hit an unexpected error: {plain(exc)}")
+
+
+def read_or_explain(feed: live.LiveFeed, *reads):
+    """Each read's answer, in order — or, when the API refuses one, its sentence on the page and None
+    (the page stops there; the feed still reruns it when the data moves)."""
+    try:
+        return [read() for read in reads]
+    except DataError as exc:
+        st.error(plain(exc))
+        live.rerun_on_change(feed)
+        return None

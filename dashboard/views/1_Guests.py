@@ -76,13 +76,10 @@ def sync_notes(syncs: list[dict]) -> None:
 def guests(client) -> None:
     # Before reading, so no change falls in between; sessions too, for the sidebar's list.
     feed = live.watch(st.session_state, [("guests", None), ("connection_sessions", None)])
-    try:
-        rows = data.guests(client)
-        syncs = data.guest_syncs(client)
-    except data.DataError as exc:
-        st.error(plain(exc))
-        live.rerun_on_change(feed)
+    got = session.read_or_explain(feed, lambda: data.guests(client), lambda: data.guest_syncs(client))
+    if got is None:
         return
+    rows, syncs = got
     sync_notes(syncs)
     if not rows:
         st.info("No guests yet. They appear within 30 seconds of adding a server "

@@ -84,13 +84,10 @@ def connection_card(row: dict, protocol: str | None) -> None:
 
 def connections(client) -> None:
     feed = live.watch(st.session_state, [("connection_sessions", None)])
-    try:
-        summary = data.connection_summary(client)
-        stats = data.session_stats(client)
-    except data.DataError as exc:
-        st.error(plain(exc))
-        live.rerun_on_change(feed)
+    got = session.read_or_explain(feed, lambda: data.connection_summary(client), lambda: data.session_stats(client))
+    if got is None:
         return
+    summary, stats = got
     teams = {r["team_id"]: r["team_name"] for r in summary}
     mode, team, protocol = _query_defaults(teams)
     c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
