@@ -9,7 +9,7 @@ CPU went (/proc/stat and /proc/<pid>/stat of each process group).
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_fleet_cycle.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_fleet_cycle.py -s -q -p no:cacheprovider
 
 Knobs (environment): BENCH_SERVERS (1000), BENCH_LATENCY (0.05), BENCH_CYCLES (3),
 BENCH_PVE_HOSTS (2: simulator processes, one loopback address each), BENCH_PHASES=1 (time the

@@ -20,7 +20,7 @@ open, VmHWM). Goal: p99 added ≤ 5 ms.
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_gateway.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_gateway.py -s -q -p no:cacheprovider
 
 Measured 2026-11-22 on the 2-core machine shared with other sessions (load average ~1.5), 6 rounds,
 asyncio loop (what the project installs): round trip p50 0.55 ms direct / 0.98 ms gateway, p99

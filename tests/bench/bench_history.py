@@ -2,8 +2,8 @@
 table of 10 M rows (200 servers × 50,000 polls over 30 days, inserted set-based in time order so
 that the statement trigger builds connection_metrics_hourly as it does in production), against
 the seed's method (SELECT the 24 h raw rows success, response_time_ms, created_at of the server
-ordered by created_at, then group by hour in Python exactly as the seed's groupByHour does — see
-/work/shared/seeds/002_*.txt), in the same run. Goal: ≥ 100× faster, p50 ≤ 5 ms.
+ordered by created_at, then group by hour in Python, as a client-side groupByHour would), in the
+same run. Goal: ≥ 100× faster, p50 ≤ 5 ms.
 
 The seed filters on created_at; the schema has no index on (server_id, created_at) (only the
 unique (server_id, scheduled_at), (tenant_id, scheduled_at) and the primary key). The seed method
@@ -13,7 +13,7 @@ exists only in the benchmark's throw-away database).
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_history.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_history.py -s -q -p no:cacheprovider
 
 Knobs (environment): BENCH_HISTORY_SERVERS (200), BENCH_HISTORY_POLLS (50000 per server),
 BENCH_HISTORY_CALLS (300 timed calls per method).

@@ -16,7 +16,7 @@ Goal: worker path rate / COPY rate ≥ 0.5.
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_ingest.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_ingest.py -s -q -p no:cacheprovider
 
 Knobs (environment): BENCH_INGEST_SERVERS (1000), BENCH_INGEST_ROWS (100000 for write/COPY),
 BENCH_INGEST_RECORD_ROWS (50000 for each record() variant), BENCH_INGEST_THREADS (16,32,64).

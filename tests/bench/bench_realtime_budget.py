@@ -21,7 +21,7 @@ times), so a refresh is not one synchronized burst. Flapping servers alternate 3
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_realtime_budget.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_realtime_budget.py -s -q -p no:cacheprovider
 
 Knobs: BENCH_SERVERS (1000), BENCH_MINUTES (20 simulated minutes per design), BENCH_FLAPPING
 (0.01), BENCH_REFRESH ("0,60,300,600,off": the designs to run; 0 = naive, off = no refresh).

@@ -16,7 +16,7 @@ identity) and the latency is taken over all of their callbacks.
 
 Run by hand (never part of `make test`):
 
-    cd /work/main && PYTHONPATH=. python3 -m pytest tests/bench/bench_realtime_latency.py -s -q -p no:cacheprovider
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_realtime_latency.py -s -q -p no:cacheprovider
 
 Knobs: BENCH_CHANGES (1000), BENCH_PACE_MS (20), BENCH_SERVERS (50), BENCH_SUBSCRIBERS (1).
 """
