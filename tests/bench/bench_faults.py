@@ -12,7 +12,7 @@ Run by hand (never part of `make test`), from the project root:
 Knobs (environment): BENCH_SERVERS (200), BENCH_INTERVAL (10 s, every server's poll interval),
 BENCH_FAULT_S (20 s: how long a PVE fault lasts), BENCH_OUTAGE_S (10 s: Redis / Postgres stopped),
 BENCH_SHARE (0.1: the share of the fleet a PVE fault hits), BENCH_GRACE_S (150 s: the wait before
-counting lost polls — a dead worker's messages are re-queued after Dramatiq's 60 s heartbeat
+counting lost polls — a dead worker's messages are re-queued after the broker's 15 s heartbeat
 timeout and expire after the poll's max_age of 120 s), BENCH_LATENCY (0.05 s per PVE call).
 
 What the columns mean (the timeline is cut into spans: a span runs from its fault's start to the
