@@ -20,3 +20,19 @@ def add_server(conn, box, fingerprint):
             kw.setdefault("fingerprint", fingerprint)
         return admin.add_server(conn, box, admin.ServerInput(name=name, url=url, tenant=tenant, **kw))
     return make
+
+
+@pytest.fixture
+def poller(pool, box, settings):
+    """The worker's Poller on this test's database."""
+    from worker.polling import Poller
+
+    return Poller(pool, box, settings)
+
+
+@pytest.fixture
+def recorder(pool, settings):
+    """The worker's Recorder on this test's database."""
+    from worker.polling import Recorder
+
+    return Recorder(pool, settings)

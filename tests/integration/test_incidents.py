@@ -13,19 +13,11 @@ import pytest
 from tests.support.processes import run_cli, service_env
 from tests.support.seed import call
 from worker import db
-from worker.polling import PollResult, Poller, Recorder, incident_arrays, utcnow
+from worker.polling import PollResult, incident_arrays, utcnow
 
 STEP = timedelta(seconds=10)
 
 
-@pytest.fixture
-def poller(pool, box, settings):
-    return Poller(pool, box, settings)
-
-
-@pytest.fixture
-def recorder(pool, settings):
-    return Recorder(pool, settings)
 
 
 class Polls:

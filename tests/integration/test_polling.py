@@ -5,19 +5,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-import pytest
 
-from worker.polling import Poller, Recorder, utcnow
-
-
-@pytest.fixture
-def poller(pool, box, settings):
-    return Poller(pool, box, settings)
+from worker.polling import Poller, utcnow
 
 
-@pytest.fixture
-def recorder(pool, settings):
-    return Recorder(pool, settings)
 
 
 def poll_and_record(poller, recorder, server_id, at=None):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 
 import psycopg
 import pytest
 import websockets
 
+from tests.support.phoenix import RawSocket
 from tests.support.seed import ALICE, BOB
 from tests.support.standin import sign_in as token_for
 from tests.support.waiting import wait_until
@@ -36,29 +36,8 @@ def rss_bytes(pid: int | None = None) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-class Raw:
-    """A raw Phoenix socket (frames as the server sends them)."""
-
-    def __init__(self, standin, max_size=8 << 20):
-        self.url = f"ws://127.0.0.1:{standin.port}/realtime/v1/websocket?apikey={standin.anon_key}&vsn=1.0.0"
-        self.max_size = max_size
-        self.ref = 0
-
-    async def __aenter__(self):
-        self.ws = await websockets.connect(self.url, max_size=self.max_size)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.ws.close()
-
-    async def send(self, topic, event, payload) -> str:
-        self.ref += 1
-        await self.ws.send(json.dumps({"topic": topic, "event": event, "payload": payload, "ref": str(self.ref),
-                                       "join_ref": str(self.ref)}))
-        return str(self.ref)
-
-    async def frame(self, timeout: float = WAIT_S) -> dict:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+class Raw(RawSocket):
+    """A raw Phoenix socket whose replies are matched by ref."""
 
     async def reply(self, ref: str) -> dict:
         while True:
@@ -70,12 +49,6 @@ class Raw:
         ref = await self.send(f"realtime:{topic}", "phx_join", {"config": {"postgres_changes": bindings},
                                                                 "access_token": token})
         return await self.reply(ref)
-
-    async def system(self) -> dict:
-        while True:
-            frame = await self.frame()
-            if frame["event"] == "system":
-                return frame["payload"]
 
     async def send_and_reply(self, topic, event, payload=None) -> dict:
         return await self.reply(await self.send(topic, event, payload or {}))

@@ -12,7 +12,6 @@ committing X and then a change the subscriber must see, and finding that one fir
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
@@ -25,6 +24,7 @@ from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from supabase import create_client
 
 from dashboard import live
+from tests.support.phoenix import RawSocket
 from tests.support.seed import ALICE, BOB
 from tests.support.standin import sign_in as token_for
 from tests.support.waiting import wait_until
@@ -60,28 +60,8 @@ def until(predicate, what: str, timeout: float = WAIT_S):
     wait_until(predicate, timeout, interval=0.02, what=what)
 
 
-class Raw:
-    """A raw Phoenix socket: frames as the server sends them."""
-
-    def __init__(self, standin):
-        self.url = f"ws://127.0.0.1:{standin.port}/realtime/v1/websocket?apikey={standin.anon_key}&vsn=1.0.0"
-        self.ref = 0
-
-    async def __aenter__(self):
-        self.ws = await websockets.connect(self.url, max_size=8 << 20)
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.ws.close()
-
-    async def send(self, topic, event, payload) -> str:
-        self.ref += 1
-        await self.ws.send(json.dumps({"topic": topic, "event": event, "payload": payload, "ref": str(self.ref),
-                                       "join_ref": str(self.ref)}))
-        return str(self.ref)
-
-    async def frame(self, timeout: float = WAIT_S) -> dict:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+class Raw(RawSocket):
+    """A raw Phoenix socket whose join reply is the next frame, as the real server answers."""
 
     async def join(self, topic, token, bindings) -> tuple[dict, str]:
         ref = await self.send(f"realtime:{topic}", "phx_join", {
@@ -90,13 +70,6 @@ class Raw:
         reply = await self.frame()
         assert reply["event"] == "phx_reply" and reply["ref"] == ref, reply
         return reply, ref
-
-    async def system(self) -> dict:
-        """The next system message (changes before it are returned by frame() instead)."""
-        while True:
-            frame = await self.frame()
-            if frame["event"] == "system":
-                return frame["payload"]
 
     async def joined(self, topic, token, bindings) -> dict:
         reply, _ = await self.join(topic, token, bindings)
