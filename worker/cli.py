@@ -6,7 +6,6 @@ Bad input gets one clear sentence on stderr and exit code 2, and writes nothing.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -432,7 +431,7 @@ def span(seconds: int | None) -> str:
 
 
 def main() -> None:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    settings_mod.export("PYTHONUNBUFFERED", "1", default_only=True)
     try:
         app()
     except KeyboardInterrupt:

@@ -404,6 +404,21 @@ def _build(cls):
     return cls(**values)
 
 
+def child_environment(**values: str) -> dict[str, str]:
+    """The environment of a process proxwatch starts: this one's, with `values` set. The one place
+    besides the variables above that touches os.environ (a copy, never a read of configuration)."""
+    return {**os.environ, **values}
+
+
+def export(name: str, value: str, default_only: bool = False) -> None:
+    """Set a variable for this process and the ones it starts — for libraries that read their own
+    (PYTHONUNBUFFERED, prometheus-client's PROMETHEUS_MULTIPROC_DIR)."""
+    if default_only:
+        os.environ.setdefault(name, value)
+    else:
+        os.environ[name] = value
+
+
 def markdown_table() -> str:
     """The README's configuration table: every variable, its default, what it does."""
     rows = ["| variable | default | what it does |", "|---|---|---|"]

@@ -26,6 +26,7 @@ import psycopg
 
 from worker import admin, db, runtime
 from worker.embedded.services import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, load_secrets, port_in_use
+from worker import settings
 from worker.settings import Settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def ensure_local_admin(conn: psycopg.Connection, ep: runtime.Endpoints, *, defau
 
 
 def child_env(s: Settings, ep: runtime.Endpoints) -> dict:
-    env = dict(os.environ)
+    env = settings.child_environment()
     env.update(DATABASE_URL=ep.database_url, REDIS_URL=ep.redis_url, PROXWATCH_SECRET_KEY=ep.secret_key,
                PROXWATCH_HOME=str(s.home), PYTHONUNBUFFERED="1")
     if ep.supabase_url:

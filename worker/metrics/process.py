@@ -25,6 +25,8 @@ from pathlib import Path
 
 from dramatiq.middleware import Middleware
 
+from worker import settings
+
 # Latency buckets (seconds): a PVE API answers in milliseconds to seconds; the timeout ends at 120 s.
 POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -51,7 +53,7 @@ def setup(directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     # prometheus-client finds the directory through this variable (also when it marks a process dead).
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    settings.export("PROMETHEUS_MULTIPROC_DIR", str(directory))
     with _lock:
         values.ValueClass = values.MultiProcessValue()
         _instruments = None
