@@ -30,10 +30,11 @@ def flush_redis(redis_url: str) -> None:
     redis.Redis.from_url(redis_url).flushall()
 
 
-def spawn(args, env: dict, log, **kw) -> subprocess.Popen:
-    """`python <args>` from the repository root, in its own session, its output into log."""
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, **kw)
+def spawn(args, env: dict, log, prefix: tuple = (), **kw) -> subprocess.Popen:
+    """`python <args>` from the repository root, in its own session, its output into log; `prefix`
+    runs it through another command (`("ip", "netns", "exec", name)`: inside a network namespace)."""
+    return subprocess.Popen([*prefix, sys.executable, *args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 20) -> None:
