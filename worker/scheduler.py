@@ -2,7 +2,8 @@
 
 Only one scheduler sends at a time: the leader holds a lock in Redis (the broker it sends to)
 that it renews every second and that expires LOCK_TTL_MS after it stops; a second scheduler
-waits as a standby and takes over then. Ticks are aligned (scheduled_at = phase + k × interval),
+waits as a standby and takes over then. After each pass the leader notes in Redis up to when it has
+sent; a new leader starts from there (the ticks of the gap are sent, nothing before them again). Ticks are aligned (scheduled_at = phase + k × interval),
 so even a brief overlap of two leaders produces the same (server_id, scheduled_at) pairs, which
 the metric table counts once. Each server has its own phase inside the interval, so polls spread
 out instead of bursting.
@@ -53,6 +54,15 @@ class LeaderLock:
         self.client.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
                          "else return 0 end", 1, self.name, self.token)
 
+    def mark_sent(self, now: float) -> None:
+        """Note that every tick at or before `now` has been sent (the leader, after each pass)."""
+        self.client.set(self.name + ":sent", repr(now))
+
+    def sent_until(self) -> float | None:
+        """The last leader's last mark_sent (epoch seconds); None when no scheduler ever led."""
+        raw = self.client.get(self.name + ":sent")
+        return float(raw) if raw else None
+
 
 def tick(server_id: str, interval_s: int, now: float) -> float:
     """The latest scheduled time (epoch seconds) of this server at or before now."""
@@ -84,6 +94,18 @@ class Scheduler:
                 if self.last.get((job.actor, sid), -1) < t:
                     out.append((job, sid, t))
         return out
+
+    def resume(self, sent_until: float) -> None:
+        """Count every tick at or before sent_until as sent: the leader before this one sent them.
+        Without this a new leader sends every server's latest poll, guest sync and certificate check
+        again at once (tests/bench/bench_hosts.py: 600 duplicate jobs after the leader's host died
+        with 200 servers, and the polls due after it started 20 s late). Ticks after sent_until,
+        those of the takeover's gap, are still sent."""
+        for job in self.jobs:
+            targets = self.servers if job.per_server else [(None, job.interval_s)]
+            for sid, server_interval in targets:
+                t = tick(job_key(job, sid), job.interval_s or server_interval, sent_until)
+                self.last[(job.actor, sid)] = max(self.last.get((job.actor, sid), -1), t)
 
     def refresh(self, now: float) -> None:
         """Re-read the enabled servers when due; keep the known list while Postgres is unreachable."""
@@ -118,15 +140,20 @@ class Scheduler:
             while not stop.is_set():
                 now = time.time()
                 try:
+                    took_over = False
                     if now - renewed >= 1 or not leading:
                         was, leading, renewed = leading, self.lock.hold(), now
+                        took_over = leading and not was
                         if leading != was:
                             log.info("scheduler: %s", "leading" if leading else "standing by")
                     # A standby keeps its server list fresh too: when it takes over — perhaps while
                     # Postgres is down — it sends from a list it already has, not from none.
                     self.refresh(now)
+                    if took_over and (sent_until := self.lock.sent_until()) is not None:
+                        self.resume(sent_until)
                     if leading:
                         self.step(now)
+                        self.lock.mark_sent(now)
                 except redis.RedisError as exc:
                     if leading:
                         log.info("scheduler: standing by")

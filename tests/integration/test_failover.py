@@ -1,10 +1,12 @@
 """Failover without loss (each found by tests/bench/bench_faults.py): a worker that dies holding a
 poll loses nothing — the broker gives the message back and another worker writes its row, once —
 and a standby scheduler knows the servers before it leads, so taking over while Postgres is down
-does not send from an empty list."""
+does not send from an empty list. A scheduler that takes over from a dead leader sends what is due
+after the leader's last pass, not again what the leader sent (found by tests/bench/bench_hosts.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from datetime import datetime, timezone
@@ -15,8 +17,9 @@ from dramatiq.brokers.redis import RedisBroker
 
 from tests.support.processes import spawn, stop
 from tests.support.waiting import wait_for
-from worker.schedule import Job
-from worker.scheduler import Scheduler
+from worker.schedule import Job, jobs
+from worker.scheduler import LeaderLock, Scheduler
+from worker.settings import load
 
 WORKER = ["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "1"]
 
@@ -82,3 +85,54 @@ def test_a_standby_scheduler_reads_the_servers_before_it_leads(pve, add_server, 
         stop_event.set()
         thread.join(10)
     assert sent == []
+
+
+def sent_messages(client: redis.Redis) -> dict[tuple[str, str | None], list[str]]:
+    """(actor, server id or None) -> the scheduled_at of every message waiting in Redis (no worker runs)."""
+    out: dict[tuple[str, str | None], list[str]] = {}
+    for key in client.scan_iter(match="dramatiq:*.msgs"):
+        for body in client.hvals(key):
+            message = json.loads(body)
+            args = message["args"]
+            sid = args[0] if len(args) == 2 else None
+            out.setdefault((message["actor_name"], sid), []).append(args[-1])
+    return out
+
+
+def test_a_scheduler_taking_over_from_a_killed_leader_sends_nothing_the_leader_sent(add_server, conn, db_url,
+                                                                                     services_env, redis_server,
+                                                                                     tmp_path):
+    server = str(add_server("pve1", "https://192.0.2.10:8006", insecure=True, interval=2)["id"])
+    conn.commit()
+    client = redis.Redis.from_url(redis_server.url)
+    log = open(tmp_path / "scheduler.log", "wb")
+    # Given a leading scheduler that has sent the server's poll, guest sync and certificate check
+    leader = spawn(["-m", "worker.scheduler"], services_env, log)
+    try:
+        assert wait_for(lambda: {("poll", server), ("sync_guests", server), ("renew_expiring_certificates", server)}
+                        <= set(sent_messages(client)), 30), (tmp_path / "scheduler.log").read_text()
+    finally:
+        # When it dies without a chance to hand over (SIGKILL: its lock runs out)
+        stop(leader, sig=signal.SIGKILL)
+        log.close()
+    before = sent_messages(client)
+    sent: list[tuple[str, tuple]] = []
+    successor = Scheduler(db_url, lambda actor, args: sent.append((actor, args)),
+                          LeaderLock(redis.Redis.from_url(redis_server.url)), jobs(load()))
+    stop_event = threading.Event()
+    thread = threading.Thread(target=successor.run, args=(stop_event,))
+    thread.start()
+    try:
+        # Then the standby takes over and the polls go on (every 2 s) ...
+        assert wait_for(lambda: sum(1 for actor, _ in sent if actor == "poll") >= 2, 30), sent
+    finally:
+        stop_event.set()
+        thread.join(10)
+    # ... but nothing the dead leader had sent is sent again: no second guest sync or certificate
+    # check of the server, no poll of a tick it had sent
+    for actor, args in sent:
+        sid = args[0] if len(args) == 2 else None
+        at = datetime.fromisoformat(args[-1])
+        assert all(at > datetime.fromisoformat(t) for t in before.get((actor, sid), [])), \
+            (actor, args, before.get((actor, sid)))
+
