@@ -391,7 +391,9 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
         assert wait_for(host.ready, 60), logs()
         if n == 1:
             assert wait_for(host.leads, 30), logs()
-            # Every server's first guest sync and certificate check: let them pass first.
+            # Every server's first guest sync and certificate check: once the leader has sent them
+            # (its first pass), let them pass before measuring.
+            wait_for(lambda: r.hlen("dramatiq:inventory.msgs") + r.hlen("dramatiq:operations.msgs") >= SERVERS, 30)
             assert wait_for(drained, 300, 1), logs()
         time.sleep(SETTLE_S)
         t0 = time.time()
