@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -431,11 +432,24 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
     window_start = float(int(time.time()) + 1)
     time.sleep(window_start + 1.5 * INTERVAL - time.time())
     lock_pttl = r.pttl(LOCK_NAME)
-    in_flight = sum(r.scard(k) for k in r.scan_iter(match="dramatiq:__acks__.*.polls"))
+    held = {k.decode().split("__acks__.", 1)[1].rsplit(".", 1)[0]: r.smembers(k)
+            for k in r.scan_iter(match="dramatiq:__acks__.*.polls")}
+    beats = dict(r.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True))
     t_kill = time.time()
     killed = leader.kill()
-    print(f"{time.strftime('%H:%M:%S')} killed {leader.name} (the lock holder): {killed} processes, "
-          f"{in_flight} poll messages held by the workers then", flush=True)
+    # The killed worker is the consumer whose heartbeat stops (a busy one beats at every fetch).
+    time.sleep(6)
+    later = dict(r.zrange("dramatiq:__heartbeats__", 0, -1, withscores=True))
+    dead = [w for w in held if later.get(w.encode(), 0) <= beats.get(w.encode(), 0)]
+    held_ticks = set()
+    for w in dead:
+        for mid in held[w]:
+            body = r.hget("dramatiq:polls.msgs", mid)
+            if body is not None:
+                sid, at = json.loads(body)["args"]
+                held_ticks.add((sid, round(datetime.fromisoformat(at).timestamp(), 3)))
+    print(f"{time.strftime('%H:%M:%S')} killed {leader.name} (the lock holder): {killed} processes, its worker "
+          f"holding {sum(len(held[w]) for w in dead)} poll messages", flush=True)
     others = [h for h in hosts if h is not leader]
     new_leader = wait_for(lambda: next((h for h in others if h.leads()), None), 30, 0.1)
     assert new_leader, logs()
@@ -459,11 +473,15 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
     delays = [d for _, _, d in rows]
     late = [d for d in delays if d > LATE_S]
     after_kill = [d for _, at, d in rows if t_kill < at <= t_kill + INTERVAL]
+    by_tick = {(sid, round(at, 3)): d for sid, at, d in rows}
+    held_delays = [by_tick[t] for t in held_ticks if t in by_tick]
     with psycopg.connect(admin_url) as c:
         duplicates = c.execute("select count(*) - count(distinct (server_id, scheduled_at)) from connection_metrics"
                                ).fetchone()[0]
     failover = dict(
-        servers=len(kept), leader=leader.name, killed=killed, in_flight=in_flight, lock_pttl=lock_pttl,
+        servers=len(kept), leader=leader.name, killed=killed, lock_pttl=lock_pttl,
+        held=len(held_ticks), held_in_window=len(held_ticks & expected), held_written=len(held_delays),
+        held_p50=pct(held_delays, 50), held_max=max(held_delays, default=float("nan")),
         takeover=t_lead - t_kill, expected=len(expected), written=len(rows), missing=len(expected - have),
         extra=len(have - expected), duplicates=duplicates, p50=pct(delays, 50), p95=pct(delays, 95),
         max=max(delays, default=float("nan")), late=len(late), late_p50=pct(late, 50),
@@ -486,10 +504,10 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
           [(t["hosts"], f"{t['rate']:.1f}", f"{t['rate'] / one:.2f}", f"{t['ok']}/{t['rows']}", t["backlog"],
             t["conns"], f"{t['load']:.1f}") for t in throughput])
     per_poll = [t["hosts"] * THREADS / t["rate"] for t in throughput]
-    print(f"\nthread-seconds per poll (hosts × threads / polls per second): "
+    print("\nthread-seconds per poll (hosts × threads / polls per second): "
           + ", ".join(f"{p:.2f}" for p in per_poll)
-          + f"; one process of {THREADS} threads at a {INTERVAL} s interval: about "
-          f"{THREADS * INTERVAL / max(per_poll):.0f} servers")
+          + f"; so one process of {THREADS} threads at a {INTERVAL} s interval polls about "
+          f"{THREADS * INTERVAL / max(per_poll):.0f}–{THREADS * INTERVAL / min(per_poll):.0f} servers")
     f = failover
     table(f"failover ({f['servers']} servers, 3 hosts; every process of {f['leader']} killed 1.5 intervals into "
           f"a {f['window']:.0f} s window)",
@@ -498,7 +516,9 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
           [(f["expected"], f["written"], f["missing"], f["duplicates"], f"{f['p50']:.2f}", f"{f['p95']:.2f}",
             f"{f['max']:.2f}", f["late"], f"{f['late_p50']:.2f}", f"{f['late_max']:.2f}", f["over_interval"])])
     print(f"\nlock holder {f['leader']} (Redis key {LOCK_NAME}, {LOCK_TTL_MS} ms TTL, {f['lock_pttl']} ms left at the "
-          f"kill); {f['killed']} processes killed holding {f['in_flight']} poll messages; a standby led "
+          f"kill); {f['killed']} processes killed; its worker held {f['held']} polls ({f['held_in_window']} of the "
+          f"window: {f['held_written']} written, delay p50 {f['held_p50']:.2f} s, max {f['held_max']:.2f} s); "
+          f"a standby led "
           f"{f['takeover']:.1f} s after the kill; polls due in the interval after the kill: "
           f"{f['after_kill']}/{f['after_kill_expected']} written, delay p50 {f['after_kill_p50']:.2f} s, "
           f"max {f['after_kill_max']:.2f} s; waited {f['waited']:.0f} s after the window for the last polls")
