@@ -77,6 +77,13 @@ select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_
 from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
 where s.id = %(server_id)s;
 
+-- name: poll_targets
+-- poll_target for the servers of one batched poll message, in one round trip.
+select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_fingerprint,
+       s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext
+from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
+where s.id = any(%(ids)s::uuid[]);
+
 -- name: insert_metrics
 -- One metric row per poll result; a retried poll (same server_id, scheduled_at) is ignored.
 -- The rollup trigger counts only the rows really inserted.

@@ -22,10 +22,19 @@ def _actors() -> dict[str, list[str]]:
 def test_every_scheduled_job_is_an_actor_taking_the_arguments_the_scheduler_sends():
     actors = _actors()
     schedule = jobs(Settings(home=ROOT))
-    assert schedule[0] == Job("poll"), "polls come first: every server at its own interval"
+    assert schedule[0].actor in ("poll", "poll_batch"), "polls come first: every server at its own interval"
     for job in schedule:
-        expected = ["server_id", "scheduled_at"] if job.per_server else ["scheduled_at"]
+        if job.batch > 1:
+            expected = ["polls"]  # [[server_id, scheduled_at], …]
+        else:
+            expected = ["server_id", "scheduled_at"] if job.per_server else ["scheduled_at"]
         assert actors.get(job.actor) == expected, job
+
+
+def test_polls_are_batched_as_set_and_one_per_message_with_a_batch_of_one():
+    assert jobs(Settings(home=ROOT, poll_batch=16))[0] == Job("poll_batch", batch=16)
+    assert jobs(Settings(home=ROOT, poll_batch=1))[0] == Job("poll")
+    assert _actors()["poll"] == ["server_id", "scheduled_at"]  # messages queued before an upgrade
 
 
 def test_schedule_intervals_follow_the_settings():
