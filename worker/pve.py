@@ -166,6 +166,29 @@ class _SessionTicketAuth(ProxmoxHTTPAuth):
         self.csrf_prevention_token = data["CSRFPreventionToken"]
 
 
+class _PollSession(ProxmoxHttpSession):
+    """proxmoxer's session with a short path for what a poll sends: a GET without parameters under
+    API-token auth goes straight to the mounted adapter (same TLS pinning, timeouts, connection pool
+    and exceptions), skipping requests' per-call merging of session settings, environment, cookies
+    and hooks — most of the CPU of a call on keep-alive (tests/bench/bench_fleet_cycle.py). Any other
+    request takes proxmoxer's normal path."""
+
+    def request(self, method, url, params=None, data=None, **kwargs):
+        auth = self.auth
+        if method != "GET" or params or data or kwargs or not isinstance(auth, ProxmoxHTTPApiTokenAuth):
+            return super().request(method, url, params=params, data=data, **kwargs)
+        prepared = requests.PreparedRequest()
+        prepared.method = "GET"
+        prepared.url = url
+        prepared.headers = requests.structures.CaseInsensitiveDict(self.headers)
+        prepared.body = None
+        prepared.hooks = {"response": []}
+        prepared._cookies = None
+        auth(prepared)
+        return self.get_adapter(url).send(prepared, stream=False, timeout=auth.timeout, verify=auth.verify_ssl,
+                                          cert=None, proxies={})
+
+
 def _verify_setting(target: Target):
     if target.tls_mode == "verify":
         return target.ca_file or True
@@ -173,7 +196,7 @@ def _verify_setting(target: Target):
 
 
 def _session(target: Target, base_url: str, timeout_s: float) -> ProxmoxResource:
-    session = ProxmoxHttpSession()
+    session = _PollSession()
     session.trust_env = False  # no proxy/netrc lookups in the environment on every call
     session.headers["accept"] = JsonSerializer().get_accept_types()
     verify = _verify_setting(target)
