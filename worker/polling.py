@@ -378,7 +378,7 @@ class Poller:
             limit_s = timeout_ms / 1000 * CALLS * (2 if row["fallback_url"] else 1) + BATCH_MARGIN_S
             began: list[float] = []  # when a poll thread took it (waiting for a thread is not the server's fault)
             pending.append((row, scheduled_at, limit_s, timeout_ms, began,
-                            self._threads().submit(self._poll_started, began, str(sid), scheduled_at)))
+                            self._threads().submit(self._poll_started, began, str(sid), scheduled_at, row)))
         results = []
         for row, scheduled_at, limit_s, timeout_ms, began, future in pending:
             try:
@@ -402,9 +402,9 @@ class Poller:
                 results.append(result)
         return results
 
-    def _poll_started(self, began: list, server_id: str, scheduled_at: datetime) -> PollResult | None:
+    def _poll_started(self, began: list, server_id: str, scheduled_at: datetime, row: dict) -> PollResult | None:
         began.append(time.monotonic())
-        return self.poll(server_id, scheduled_at)
+        return self.poll(server_id, scheduled_at, row)
 
     @staticmethod
     def _wait(future: Future, began: list, limit_s: float):
@@ -424,16 +424,17 @@ class Poller:
         row = self.target(server_id)
         return None if row is None else (row, self._client(row))
 
-    def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
-        """Poll one server now; None when the server no longer exists."""
+    def poll(self, server_id: str, scheduled_at: datetime, row: dict | None = None) -> PollResult | None:
+        """Poll one server now (with its settings row when the caller has it); None when the server
+        no longer exists."""
         started = time.perf_counter()
-        result = self._poll(server_id, scheduled_at)
+        result = self._poll(server_id, scheduled_at, row)
         if result is not None:
             metrics.observe_poll(result.success, result.error_kind, time.perf_counter() - started)
         return result
 
-    def _poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
-        row = self.target(server_id)
+    def _poll(self, server_id: str, scheduled_at: datetime, row: dict | None = None) -> PollResult | None:
+        row = row or self.target(server_id)
         if row is None:
             return None
         timeout_ms = row["learned_timeout_ms"] or self.settings.timeout_default_ms
