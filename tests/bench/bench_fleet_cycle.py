@@ -34,7 +34,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
