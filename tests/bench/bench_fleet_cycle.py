@@ -74,12 +74,13 @@ def cpu_totals() -> tuple[int, int]:
     return total - idle, total
 
 
-def proc_cpu(pid: int) -> int:
-    """utime + stime (jiffies) of a process, 0 when it is gone."""
+def proc_cpu(pid: int, system_only: bool = False) -> int:
+    """utime + stime (or stime only: the kernel's share, e.g. loopback TCP and TLS record I/O) in
+    jiffies of a process, 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return int(fields[12]) + (0 if system_only else int(fields[11]))
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0
 
@@ -119,9 +120,14 @@ def kib(value: str | None) -> int:
     return int(value.split()[0]) if value else 0
 
 
-def postgres_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+def postgres_pids(datadir: Path) -> list[int]:
+    """This bench's Postgres: the postmaster of `datadir` (postmaster.pid) and its backends — not
+    every Postgres on a shared machine."""
+    try:
+        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return []
+    return [postmaster, *descendants(postmaster)]
 
 
 class CpuMeter:
@@ -131,7 +137,8 @@ class CpuMeter:
         self.groups = groups  # name -> callable returning pids
 
     def snapshot(self):
-        return cpu_totals(), {name: {pid: proc_cpu(pid) for pid in pids()} for name, pids in self.groups.items()}
+        return cpu_totals(), {name: {pid: proc_cpu(pid, name.endswith("_sys")) for pid in pids()}
+                              for name, pids in self.groups.items()}
 
     def start(self):
         self._t0 = time.perf_counter()
@@ -301,8 +308,9 @@ def test_fleet_cycle(pg_server, db_url, redis_server, secret_key, tmp_path):
                     running = config
                     meter = CpuMeter({
                         "worker": lambda: [config.proc.pid, *descendants(config.proc.pid)],
+                        "worker_sys": lambda: [config.proc.pid, *descendants(config.proc.pid)],
                         "simpve": lambda: [sim.pid, *descendants(sim.pid)],
-                        "postgres": postgres_pids,
+                        "postgres": lambda: postgres_pids(pg_server.datadir),
                         "redis": lambda: [redis_server.proc.pid],
                         "bench": lambda: [os.getpid()],
                         **{f"proc{j}": (lambda pid=pid: [pid]) for j, pid in enumerate(config.pids)},
@@ -368,12 +376,13 @@ def test_fleet_cycle(pg_server, db_url, redis_server, secret_key, tmp_path):
         rows.append((r["config"], r["round"], r["cycle"], "cold" if r["cycle"] == 1 else "warm", f"{r['wall']:.3f}",
                      f"{r['wall'] / ideal:.2f}", f"{r['enqueue']:.3f}", f"{r['ok']}/{r['rows']}", f"{r['rt50']:.0f}",
                      f"{r['rt99']:.0f}", f"{r['spread']:.2f}", f"{100 * c['machine_busy']:.0f}%",
-                     f"{c['worker']:.2f}", f"{1000 * c['worker'] / SERVERS:.2f}", per_proc, f"{c['simpve']:.2f}",
+                     f"{c['worker']:.2f}", f"{1000 * c['worker'] / SERVERS:.2f}",
+                     f"{100 * c['worker_sys'] / max(c['worker'], 1e-9):.0f}%", per_proc, f"{c['simpve']:.2f}",
                      f"{c['postgres']:.2f}", f"{c['redis']:.2f}", f"{c['bench']:.2f}"))
     table("per cycle (wall = first enqueue -> all rows committed; cpu columns in CPU-seconds during the cycle, "
-          "ms_per_poll = worker CPU ms per poll, all processes / each worker process)",
+          "ms_per_poll = worker CPU ms per poll, all processes / each worker process; kernel = its system-time share)",
           ("config", "round", "cycle", "kind", "wall_s", "x_ideal", "enqueue_s", "ok/rows", "rt_p50_ms", "rt_p99_ms",
-           "poll_spread_s", "machine_busy", "cpu_worker", "ms_per_poll", "per_process", "cpu_simpve", "cpu_pg",
+           "poll_spread_s", "machine_busy", "cpu_worker", "ms_per_poll", "kernel", "per_process", "cpu_simpve", "cpu_pg",
            "cpu_redis", "cpu_bench"),
           rows)
     summary = []
