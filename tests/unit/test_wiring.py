@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from datetime import datetime, timezone
 from pathlib import Path
 
 from worker.schedule import Job, jobs
@@ -80,3 +81,25 @@ def test_no_import_cycles():
         if module not in done:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_scheduler_sends_the_servers_due_in_one_step_in_batches_each_tick_once():
+    import uuid
+
+    from worker.scheduler import Scheduler, tick
+
+    sent = []
+    scheduler = Scheduler("postgresql://unused", lambda actor, args: sent.append((actor, args)), None,
+                          [Job("poll_batch", batch=4)])
+    scheduler.servers = [(str(uuid.uuid4()), 10) for _ in range(10)]
+    now = 1_800_000_000.0
+    # Every server is due at its latest tick: 10 polls in messages of at most 4
+    assert scheduler.step(now) == 10
+    assert [len(args[0]) for _, args in sent] == [4, 4, 2]
+    polls = [poll for _, args in sent for poll in args[0]]
+    assert sorted(sid for sid, _ in polls) == sorted(sid for sid, _ in scheduler.servers)
+    assert all(actor == "poll_batch" for actor, _ in sent)
+    assert {sid: at for sid, at in polls} == {
+        sid: datetime.fromtimestamp(tick(sid, 10, now), timezone.utc).isoformat() for sid, _ in scheduler.servers}
+    # And another pass at the same moment sends nothing again
+    assert scheduler.step(now) == 0 and len(sent) == 3
