@@ -77,16 +77,24 @@ select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_
 from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
 where s.id = %(server_id)s;
 
+-- name: poll_targets
+-- poll_target for the servers of one batched poll message, in one round trip.
+select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_fingerprint,
+       s.learned_timeout_ms, c.username, c.token_id, c.secret_ciphertext
+from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
+where s.id = any(%(ids)s::uuid[]);
+
 -- name: insert_metrics
 -- One metric row per poll result; a retried poll (same server_id, scheduled_at) is ignored.
--- The rollup trigger counts only the rows really inserted.
+-- The rollup trigger counts only the rows really inserted. The arrays travel in binary format:
+-- a third of the client's CPU per row went into quoting them as text.
 insert into public.connection_metrics (server_id, tenant_id, scheduled_at, created_at, success, response_time_ms,
                                        error_kind, error_message, used_fallback)
 select r.server_id, s.tenant_id, r.scheduled_at, r.created_at, r.success, r.response_time_ms, r.error_kind,
        r.error_message, r.used_fallback
-from unnest(%(server_id)s::uuid[], %(scheduled_at)s::timestamptz[], %(created_at)s::timestamptz[],
-            %(success)s::boolean[], %(response_time_ms)s::integer[], %(error_kind)s::text[],
-            %(error_message)s::text[], %(used_fallback)s::boolean[])
+from unnest(%(server_id)b::uuid[], %(scheduled_at)b::timestamptz[], %(created_at)b::timestamptz[],
+            %(success)b::boolean[], %(response_time_ms)b::integer[], %(error_kind)b::text[],
+            %(error_message)b::text[], %(used_fallback)b::boolean[])
      as r(server_id, scheduled_at, created_at, success, response_time_ms, error_kind, error_message, used_fallback)
 join public.proxmox_servers s on s.id = r.server_id
 order by r.server_id, r.scheduled_at

@@ -2,7 +2,8 @@
 
 poll(server_id, scheduled_at): a failed poll is a result (a metric row), not a retry; database
 errors raise, and Dramatiq's Retries middleware backs off and tries again. A retried message
-carries the same scheduled_at, so its metric row never counts twice.
+carries the same scheduled_at, so its metric row never counts twice. poll_batch(polls) is the same
+for the servers due in one scheduler step (PROXWATCH_POLL_BATCH), one message for all of them.
 
 Which of these the scheduler sends, and how often, is declared in worker/schedule.py.
 """
@@ -41,6 +42,18 @@ def poll(server_id: str, scheduled_at: str) -> None:
     result = svc.poller.poll(server_id, datetime.fromisoformat(scheduled_at))
     if result is not None:
         svc.recorder.record(result)
+
+
+@dramatiq.actor(queue_name="polls", retry_when=retries(8), min_backoff=500, max_backoff=30_000, time_limit=120_000,
+                max_age=POLL_MAX_AGE_MS)
+def poll_batch(polls: list) -> None:
+    """The polls of one scheduler step ([[server_id, scheduled_at], …]): polled concurrently, each with
+    its own timeout, written together; the message is acknowledged once every row is committed. A
+    retried batch polls again, and the rows it already wrote are not written twice (unique
+    (server_id, scheduled_at))."""
+    svc = _services()
+    results = svc.poller.poll_many([(sid, datetime.fromisoformat(at)) for sid, at in polls])
+    svc.recorder.record_many(results)
 
 
 # ---- guests and sessions (worker/inventory.py, worker/sessions.py) ----

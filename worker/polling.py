@@ -19,7 +19,8 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -29,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from worker import db
 from worker.crypto import Box
 from worker.metrics import process as metrics
-from worker.pve import CONFIG, PveClient, PveError
+from worker.pve import CONFIG, TIMEOUT, PveClient, PveError
 from worker.pve_clients import PveClients
 from worker.settings import Settings
 
@@ -49,6 +50,8 @@ DB_DOWN = (psycopg.OperationalError, PoolTimeout)
 # The statuses an incident is open for (worst first); see the migration `incidents`.
 PROBLEM = ("offline", "degraded")
 TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings before reading them again
+CALLS = 2                # API calls of one poll (GET /version, GET /cluster/status)
+BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
 
 
 @dataclass
@@ -139,7 +142,9 @@ class Recorder:
     one writer thread commits whatever has queued up meanwhile in a single transaction.
     """
 
-    def __init__(self, pool: ConnectionPool, settings: Settings, max_batch: int = 500):
+    # The writer's largest transaction: with a backlog, larger batches amortize the per-statement costs
+    # (the rollup trigger's upserts, the status read, the commit) — tests/bench/bench_ingest.py.
+    def __init__(self, pool: ConnectionPool, settings: Settings, max_batch: int = 2000):
         self.pool = pool
         self.settings = settings
         self.max_batch = max_batch
@@ -157,6 +162,25 @@ class Recorder:
         future: Future = Future()
         self._queue.put((result, future))
         return future.result(timeout)
+
+    def record_many(self, results: list[PollResult], timeout: float = 120) -> int:
+        """Queue the results of a batch and wait until all of them are committed (usually in one
+        transaction with whatever else queued meanwhile); raises what a write raised."""
+        if not results:
+            return 0
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
+                self._thread.start()
+        futures = []
+        for result in results:
+            future: Future = Future()
+            self._queue.put((result, future))
+            futures.append(future)
+        deadline = time.monotonic() + timeout
+        for future in futures:
+            future.result(max(0.0, deadline - time.monotonic()))
+        return len(results)
 
     def _writer(self) -> None:
         while True:
@@ -217,10 +241,11 @@ class Recorder:
                 }).fetchall()
                 if not inserted:
                     return 0
-                ids = sorted({str(row["server_id"]) for row in inserted})
+                written = {str(row["server_id"]) for row in inserted}
+                ids = sorted(written)
                 newest: dict[str, PollResult] = {}
                 for r in results:
-                    if r.server_id in ids and (r.server_id not in newest or r.scheduled_at > newest[r.server_id].scheduled_at):
+                    if r.server_id in written and (r.server_id not in newest or r.scheduled_at > newest[r.server_id].scheduled_at):
                         newest[r.server_id] = r
                 rows = conn.execute(db.q("status_inputs"), {"ids": ids}).fetchall()
                 updates = []
@@ -271,6 +296,17 @@ class Poller:
         self.ca_file = ca_file or settings.pve_ca_file
         self.clients = PveClients(box, self.ca_file)
         self._targets: dict[str, tuple[float, dict]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """The threads that run the polls of batched messages: PROXWATCH_WORKER_THREADS per process,
+        shared by every message the process holds."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.settings.worker_threads,
+                                                    thread_name_prefix="poll")
+            return self._executor
 
     def _client(self, row: dict) -> PveClient:
         return self.clients.get(row)[0]
@@ -296,22 +332,112 @@ class Poller:
             self._targets[sid] = (time.monotonic(), row)
         return row
 
+    def targets(self, server_ids: list[str]) -> dict[str, dict]:
+        """target() for several servers: the ones not cached (or cached too long) read in one query."""
+        now = time.monotonic()
+        out: dict[str, dict] = {}
+        stale = []
+        for sid in map(str, server_ids):
+            cached = self._targets.get(sid)
+            if cached and now - cached[0] < TARGET_TTL_S:
+                out[sid] = cached[1]
+            else:
+                stale.append(sid)
+        if not stale:
+            return out
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                rows = {str(r["id"]): r for r in conn.execute(db.q("poll_targets"), {"ids": stale}).fetchall()}
+        except DB_DOWN:
+            if any(sid not in self._targets for sid in stale):
+                raise
+            rows = None
+        for sid in stale:
+            if rows is None:
+                out[sid] = self._targets[sid][1]
+            elif sid in rows:
+                self._targets[sid] = (now, rows[sid])
+                out[sid] = rows[sid]
+            else:
+                self._targets.pop(sid, None)
+        return out
+
+    def poll_many(self, polls: list[tuple[str, datetime]]) -> list[PollResult]:
+        """Poll the (server_id, scheduled_at) of one batched message concurrently; returns a result
+        for each server that exists.
+
+        Steps: read the servers' settings (one query for those not cached); start every poll on the
+        process's poll threads; wait for each until its own deadline (its timeout for each call,
+        twice with a fallback address, plus a margin) — a poll still running then is recorded as a
+        timeout, so a slow server delays the batch by its own timeout at most; an unexpected error
+        of one poll becomes its failure row instead of failing the batch (a poison server)."""
+        rows = self.targets([sid for sid, _ in polls])
+        pending = []
+        for sid, scheduled_at in polls:
+            row = rows.get(str(sid))
+            if row is None:
+                continue
+            timeout_ms = row["learned_timeout_ms"] or self.settings.timeout_default_ms
+            limit_s = timeout_ms / 1000 * CALLS * (2 if row["fallback_url"] else 1) + BATCH_MARGIN_S
+            began: list[float] = []  # when a poll thread took it (waiting for a thread is not the server's fault)
+            pending.append((row, scheduled_at, limit_s, timeout_ms, began,
+                            self._threads().submit(self._poll_started, began, str(sid), scheduled_at, row)))
+        results = []
+        for row, scheduled_at, limit_s, timeout_ms, began, future in pending:
+            try:
+                result = self._wait(future, began, limit_s)
+            except FutureTimeout:
+                created_at = utcnow() - timedelta(seconds=limit_s)
+                host = row["base_url"].split("://", 1)[-1].rstrip("/")
+                result = PollResult(server_id=str(row["id"]), scheduled_at=scheduled_at, created_at=created_at,
+                                    success=False, response_time_ms=None, error_kind=TIMEOUT,
+                                    error_message=f"{host} did not answer within {timeout_ms} ms",
+                                    server_name=row["name"])
+            except DB_DOWN:
+                raise  # the whole message is retried
+            except Exception as exc:  # noqa: BLE001 - one poison server does not fail the batch
+                log.warning("poll of %s could not run: %s", row["name"], exc.__class__.__name__)
+                result = PollResult(server_id=str(row["id"]), scheduled_at=scheduled_at, created_at=utcnow(),
+                                    success=False, response_time_ms=None, error_kind=CONFIG,
+                                    error_message=f"the poll could not run ({exc.__class__.__name__})",
+                                    server_name=row["name"])
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _poll_started(self, began: list, server_id: str, scheduled_at: datetime, row: dict) -> PollResult | None:
+        began.append(time.monotonic())
+        return self.poll(server_id, scheduled_at, row)
+
+    @staticmethod
+    def _wait(future: Future, began: list, limit_s: float):
+        """The poll's result, or FutureTimeout once it has run for limit_s (counted from when a poll
+        thread took it)."""
+        while True:
+            wait = 0.5 if not began else began[0] + limit_s - time.monotonic()
+            try:
+                return future.result(max(0.0, wait))
+            except FutureTimeout:
+                if began and time.monotonic() >= began[0] + limit_s:
+                    raise
+
     def client(self, server_id: str) -> tuple[dict, PveClient] | None:
         """The server's settings row and its (shared, keep-alive) PVE client, for any API call;
         None when the server does not exist."""
         row = self.target(server_id)
         return None if row is None else (row, self._client(row))
 
-    def poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
-        """Poll one server now; None when the server no longer exists."""
+    def poll(self, server_id: str, scheduled_at: datetime, row: dict | None = None) -> PollResult | None:
+        """Poll one server now (with its settings row when the caller has it); None when the server
+        no longer exists."""
         started = time.perf_counter()
-        result = self._poll(server_id, scheduled_at)
+        result = self._poll(server_id, scheduled_at, row)
         if result is not None:
             metrics.observe_poll(result.success, result.error_kind, time.perf_counter() - started)
         return result
 
-    def _poll(self, server_id: str, scheduled_at: datetime) -> PollResult | None:
-        row = self.target(server_id)
+    def _poll(self, server_id: str, scheduled_at: datetime, row: dict | None = None) -> PollResult | None:
+        row = row or self.target(server_id)
         if row is None:
             return None
         timeout_ms = row["learned_timeout_ms"] or self.settings.timeout_default_ms

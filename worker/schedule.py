@@ -16,16 +16,19 @@ from worker.settings import Settings
 
 @dataclass(frozen=True)
 class Job:
-    """A periodic message: per server (args: server_id, scheduled_at) or global (args: scheduled_at)."""
+    """A periodic message: per server (args: server_id, scheduled_at), per server in batches (args:
+    polls, a list of [server_id, scheduled_at]) or global (args: scheduled_at)."""
     actor: str                      # the name of an actor in worker.actors
     per_server: bool = True
     interval_s: int | None = None   # None: the server's poll_interval_s
+    batch: int = 1                  # > 1: up to this many servers due in one step share a message
 
 
 def jobs(s: Settings) -> list[Job]:
     """The schedule: what is sent, and how often."""
     return [
-        Job("poll"),                                                          # each server, its own interval
+        # each server, its own interval; PROXWATCH_POLL_BATCH of them per message (1: one each)
+        Job("poll_batch", batch=s.poll_batch) if s.poll_batch > 1 else Job("poll"),
         Job("sync_guests", per_server=True, interval_s=s.inventory.interval_s),
         Job("expire_sessions", per_server=False, interval_s=s.sessions.sweep_s),
         Job("dispatch_operations", per_server=False, interval_s=1),        # rows the dashboard requested
@@ -37,6 +40,6 @@ def jobs(s: Settings) -> list[Job]:
 
 def job_key(job: Job, server_id: str | None) -> str:
     """The uuid whose value sets the job's phase inside its interval (polls: the server's own id)."""
-    if job.actor == "poll" and server_id:
+    if job.actor in ("poll", "poll_batch") and server_id:
         return server_id
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"proxwatch:{job.actor}:{server_id or ''}"))

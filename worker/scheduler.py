@@ -1,4 +1,5 @@
-"""The scheduler: enqueues poll(server_id, scheduled_at) per server at its interval.
+"""The scheduler: enqueues poll(server_id, scheduled_at) per server at its interval — or, batched
+(PROXWATCH_POLL_BATCH), poll_batch([[server_id, scheduled_at], …]) for the servers due in one step.
 
 Only one scheduler sends at a time: the leader holds a lock in Redis (the broker it sends to)
 that it renews every second and that expires LOCK_TTL_MS after it stops; a second scheduler
@@ -122,13 +123,27 @@ class Scheduler:
         self._refreshed = now
 
     def step(self, now: float) -> int:
-        """One pass: send every due message. Raises when the broker is down (the caller waits)."""
+        """One pass: send every due message (batched jobs: the due servers in messages of up to
+        `batch`); returns the number of scheduled runs sent. Raises when the broker is down (the
+        caller waits)."""
         count = 0
+        batches: dict[str, list] = {}  # actor -> [(server_id, scheduled_at, t)] of a batched job
         for job, sid, t in self.due(now):
             scheduled_at = datetime.fromtimestamp(t, timezone.utc).isoformat()
+            if job.batch > 1:
+                batches.setdefault(job.actor, []).append((sid, scheduled_at, t))
+                continue
             self.send(job.actor, (sid, scheduled_at) if job.per_server else (scheduled_at,))
             self.last[(job.actor, sid)] = t
             count += 1
+        for job in self.jobs:
+            due = batches.get(job.actor, [])
+            for i in range(0, len(due), job.batch):
+                chunk = due[i:i + job.batch]
+                self.send(job.actor, ([[sid, at] for sid, at, _ in chunk],))
+                for sid, _, t in chunk:
+                    self.last[(job.actor, sid)] = t
+                count += len(chunk)
         self.sent += count
         return count
 

@@ -161,7 +161,11 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_TIMEOUT_MAX_MS", 10000, "Upper bound of the learned per-server timeout.", _integer(100, 120000)),
     Var("PROXWATCH_WORKER_PROCESSES", 2, "Worker processes under `proxwatch up` (the Procfile passes it too).",
         _integer(1, 64)),
-    Var("PROXWATCH_WORKER_THREADS", 16, "Threads per worker process.", _integer(1, 256)),
+    Var("PROXWATCH_WORKER_THREADS", 16, "Threads per worker process; also the polls one worker process runs at "
+        "once.", _integer(1, 256)),
+    Var("PROXWATCH_POLL_BATCH", 16, "Most polls the scheduler puts in one message (servers due in the same "
+        "scheduler step); the worker polls them concurrently, each with its own timeout, and writes them in one "
+        "transaction. 1: one message per poll.", _integer(1, 500)),
     Var("PROXWATCH_PVE_CA_FILE", None, "Extra CA bundle for servers whose TLS mode is `verify`.", _text),
     # -- guests and sessions
     Var("PROXWATCH_GUEST_INTERVAL", 30, "Seconds between guest syncs of one server.", _integer(5, 3600)),
@@ -344,6 +348,7 @@ class Settings:
     timeout_default_ms: int = 5000
     worker_processes: int = env("PROXWATCH_WORKER_PROCESSES")
     worker_threads: int = env("PROXWATCH_WORKER_THREADS")
+    poll_batch: int = env("PROXWATCH_POLL_BATCH")
     pve_ca_file: str | None = env("PROXWATCH_PVE_CA_FILE")
     operations: OperationSettings = field(default_factory=OperationSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)

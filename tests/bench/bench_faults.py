@@ -253,11 +253,11 @@ class StuckWatch:
                     body = r.hget("dramatiq:polls.msgs", mid)
                     if body is None:
                         continue
-                    sid, at = json.loads(body)["args"]
                     with psycopg.connect(self.db_url, connect_timeout=2) as c:
-                        row = c.execute("select 1 from connection_metrics where server_id = %s and scheduled_at = %s",
-                                        (sid, datetime.fromisoformat(at))).fetchone()
-                    if row is None:
+                        missing = [1 for sid, at in polls_of(body) if c.execute(
+                            "select 1 from connection_metrics where server_id = %s and scheduled_at = %s",
+                            (sid, datetime.fromisoformat(at))).fetchone() is None]
+                    if missing:
                         self.stuck[mid] = now
         for mid in list(self.first_seen):
             if mid not in held:
@@ -303,10 +303,19 @@ def unacked_polls(redis_url: str) -> dict[tuple[str, float], str]:
     out = {}
     for queue in ("polls", "polls.DQ"):
         for mid, body in r.hscan_iter(f"dramatiq:{queue}.msgs"):
-            args = json.loads(body)["args"]
-            key = (args[0], round(datetime.fromisoformat(args[1]).timestamp(), 3))
-            out[key] = place.get(mid, f"in {queue}.msgs only")
+            for sid, at in polls_of(body):
+                out[(sid, round(datetime.fromisoformat(at).timestamp(), 3))] = place.get(mid, f"in {queue}.msgs only")
     return out
+
+
+def polls_of(body: bytes) -> list[tuple[str, str]]:
+    """The (server_id, scheduled_at) of a poll message: poll(server_id, scheduled_at) or
+    poll_batch([[server_id, scheduled_at], …])."""
+    message = json.loads(body)
+    if message.get("actor_name") == "poll_batch":
+        return [(sid, at) for sid, at in message["args"][0]]
+    sid, at = message["args"]
+    return [(sid, at)]
 
 
 def expected_ticks(server_ids: list[str], start: float, end: float) -> set[tuple[str, float]]:

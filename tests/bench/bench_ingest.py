@@ -3,31 +3,41 @@
 the same table (same indexes, same foreign keys, same rollup trigger), in the same run, each
 from a fresh table state (metrics and rollup truncated, server status reset, checkpoint).
 
-Worker path variants, PollResult objects prepared in advance (no PVE involved), 1,000 servers:
-  (a) Recorder.record() — the group commit the actor uses — called from 16 threads (the
-      worker's default), 32 and 64 threads, each thread recording one result after another;
-  (b) Recorder.write() with batches of 500 (the writer thread's largest batch), one thread.
-Reference: COPY of all the rows in one statement. Diagnostic: the insert_metrics statement
-alone, in batches of 500 (what (b) costs without the status work), COPY in batches of 500,
-EXPLAIN ANALYZE of one 500-row insert_metrics (its triggers' share), and for (a) and (b) the
-time of each statement of Recorder.write (the pool's cursors and transactions are timed; the
-pool is otherwise the one worker.actors makes: db.make_pool settings, 1..4 connections).
+Worker path variants, PollResult objects prepared in advance (no PVE involved), 1,000 servers, each
+run in its own process (so a baseline revision's Recorder can run the same way):
+  record_many  — what the poll_batch actor does: T threads (the worker's 16) each hand a message's
+                 PROXWATCH_POLL_BATCH results to Recorder.record_many() and wait until they are
+                 committed (group commit across messages: one writer thread, one transaction);
+  record       — what the one-poll-per-message actor does: T threads, Recorder.record() per result;
+  write        — Recorder.write() in batches of B, one thread (the writer with a backlog).
+Reference: COPY of all the rows in one statement. Diagnostic: COPY in batches of 500, EXPLAIN
+ANALYZE of one 500-row insert_metrics (its triggers' share), and for each variant the time of each
+statement of Recorder.write (the pool's cursors and transactions are timed; the pool is otherwise
+the one the worker makes: db.make_pool settings, 1..4 connections).
 Goal: worker path rate / COPY rate ≥ 0.5.
+
+Side by side: BENCH_BASELINE=<git revision> also runs that revision's Recorder (its worker/ and sql/
+extracted to a temporary directory; variants record and write), alternating with the current tree
+for BENCH_ROUNDS rounds (2); the summary gives medians.
 
 Run by hand (never part of `make test`):
 
     PYTHONPATH=. python3 -m pytest tests/bench/bench_ingest.py -s -q -p no:cacheprovider
 
-Knobs (environment): BENCH_INGEST_SERVERS (1000), BENCH_INGEST_ROWS (100000 for write/COPY),
-BENCH_INGEST_RECORD_ROWS (50000 for each record() variant), BENCH_INGEST_THREADS (16,32,64).
+Knobs (environment): BENCH_INGEST_SERVERS (1000), BENCH_INGEST_ROWS (100000 for COPY and write),
+BENCH_INGEST_RECORD_ROWS (50000 for each record / record_many variant), BENCH_INGEST_THREADS (16),
+BENCH_BASELINE (unset), BENCH_ROUNDS (2 with a baseline, else 1).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
+import statistics
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -48,7 +58,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERS = int(os.environ.get("BENCH_INGEST_SERVERS", "1000"))
 ROWS = int(os.environ.get("BENCH_INGEST_ROWS", "100000"))
 RECORD_ROWS = int(os.environ.get("BENCH_INGEST_RECORD_ROWS", "50000"))
-THREADS = [int(x) for x in os.environ.get("BENCH_INGEST_THREADS", "16,32,64").split(",")]
+THREADS = int(os.environ.get("BENCH_INGEST_THREADS", "16"))
+BASELINE = os.environ.get("BENCH_BASELINE")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2")) if BASELINE else 1
 BATCH = 500
 COLUMNS = ("server_id", "tenant_id", "scheduled_at", "created_at", "success", "response_time_ms", "error_kind",
            "error_message", "used_fallback")
@@ -166,44 +178,44 @@ class BatchSizes:
         recorder.write = write
 
 
-@pytest.mark.timeout(1800)
-def test_ingest(db_url):
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
+def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
+    """One worker-path variant on a fresh table state, in this process: rows, seconds, commits and
+    their mean size, and the time per statement."""
     settings = load_settings()
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        tenant = conn.execute("insert into tenants (name) values ('bench') returning id").fetchone()[0]
-        conn.execute("insert into proxmox_servers (tenant_id, name, base_url, auth_kind)"
-                     " select %s, 'pve' || lpad(n::text, 4, '0'), 'https://pve' || n || '.bench.test:8006', 'token'"
-                     " from generate_series(1, %s) n", (tenant, SERVERS))
+    with psycopg.connect(url) as conn:
         servers = [str(r[0]) for r in conn.execute("select id from proxmox_servers order by name")]
-    results = make_results(servers, max(ROWS, RECORD_ROWS))
-    measured = []  # (variant, rows, seconds, extra)
-    breakdowns = []  # (variant, seconds, {statement: [calls, seconds]})
-
-    # -- (a) Recorder.record() from N threads (group commit) --------------------------------------
-    for nthreads in THREADS:
-        fresh_state(db_url)
-        timings = Timings()
-        pool = timings.pool(db_url)  # as worker.actors makes it (db.make_pool, 1..4), plus timers
-        try:
-            recorder = Recorder(pool, settings)
-            sizes = BatchSizes(recorder)
+    results = make_results(servers, n)
+    fresh_state(url)
+    timings = Timings()
+    pool = timings.pool(url)  # as the worker makes it (db.make_pool, 1..4), plus timers
+    try:
+        recorder = Recorder(pool, settings)
+        sizes = BatchSizes(recorder)
+        if variant == "write":
+            start = time.perf_counter()
+            for i in range(0, n, batch):
+                recorder.write(results[i:i + batch])
+            elapsed = time.perf_counter() - start
+        else:
             work: queue.SimpleQueue = queue.SimpleQueue()
-            for r in results[:RECORD_ROWS]:
-                work.put(r)
+            step = batch if variant == "record_many" else 1
+            for i in range(0, n, step):
+                work.put(results[i:i + step])
             errors = []
 
             def worker():
                 try:
                     while True:
                         try:
-                            r = work.get_nowait()
+                            chunk = work.get_nowait()
                         except queue.Empty:
                             return
-                        recorder.record(r)
+                        if variant == "record_many":
+                            recorder.record_many(chunk)
+                        else:
+                            recorder.record(chunk[0])
                 except BaseException as exc:  # noqa: BLE001
-                    errors.append(exc)
+                    errors.append(repr(exc))
 
             threads = [threading.Thread(target=worker) for _ in range(nthreads)]
             start = time.perf_counter()
@@ -213,49 +225,88 @@ def test_ingest(db_url):
                 t.join()
             elapsed = time.perf_counter() - start
             assert not errors, errors[0]
-        finally:
-            pool.close()
-        n, rolled = count_rows(db_url)
-        assert n == RECORD_ROWS and rolled == RECORD_ROWS, (n, rolled)
-        mean_batch = sum(sizes.sizes) / max(1, len(sizes.sizes))
-        measured.append((f"(a) Recorder.record(), {nthreads} threads", n, elapsed,
-                         f"{len(sizes.sizes)} commits, {mean_batch:.1f} rows each"))
-        breakdowns.append((f"(a) record(), {nthreads} threads", elapsed, timings.stats))
-
-    # -- (b) Recorder.write() in batches of 500 ---------------------------------------------------
-    fresh_state(db_url)
-    timings = Timings()
-    pool = timings.pool(db_url)
-    try:
-        recorder = Recorder(pool, settings)
-        start = time.perf_counter()
-        for i in range(0, ROWS, BATCH):
-            recorder.write(results[i:i + BATCH])
-        elapsed = time.perf_counter() - start
     finally:
         pool.close()
-    breakdowns.append((f"(b) write(), batches of {BATCH}", elapsed, timings.stats))
-    n, rolled = count_rows(db_url)
-    assert n == ROWS and rolled == ROWS, (n, rolled)
-    measured.append((f"(b) Recorder.write(), batches of {BATCH}", n, elapsed, f"{ROWS // BATCH} commits"))
+    written, rolled = count_rows(url)
+    assert written == n and rolled == n, (written, rolled)
+    return {"rows": written, "seconds": elapsed, "commits": len(sizes.sizes),
+            "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats}
 
-    # -- diagnostic: insert_metrics alone, batches of 500 ------------------------------------------
-    fresh_state(db_url)
-    with db.connect(db_url) as conn:
+
+def run_in_process(tree: Path, url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
+    """run_variant in a new Python process whose `worker` package comes from `tree`."""
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), url, variant, str(nthreads), str(batch),
+                          str(n)], cwd=tree, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def copy_rows(url: str, n: int, batch: int | None = None) -> float:
+    """COPY of n prepared rows (one statement, or one per `batch` rows each committed); seconds."""
+    with psycopg.connect(url) as conn:
+        servers = [str(r[0]) for r in conn.execute("select id from proxmox_servers order by name")]
+        tenant = conn.execute("select tenant_id from proxmox_servers limit 1").fetchone()[0]
+    results = make_results(servers, n)
+    fresh_state(url)
+    batch = batch or n
+    with psycopg.connect(url) as conn:
         start = time.perf_counter()
-        for i in range(0, ROWS, BATCH):
-            chunk = results[i:i + BATCH]
-            with conn.transaction():
-                conn.execute(db.q("insert_metrics"), {
-                    "server_id": [r.server_id for r in chunk], "scheduled_at": [r.scheduled_at for r in chunk],
-                    "created_at": [r.created_at for r in chunk], "success": [r.success for r in chunk],
-                    "response_time_ms": [r.response_time_ms for r in chunk],
-                    "error_kind": [r.error_kind for r in chunk], "error_message": [r.error_message for r in chunk],
-                    "used_fallback": [r.used_fallback for r in chunk]}).fetchall()
+        for i in range(0, n, batch):
+            with conn.cursor() as cur:
+                with cur.copy(f"copy public.connection_metrics ({', '.join(COLUMNS)}) from stdin") as copy:
+                    for r in results[i:i + batch]:
+                        copy.write_row((r.server_id, tenant, r.scheduled_at, r.created_at, r.success,
+                                        r.response_time_ms, r.error_kind, r.error_message, r.used_fallback))
+            conn.commit()
         elapsed = time.perf_counter() - start
-    n, rolled = count_rows(db_url)
-    assert n == ROWS and rolled == ROWS
-    measured.append((f"(diag) insert_metrics only, batches of {BATCH}", n, elapsed, "no status work"))
+    written, rolled = count_rows(url)
+    assert written == n and rolled == n
+    return elapsed
+
+
+def baseline_tree(revision: str, into: Path) -> Path:
+    """worker/ and sql/ of a git revision, extracted under `into`."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "worker", "sql"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+@pytest.mark.timeout(3600)
+def test_ingest(db_url, tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    settings = load_settings()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        tenant = conn.execute("insert into tenants (name) values ('bench') returning id").fetchone()[0]
+        conn.execute("insert into proxmox_servers (tenant_id, name, base_url, auth_kind)"
+                     " select %s, 'pve' || lpad(n::text, 4, '0'), 'https://pve' || n || '.bench.test:8006', 'token'"
+                     " from generate_series(1, %s) n", (tenant, SERVERS))
+        servers = [str(r[0]) for r in conn.execute("select id from proxmox_servers order by name")]
+    batch = settings.poll_batch
+    configs = [("current", ROOT, [("record_many", THREADS, batch, RECORD_ROWS), ("record", THREADS, 1, RECORD_ROWS),
+                                  ("write", 1, 500, ROWS), ("write", 1, 2000, ROWS)])]
+    if BASELINE:
+        configs.insert(0, (f"baseline {BASELINE}", baseline_tree(BASELINE, tmp_path / "baseline"),
+                           [("record", THREADS, 1, RECORD_ROWS), ("write", 1, 500, ROWS)]))
+    measured = []   # (round, config, label, rows, seconds, notes)
+    breakdowns = {}  # (config, label) -> (seconds, stats) of the last round
+    copy_s = []
+    for rnd in range(ROUNDS):
+        for name, tree, variants in configs:
+            for variant, nthreads, size, n in variants:
+                label = {"record_many": f"record_many(), {nthreads} threads x {size} per message",
+                         "record": f"record(), {nthreads} threads x 1 per message",
+                         "write": f"write(), batches of {size}"}[variant]
+                r = run_in_process(tree, db_url, variant, nthreads, size, n)
+                measured.append((rnd + 1, name, label, r["rows"], r["seconds"],
+                                 f"{r['commits']} commits, {r['mean_batch']:.1f} rows each"))
+                breakdowns[(name, label)] = (r["seconds"], r["stats"])
+        # the reference, in every round
+        copy_s.append(copy_rows(db_url, ROWS))
+    diag_copy_500 = copy_rows(db_url, ROWS, 500)
 
     # -- diagnostic: where one 500-row insert_metrics spends its time (on the table as it is now) --
     def params(chunk):
@@ -273,67 +324,39 @@ def test_ingest(db_url):
         conn.rollback()
     plan_lines = [line for line in plan if line.startswith(("Insert on", "Trigger", "Execution Time", "Planning Time"))]
 
-    # -- diagnostic: COPY in batches of 500, one transaction each ----------------------------------
-    fresh_state(db_url)
-    tenant_of = {sid: tenant for sid in servers}
-    with psycopg.connect(db_url) as conn:
-        start = time.perf_counter()
-        for i in range(0, ROWS, BATCH):
-            with conn.cursor() as cur:
-                with cur.copy(f"copy public.connection_metrics ({', '.join(COLUMNS)}) from stdin") as copy:
-                    for r in results[i:i + BATCH]:
-                        copy.write_row((r.server_id, tenant_of[r.server_id], r.scheduled_at, r.created_at,
-                                        r.success, r.response_time_ms, r.error_kind, r.error_message,
-                                        r.used_fallback))
-            conn.commit()
-        elapsed = time.perf_counter() - start
-    n, rolled = count_rows(db_url)
-    assert n == ROWS and rolled == ROWS
-    measured.append((f"(diag) COPY in batches of {BATCH}", n, elapsed, f"{ROWS // BATCH} commits"))
-
-    # -- reference: COPY FROM STDIN, one statement ------------------------------------------------
-    fresh_state(db_url)
-    with psycopg.connect(db_url) as conn:
-        start = time.perf_counter()
-        with conn.cursor() as cur:
-            with cur.copy(f"copy public.connection_metrics ({', '.join(COLUMNS)}) from stdin") as copy:
-                for r in results[:ROWS]:
-                    copy.write_row((r.server_id, tenant_of[r.server_id], r.scheduled_at, r.created_at, r.success,
-                                    r.response_time_ms, r.error_kind, r.error_message, r.used_fallback))
-        conn.commit()
-        elapsed = time.perf_counter() - start
-    n, rolled = count_rows(db_url)
-    assert n == ROWS and rolled == ROWS
-    copy_rate = n / elapsed
-    measured.append(("COPY ... FROM STDIN, one statement", n, elapsed, "reference"))
-
     # -- report -----------------------------------------------------------------------------------
+    copy_rate = ROWS / statistics.median(copy_s)
     print(f"\n\n=== Ingest: rows/s into connection_metrics (3 indexes, 2 foreign keys, rollup trigger), "
-          f"{SERVERS} servers, product HEAD {head} ===")
-    rows = [(label, f"{n:,}", f"{s:.2f}", f"{n / s:,.0f}", f"{n / s / copy_rate:.3f}", extra)
-            for label, n, s, extra in measured]
-    table("rows per second (fresh table state for each; same rows, tick by tick)",
-          ("variant", "rows", "seconds", "rows/s", "ratio_to_COPY", "notes"), rows)
-    for label, elapsed, stats in breakdowns:
+          f"{SERVERS} servers, product HEAD {head}" + (f", side by side with {BASELINE}" if BASELINE else "") + " ===")
+    rows = [(rnd, name, label, f"{n:,}", f"{sec:.2f}", f"{n / sec:,.0f}", f"{n / sec / copy_rate:.3f}", notes)
+            for rnd, name, label, n, sec, notes in measured]
+    rows += [(i + 1, "reference", "COPY ... FROM STDIN, one statement", f"{ROWS:,}", f"{sec:.2f}",
+              f"{ROWS / sec:,.0f}", f"{ROWS / sec / copy_rate:.3f}", "") for i, sec in enumerate(copy_s)]
+    rows.append(("", "diagnostic", f"COPY in batches of {BATCH}", f"{ROWS:,}", f"{diag_copy_500:.2f}",
+                 f"{ROWS / diag_copy_500:,.0f}", f"{ROWS / diag_copy_500 / copy_rate:.3f}", f"{ROWS // BATCH} commits"))
+    table(f"rows per second (fresh table state for each; same rows, tick by tick; ratio to the median COPY, "
+          f"{copy_rate:,.0f} rows/s)",
+          ("round", "config", "variant", "rows", "seconds", "rows/s", "ratio_to_COPY", "notes"), rows)
+    medians = {}
+    for rnd, name, label, n, sec, _ in measured:
+        medians.setdefault((name, label), []).append(n / sec)
+    table("medians over the rounds", ("config", "variant", "rows/s", "ratio_to_COPY", "goal >= 0.5"),
+          [(name, label, f"{statistics.median(v):,.0f}", f"{statistics.median(v) / copy_rate:.3f}",
+            "yes" if statistics.median(v) / copy_rate >= 0.5 else "NO") for (name, label), v in medians.items()])
+    for (name, label), (elapsed, stats) in breakdowns.items():
         accounted = sum(v[1] for v in stats.values())
         items = sorted(stats.items(), key=lambda kv: -kv[1][1])
-        table(f"{label}: where the writer's time went (client-side wall time per statement, incl. round trip)",
+        table(f"{name}, {label}: where the writer's time went (client-side wall time per statement, incl. round trip)",
               ("statement", "calls", "total_s", "mean_ms", "share"),
               [(k, v[0], f"{v[1]:.2f}", f"{1000 * v[1] / max(1, v[0]):.2f}", f"{100 * v[1] / elapsed:.0f}%")
                for k, v in items] +
               [("(python, pool, queue hand-off)", "", f"{elapsed - accounted:.2f}", "",
                 f"{100 * (elapsed - accounted) / elapsed:.0f}%")])
-    print(f"\nEXPLAIN ANALYZE of one {BATCH}-row insert_metrics (500 servers, one tick) after the (diag) run:")
+    print(f"\nEXPLAIN ANALYZE of one {BATCH}-row insert_metrics (500 servers, one tick) after the runs:")
     print("\n".join("   " + line for line in plan_lines))
-    best_record = max((n / s for label, n, s, _ in measured if label.startswith("(a)")), default=0)
-    default_record = next((n / s for label, n, s, _ in measured if label.startswith("(a)") and
-                           f" {settings.worker_threads} threads" in label), 0)
-    write_rate = next(n / s for label, n, s, _ in measured if label.startswith("(b)"))
-    table("goal: worker path rate / COPY rate >= 0.5", ("worker path", "ratio", "met"), [
-        (f"record(), {settings.worker_threads} threads (default)", f"{default_record / copy_rate:.3f}",
-         "yes" if default_record / copy_rate >= 0.5 else "NO"),
-        ("record(), best thread count", f"{best_record / copy_rate:.3f}",
-         "yes" if best_record / copy_rate >= 0.5 else "NO"),
-        (f"write(), batches of {BATCH}", f"{write_rate / copy_rate:.3f}",
-         "yes" if write_rate / copy_rate >= 0.5 else "NO"),
-    ])
+
+
+if __name__ == "__main__":
+    # run_in_process: URL VARIANT THREADS BATCH ROWS -> one JSON line
+    url, variant, nthreads, size, n = sys.argv[1:6]
+    print(json.dumps(run_variant(url, variant, int(nthreads), int(size), int(n))))

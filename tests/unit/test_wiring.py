@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from datetime import datetime, timezone
 from pathlib import Path
 
 from worker.schedule import Job, jobs
@@ -22,10 +23,19 @@ def _actors() -> dict[str, list[str]]:
 def test_every_scheduled_job_is_an_actor_taking_the_arguments_the_scheduler_sends():
     actors = _actors()
     schedule = jobs(Settings(home=ROOT))
-    assert schedule[0] == Job("poll"), "polls come first: every server at its own interval"
+    assert schedule[0].actor in ("poll", "poll_batch"), "polls come first: every server at its own interval"
     for job in schedule:
-        expected = ["server_id", "scheduled_at"] if job.per_server else ["scheduled_at"]
+        if job.batch > 1:
+            expected = ["polls"]  # [[server_id, scheduled_at], …]
+        else:
+            expected = ["server_id", "scheduled_at"] if job.per_server else ["scheduled_at"]
         assert actors.get(job.actor) == expected, job
+
+
+def test_polls_are_batched_as_set_and_one_per_message_with_a_batch_of_one():
+    assert jobs(Settings(home=ROOT, poll_batch=16))[0] == Job("poll_batch", batch=16)
+    assert jobs(Settings(home=ROOT, poll_batch=1))[0] == Job("poll")
+    assert _actors()["poll"] == ["server_id", "scheduled_at"]  # messages queued before an upgrade
 
 
 def test_schedule_intervals_follow_the_settings():
@@ -71,3 +81,25 @@ def test_no_import_cycles():
         if module not in done:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_scheduler_sends_the_servers_due_in_one_step_in_batches_each_tick_once():
+    import uuid
+
+    from worker.scheduler import Scheduler, tick
+
+    sent = []
+    scheduler = Scheduler("postgresql://unused", lambda actor, args: sent.append((actor, args)), None,
+                          [Job("poll_batch", batch=4)])
+    scheduler.servers = [(str(uuid.uuid4()), 10) for _ in range(10)]
+    now = 1_800_000_000.0
+    # Every server is due at its latest tick: 10 polls in messages of at most 4
+    assert scheduler.step(now) == 10
+    assert [len(args[0]) for _, args in sent] == [4, 4, 2]
+    polls = [poll for _, args in sent for poll in args[0]]
+    assert sorted(sid for sid, _ in polls) == sorted(sid for sid, _ in scheduler.servers)
+    assert all(actor == "poll_batch" for actor, _ in sent)
+    assert {sid: at for sid, at in polls} == {
+        sid: datetime.fromtimestamp(tick(sid, 10, now), timezone.utc).isoformat() for sid, _ in scheduler.servers}
+    # And another pass at the same moment sends nothing again
+    assert scheduler.step(now) == 0 and len(sent) == 3

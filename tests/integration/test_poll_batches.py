@@ -1,0 +1,101 @@
+"""Batched polls (PROXWATCH_POLL_BATCH): the servers due in one scheduler step travel in one
+poll_batch message, are polled concurrently, each with its own timeout, and are written together.
+A slow server holds its batch back by its own timeout at most; a retried batch writes each poll once;
+a server whose poll cannot run is its own failure row, not a failed batch."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+
+from tests.support.processes import spawn, stop
+from tests.support.waiting import wait_for
+from worker.polling import BATCH_MARGIN_S, CALLS, utcnow
+
+WORKER = ["-m", "dramatiq", "worker.broker", "worker.actors", "--processes", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers (a PVE that hangs mid-handshake)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_slow_server_holds_its_batch_back_by_its_own_timeout_at_most(pve, add_server, poller, recorder, conn,
+                                                                       silent_server):
+    fast = [add_server(f"pve{i}", pve.url) for i in range(3)]
+    slow = add_server("silent", silent_server)
+    # Given the slow server's learned timeout of 400 ms (the others keep the default 5 s)
+    conn.execute("update proxmox_servers set learned_timeout_ms = 400 where id = %s", (slow["id"],))
+    conn.commit()
+    at = utcnow().replace(microsecond=0)
+
+    # When one batch holds all four
+    started = time.monotonic()
+    results = poller.poll_many([(str(s["id"]), at) for s in [*fast, slow]])
+    elapsed = time.monotonic() - started
+    recorder.record_many(results)
+
+    # Then the others were not held beyond the slow server's own deadline (its calls' timeouts)
+    assert elapsed < 0.4 * CALLS + BATCH_MARGIN_S, elapsed
+    rows = {r["server_id"]: r for r in conn.execute(
+        "select server_id, success, error_kind, error_message from connection_metrics where scheduled_at = %s",
+        (at,)).fetchall()}
+    assert all(rows[s["id"]]["success"] for s in fast)
+    assert rows[slow["id"]]["error_kind"] == "timeout" and "400 ms" in rows[slow["id"]]["error_message"]
+
+
+def test_a_retried_batch_writes_each_poll_once_and_a_poison_server_does_not_fail_it(
+        pve, add_server, conn, services_env, redis_server, tmp_path):
+    good = [add_server(f"pve{i}", pve.url) for i in range(4)]
+    poison = add_server("poison", pve.url)
+    # A credential that no longer decrypts (e.g. stored under another PROXWATCH_SECRET_KEY)
+    conn.execute("update server_credentials set secret_ciphertext = 'not-a-fernet-token' where server_id = %s",
+                 (poison["id"],))
+    conn.commit()
+    at = utcnow().replace(microsecond=0).isoformat()
+    gone = str(uuid.uuid4())  # a server deleted after the scheduler sent its poll
+    polls = [[str(s["id"]), at] for s in [*good, poison]] + [[gone, at]]
+    broker = RedisBroker(url=redis_server.url)
+
+    def send(args):
+        broker.enqueue(Message(queue_name="polls", actor_name="poll_batch", args=args, kwargs={}, options={}))
+
+    log = open(tmp_path / "procs.log", "wb")
+    worker = spawn(WORKER, services_env, log)
+    try:
+        # Given a batch delivered twice (as a retry after a lost acknowledgement delivers it)
+        send((polls,))
+        send((polls,))
+        # And a later message behind them on the same single worker thread
+        marker_at = (utcnow().replace(microsecond=0) + timedelta(seconds=1)).isoformat()
+        send(([[str(good[0]["id"]), marker_at]],))
+
+        def marker():
+            conn.commit()
+            return conn.execute("select 1 from connection_metrics where scheduled_at = %s", (marker_at,)).fetchone()
+        assert wait_for(marker, 60), (tmp_path / "procs.log").read_text()[-3000:]
+    finally:
+        stop(worker)
+        log.close()
+
+    # Then each poll of the batch is one row (and one attempt in the rollup), the poison server's a failure
+    rows = conn.execute("select server_id, success, error_kind from connection_metrics where scheduled_at = %s",
+                        (at,)).fetchall()
+    assert sorted(str(r["server_id"]) for r in rows) == sorted(str(s["id"]) for s in [*good, poison])
+    by_id = {r["server_id"]: r for r in rows}
+    assert all(by_id[s["id"]]["success"] for s in good)
+    assert (by_id[poison["id"]]["success"], by_id[poison["id"]]["error_kind"]) == (False, "config")
+    attempts = conn.execute("select coalesce(sum(attempts), 0) as n from connection_metrics_hourly").fetchone()["n"]
+    assert attempts == len(good) + 1 + 1  # the batch once, plus the marker poll
+    # And the batch was not failed and retried by Dramatiq
+    assert "Retrying message" not in (tmp_path / "procs.log").read_text()
