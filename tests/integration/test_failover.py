@@ -87,15 +87,22 @@ def test_a_standby_scheduler_reads_the_servers_before_it_leads(pve, add_server, 
     assert sent == []
 
 
+def runs(actor: str, args) -> list[tuple[str, str | None, str]]:
+    """The scheduled runs a message carries as (actor, server id or None, scheduled_at); a
+    poll_batch message is one poll per [server_id, scheduled_at] pair."""
+    if actor == "poll_batch":
+        return [("poll", sid, at) for sid, at in args[0]]
+    return [(actor, args[0] if len(args) == 2 else None, args[-1])]
+
+
 def sent_messages(client: redis.Redis) -> dict[tuple[str, str | None], list[str]]:
-    """(actor, server id or None) -> the scheduled_at of every message waiting in Redis (no worker runs)."""
+    """(actor, server id or None) -> the scheduled_at of every run waiting in Redis (no worker runs)."""
     out: dict[tuple[str, str | None], list[str]] = {}
     for key in client.scan_iter(match="dramatiq:*.msgs"):
         for body in client.hvals(key):
             message = json.loads(body)
-            args = message["args"]
-            sid = args[0] if len(args) == 2 else None
-            out.setdefault((message["actor_name"], sid), []).append(args[-1])
+            for actor, sid, at in runs(message["actor_name"], message["args"]):
+                out.setdefault((actor, sid), []).append(at)
     return out
 
 
@@ -124,15 +131,13 @@ def test_a_scheduler_taking_over_from_a_killed_leader_sends_nothing_the_leader_s
     thread.start()
     try:
         # Then the standby takes over and the polls go on (every 2 s) ...
-        assert wait_for(lambda: sum(1 for actor, _ in sent if actor == "poll") >= 2, 30), sent
+        assert wait_for(lambda: sum(1 for m in sent for run in runs(*m) if run[0] == "poll") >= 2, 30), sent
     finally:
         stop_event.set()
         thread.join(10)
     # ... but nothing the dead leader had sent is sent again: no second guest sync or certificate
     # check of the server, no poll of a tick it had sent
-    for actor, args in sent:
-        sid = args[0] if len(args) == 2 else None
-        at = datetime.fromisoformat(args[-1])
-        assert all(at > datetime.fromisoformat(t) for t in before.get((actor, sid), [])), \
-            (actor, args, before.get((actor, sid)))
+    for actor, sid, at in (run for m in sent for run in runs(*m)):
+        assert all(datetime.fromisoformat(at) > datetime.fromisoformat(t) for t in before.get((actor, sid), [])), \
+            (actor, sid, at, before.get((actor, sid)))
 
