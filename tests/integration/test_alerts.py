@@ -1,0 +1,296 @@
+"""Alerts through real receivers: statuses come from real polls (a fake PVE over HTTPS, or an address
+that refuses), the worker's Recorder writes them with their incidents — and the database's trigger
+writes the outbox row in that transaction; the drain groups, the sender delivers through Apprise
+to a real HTTP receiver (json://) and a real SMTP server (aiosmtpd, mailto://).
+
+The clock of the drain and the sender is a parameter: "30 s later" is `later(31)`, not a wait; the
+receivers, the network failures and the database are real."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+
+import pytest
+
+from tests.support.alerting import Polls, later
+from tests.support.waiting import free_port
+from worker import alerts
+from worker.embedded.services import pg_bindir
+
+HOOK_PASSWORD = "hook-S3cret-pw"
+
+
+def down(pve, times: int) -> None:
+    pve.fail("GET", "/cluster/status", 500, "hostname lookup 'pve1' failed", times=times)
+
+
+def tenant_id(conn, name="acme"):
+    return conn.execute("select id from public.tenants where name = %s", (name,)).fetchone()["id"]
+
+
+def hook_url(webhook) -> str:
+    return webhook.url.replace("json://", f"json://proxwatch:{HOOK_PASSWORD}@")
+
+
+@pytest.fixture
+def channels(conn, box, add_server, pve, webhook, smtp):
+    """Tenant acme (made by its first server) with a json:// and a mailto:// channel."""
+    server = add_server("pve1", pve.url)
+    tid = tenant_id(conn)
+    alerts.add_channel(conn, box, tid, "hook", hook_url(webhook))
+    alerts.add_channel(conn, box, tid, "mail", smtp.url())
+    return server
+
+
+def flush(pool, box, alert_settings, seconds: float) -> int:
+    """The scheduled job `seconds` from now: drain the outbox, send what is due; deliveries tried."""
+    now = later(seconds)
+    alerts.drain(pool, alert_settings, now)
+    return alerts.deliver_due(pool, box, alert_settings, now)
+
+
+def events(conn) -> list[dict]:
+    conn.commit()
+    return conn.execute("select kind, problem, state, reason from public.alert_events order by created_at").fetchall()
+
+
+def test_offline_sends_exactly_one_message_per_channel_after_the_window(channels, pve, poller, recorder, pool, box,
+                                                                       alert_settings, settings, webhook, smtp, conn):
+    polls = Polls(poller, recorder, [channels["id"]])
+    polls.round()
+    # When pve1 goes offline
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after)
+    # Then nothing is sent inside the group window
+    assert flush(pool, box, alert_settings, 5) == 0
+    assert webhook.received == [] and smtp.mails == []
+    # And once the window has passed, one message on each channel
+    assert flush(pool, box, alert_settings, 31) == 2
+    [hook] = webhook.wait_count(1)
+    [mail] = smtp.wait_count(1)
+    assert hook["message"].startswith("1 server went offline: pve1") and "hostname lookup" in hook["message"]
+    assert hook["type"] == "failure" and "offline" in hook["title"]
+    assert "1 server went offline: pve1" in mail.get_body(("plain",)).get_content()
+    # And never again
+    assert flush(pool, box, alert_settings, 300) == 0
+    assert len(webhook.received) == 1 and len(smtp.mails) == 1
+    assert [(e["kind"], e["state"]) for e in events(conn)] == [("offline", "sent")]
+    log = conn.execute("select channel_name, outcome from public.alert_attempts order by channel_name").fetchall()
+    assert [(r["channel_name"], r["outcome"]) for r in log] == [("hook", "delivered"), ("mail", "delivered")]
+
+
+def test_recovery_sends_one_message_for_a_notified_problem(channels, pve, poller, recorder, pool, box,
+                                                           alert_settings, settings, webhook, smtp, conn):
+    polls = Polls(poller, recorder, [channels["id"]])
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after)
+    flush(pool, box, alert_settings, 31)
+    webhook.wait_count(1)
+    # When it answers again until it is online
+    polls.round(10)
+    assert flush(pool, box, alert_settings, 31) == 2
+    first, back = webhook.wait_count(2)
+    assert back["message"] == "1 server is back online: pve1" and back["type"] == "success"
+    assert len(smtp.wait_count(2)) == 2
+    assert flush(pool, box, alert_settings, 120) == 0 and len(webhook.received) == 2
+
+
+def test_a_problem_that_starts_and_ends_inside_the_window_sends_nothing(channels, pve, poller, recorder, pool, box,
+                                                                        alert_settings, settings, webhook, conn):
+    polls = Polls(poller, recorder, [channels["id"]])
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after + 10)    # offline, then back online: all inside 30 s of real time
+    assert flush(pool, box, alert_settings, 31) == 0
+    assert webhook.received == []
+    assert [(e["kind"], e["state"], e["reason"]) for e in events(conn)] == [
+        ("offline", "dropped", "started and ended inside the group window"),
+        ("recovered", "dropped", "nobody was told about the problem")]
+
+
+def test_fifty_servers_offline_together_send_one_message_per_channel(conn, box, add_server, pve, poller, recorder,
+                                                                     pool, alert_settings, settings, webhook, smtp):
+    refused = f"https://127.0.0.1:{free_port()}"
+    ids = [add_server(f"pve-{k:02d}", refused)["id"] for k in range(50)]
+    alerts.add_channel(conn, box, tenant_id(conn), "hook", hook_url(webhook))
+    alerts.add_channel(conn, box, tenant_id(conn), "mail", smtp.url())
+    # When 50 servers stop answering in the same cycles
+    Polls(poller, recorder, ids).round(settings.offline_after)
+    # Then one message per channel lists them
+    assert flush(pool, box, alert_settings, 31) == 2
+    [hook] = webhook.wait_count(1)
+    assert hook["message"].startswith("50 servers went offline: pve-")
+    assert hook["message"].splitlines()[0].endswith("… and 42 more")
+    assert len(smtp.wait_count(1)) == 1
+    assert flush(pool, box, alert_settings, 120) == 0 and len(webhook.received) == 1 and len(smtp.mails) == 1
+
+
+def test_a_receiver_down_for_60_s_gets_the_message_once_after_it_returns(channels, pve, poller, recorder, pool, box,
+                                                                         alert_settings, settings, webhook, conn):
+    polls = Polls(poller, recorder, [channels["id"]])
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after)
+    # Given the webhook receiver is down
+    webhook.stop()
+    # When the message is due and retried at 10 s, 20 s, … (the backoff) while it stays down for 60 s
+    for at in (31, 41, 61, 91):
+        flush(pool, box, alert_settings, at)
+    failed = conn.execute("select attempt, outcome, answer from public.alert_attempts where channel_name = 'hook'"
+                          " order by attempt").fetchall()
+    assert [(r["attempt"], r["outcome"]) for r in failed] == [(1, "failed"), (2, "failed"), (3, "failed")]
+    assert "Connection error" in failed[0]["answer"]
+    # The tries are spaced 10 s, 20 s, 40 s apart: at +91 s the fourth was not due yet
+    assert conn.execute("select state, attempts from public.alert_deliveries where channel_name = 'hook'"
+                        ).fetchone() == {"state": "pending", "attempts": 3}
+    # When it is back (same port) and the next try comes
+    webhook.start()
+    flush(pool, box, alert_settings, 200)
+    # Then it has the message once, and later rounds send nothing more
+    assert len(webhook.wait_count(1)) == 1
+    flush(pool, box, alert_settings, 2000)
+    assert len(webhook.received) == 1
+    assert conn.execute("select outcome from public.alert_attempts where channel_name = 'hook'"
+                        " order by attempt desc limit 1").fetchone()["outcome"] == "delivered"
+
+
+def test_a_channel_that_keeps_failing_is_marked_failing_and_not_retried_forever(conn, channels, pve, poller, recorder,
+                                                                                 pool, box, settings, webhook):
+    from worker.settings import AlertSettings
+
+    quick = AlertSettings(group_window_s=0, retry_min_s=1, retry_max_s=2, max_attempts=3)
+    webhook.stop()
+    down(pve, settings.offline_after)
+    Polls(poller, recorder, [channels["id"]]).round(settings.offline_after)
+    for at in range(0, 60, 3):
+        flush(pool, box, quick, at)
+    conn.commit()
+    assert conn.execute("select state, attempts from public.alert_deliveries where channel_name = 'hook'"
+                        ).fetchone() == {"state": "failed", "attempts": 3}
+    assert conn.execute("select failing, consecutive_failures from public.alert_channels where name = 'hook'"
+                        ).fetchone() == {"failing": True, "consecutive_failures": 3}
+    listed = {r["name"]: r for r in conn.execute("select * from public.alert_channels_list()").fetchall()}
+    assert listed["hook"]["failing"] and not listed["mail"]["failing"]
+
+
+def test_a_silenced_problem_is_recorded_not_sent_and_sent_when_the_silence_ends(channels, pve, poller, recorder,
+                                                                                pool, box, alert_settings, settings,
+                                                                                webhook, conn):
+    silence = conn.execute("select public.alert_silence_add(%s, %s, null, 7200, 'maintenance') as id",
+                           (tenant_id(conn), channels["id"])).fetchone()["id"]
+    conn.commit()
+    polls = Polls(poller, recorder, [channels["id"]])
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after)
+    # Then the incident is recorded, and nothing is sent
+    assert flush(pool, box, alert_settings, 31) == 0 and flush(pool, box, alert_settings, 600) == 0
+    assert webhook.received == []
+    assert conn.execute("select count(*) as n from public.incidents where ended_at is null").fetchone()["n"] == 1
+    assert [(e["kind"], e["state"]) for e in events(conn)] == [("offline", "silenced")]
+    # When the silence ends while the server is still offline, the problem is sent then
+    conn.execute("select public.alert_silence_end(%s)", (silence,))
+    conn.commit()
+    assert flush(pool, box, alert_settings, 1) == 2
+    assert webhook.wait_count(1)[0]["message"].startswith("1 server went offline: pve1")
+
+
+def test_a_problem_that_ends_under_its_silence_is_never_sent(channels, pve, poller, recorder, pool, box,
+                                                             alert_settings, settings, webhook, conn):
+    conn.execute("select public.alert_silence_add(%s, null, null, 7200, 'tenant-wide')", (tenant_id(conn),))
+    conn.commit()
+    polls = Polls(poller, recorder, [channels["id"]])
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after)
+    flush(pool, box, alert_settings, 31)
+    polls.round(10)
+    flush(pool, box, alert_settings, 62)
+    assert webhook.received == []
+    assert [(e["kind"], e["state"]) for e in events(conn)] == [("offline", "dropped"), ("recovered", "dropped")]
+
+
+def test_two_schedulers_and_workers_at_once_send_each_message_once(channels, pve, poller, recorder, pool, box,
+                                                                   alert_settings, settings, webhook, smtp):
+    down(pve, settings.offline_after)
+    Polls(poller, recorder, [channels["id"]]).round(settings.offline_after)
+    now = later(31)
+    start = threading.Barrier(4)
+
+    def drain_and_send():
+        start.wait()
+        alerts.drain(pool, alert_settings, now)
+        alerts.deliver_due(pool, box, alert_settings, now)
+
+    threads = [threading.Thread(target=drain_and_send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alerts.deliver_due(pool, box, alert_settings, later(60))
+    assert len(webhook.wait_count(1)) == 1 and len(smtp.wait_count(1)) == 1
+    with pool.connection() as c:
+        assert c.execute("select count(*) as n from public.alert_deliveries").fetchone()["n"] == 2
+
+
+def test_the_channel_password_is_in_no_dump_and_no_log(channels, pve, poller, recorder, pool, box, alert_settings,
+                                                       settings, webhook, smtp, db_url, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    down(pve, settings.offline_after)
+    Polls(poller, recorder, [channels["id"]]).round(settings.offline_after)
+    webhook.stop()                             # a failed try (its answer is logged and stored)
+    flush(pool, box, alert_settings, 31)
+    webhook.start()
+    flush(pool, box, alert_settings, 60)
+    assert webhook.wait_count(1) and webhook.auth[0]   # the password did go to the receiver (basic auth)
+    dump = subprocess.run([str(pg_bindir() / "pg_dump"), "--data-only", db_url], capture_output=True, text=True,
+                          check=True).stdout
+    assert "alert_channels" in dump and "hook" in dump
+    for secret in (HOOK_PASSWORD, smtp.password):
+        assert secret not in dump
+        assert secret not in caplog.text
+        out, err = capfd.readouterr()
+        assert secret not in out + err
+    assert "****" in dump     # the masked URL and the masked answers are there
+
+
+def test_a_url_apprise_cannot_use_is_refused_and_nothing_is_written(conn, box, add_server, pve):
+    add_server("pve1", pve.url)
+    for url, words in (("not a url", "scheme://"), ("nosuchservice://x/y", "does not understand")):
+        with pytest.raises(alerts.ChannelUrlError, match=words):
+            alerts.add_channel(conn, box, tenant_id(conn), "bad", url)
+    assert conn.execute("select count(*) as n from public.alert_channels").fetchone()["n"] == 0
+
+
+# ----------------------------------------------------------------------------------- who sees what
+
+def test_members_see_their_teams_alerts_masked_and_only_admins_remove_channels(teams, conn, uconn, box, webhook):
+    import psycopg
+
+    from tests.support.seed import call
+
+    alerts.add_channel(conn, box, teams.teams["acme"], "hook", hook_url(webhook))
+    conn.execute("insert into public.incidents (tenant_id, server_id, status, started_at)"
+                 " values (%s, %s, 'offline', now())", (teams.teams["acme"], teams.servers["pve1"]))
+    conn.commit()
+    victor, olga, alice, bob = (teams.users[n] for n in ("victor", "olga", "alice", "bob"))
+    # A member sees the channel masked, never the table that holds its ciphertext
+    [listed] = call(uconn, victor, "select * from public.alert_channels_list()")
+    assert listed["name"] == "hook" and HOOK_PASSWORD not in listed["url_masked"] and "****" in listed["url_masked"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        call(uconn, victor, "select * from public.alert_channels")
+    # The outbox row of the incident is the team's only
+    assert [r["kind"] for r in call(uconn, victor, "select * from public.alert_events")] == ["offline"]
+    assert call(uconn, bob, "select * from public.alert_events") == []
+    assert call(uconn, bob, "select * from public.alert_channels_list()") == []
+    # Operators silence, viewers do not; only admins remove a channel
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        call(uconn, victor, "select public.alert_silence_add(%s, null, null, 3600)", (teams.teams["acme"],))
+    assert call(uconn, olga, "select public.alert_silence_add(%s, null, null, 3600, 'deploy') as id",
+                (teams.teams["acme"],), many=False)["id"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        call(uconn, olga, "select public.alert_silence_add(%s, null, null, 10)", (teams.teams["acme"],))
+    for user in (olga, bob):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            call(uconn, user, "select public.alert_channel_remove(%s)", (listed["id"],))
+    assert call(uconn, alice, "select public.alert_channel_remove(%s) as ok", (listed["id"],), many=False)["ok"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        call(uconn, None, "select * from public.alert_events")
