@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 LEASE_S = 120          # a sender that holds a delivery longer than this is presumed dead
 NAMES_LISTED = 8       # servers named in one line before "… and N more"
 MASK = "****"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")   # channel names and tags (as the tables check them)
+TAG = NAME
 
 # Apprise logs at DEBUG what it sends, URLs included: its records stay with proxwatch's capture.
 _apprise_log = logging.getLogger("apprise")
@@ -151,7 +153,7 @@ def send(url: str, title: str, body: str, notify_type: str = "info") -> Outcome:
 # ------------------------------------------------------------------------------------- channels
 def add_channel(conn, box: Box, tenant_id, name: str, url: str) -> dict:
     kind, masked = parse_channel_url(url)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name or ""):
+    if not NAME.fullmatch(name or ""):
         raise AlertError("a channel name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     try:
         row = conn.execute(db.q("alert_channel_add"), {"tenant_id": tenant_id, "name": name, "kind": kind,

@@ -8,6 +8,7 @@ receivers, the network failures and the database are real."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -294,3 +295,62 @@ def test_members_see_their_teams_alerts_masked_and_only_admins_remove_channels(t
     assert call(uconn, alice, "select public.alert_channel_remove(%s) as ok", (listed["id"],), many=False)["ok"]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         call(uconn, None, "select * from public.alert_events")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def test_the_cli_manages_channels_rules_silences_and_shows_the_log(db_url, redis_server, secret_key, tmp_path, teams,
+                                                                   conn, webhook, smtp):
+    from tests.support.processes import run_cli, service_env
+
+    env = service_env(db_url, redis_server.url, secret_key, tmp_path)
+
+    def cli(*args, code=0, input=None):
+        proc = run_cli(env, "alerts", *args, input=input)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        assert HOOK_PASSWORD not in proc.stdout + proc.stderr and smtp.password not in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc.stdout + proc.stderr
+
+    # Channels: the URL from standard input or a file, shown masked
+    added = cli("channels", "add", "hook", "-", "--tenant", "acme", input=hook_url(webhook) + "\n")
+    assert "added channel hook (json) to acme" in added and "****" in added
+    url_file = tmp_path / "mail-url"
+    url_file.write_text(smtp.url() + "\n")
+    cli("channels", "add", "mail", "--url-file", str(url_file), "--tenant", "acme")
+    refused = cli("channels", "add", "bad", "nosuchservice://x/y", "--tenant", "acme", code=2)
+    assert "Apprise does not understand this nosuchservice:// URL" in refused
+    assert "already has a channel named 'hook'" in cli("channels", "add", "hook", "-", "--tenant", "acme", code=2,
+                                                       input=hook_url(webhook) + "\n")
+    listed = json.loads(cli("channels", "list", "--json"))
+    assert [(c["name"], c["kind"]) for c in listed] == [("hook", "json"), ("mail", "mailto")]
+    # A test sends a real message and prints the service's answer
+    assert "delivered" in cli("channels", "test", "hook") and webhook.wait_count(1)[0]["title"] == "proxwatch: test message"
+    assert "Sent Email" in cli("channels", "test", "mail") and smtp.wait_count(1)
+    webhook.stop()
+    assert "Connection error" in cli("channels", "test", "hook", code=1)
+    assert "there is no alert channel named 'ghost'" in cli("channels", "test", "ghost", code=2)
+    # Rules
+    assert "rule saved: offline, degraded" in cli("rules", "set", "--tenant", "acme", "--no-recovered", "--degraded",
+                                                  "--no-cert-expiry", "--no-operation-failed")
+    cli("rules", "set", "--server", "pve1", "--no-offline", "--latency-ms", "800", "--repeat", "1h")
+    rules = json.loads(cli("rules", "list", "--json"))
+    assert [(r["server_name"], r["offline"], r["latency_ms"], r["repeat_interval_s"]) for r in rules] == \
+        [(None, True, None, None), ("pve1", False, 800, 3600)]
+    assert "between 1m and 7d" in cli("rules", "set", "--tenant", "acme", "--repeat", "10s", code=2)
+    # Silences
+    assert "silenced server pve1 for 2h" in cli("silence", "pve1", "--for", "2h", "--reason", "kernel update")
+    assert "is not a duration" in cli("silence", "pve2", "--for", "soon", code=2)
+    assert "one of: a SERVER, --tag T, or --all" in cli("silence", "pve2", "--all", "--for", "1h", code=2)
+    [active] = json.loads(cli("silences", "list", "--json"))
+    assert active["server_name"] == "pve1" and active["reason"] == "kernel update" and active["active"]
+    assert "ended" in cli("silences", "remove", str(active["id"])[:8])
+    assert json.loads(cli("silences", "list", "--json")) == []
+    assert len(json.loads(cli("silences", "list", "--all", "--json"))) == 1
+    # The log: every try, with the answer masked
+    log = json.loads(cli("log", "--json"))
+    assert [(r["channel_name"], r["outcome"]) for r in log] == [("hook", "test-failed"), ("mail", "test-delivered"),
+                                                               ("hook", "test-delivered")]
+    cli("channels", "remove", "hook", "--tenant", "acme")
+    assert [c["name"] for c in json.loads(cli("channels", "list", "--json"))] == ["mail"]
+    assert conn.execute("select count(*) as n from public.alert_channels").fetchone()["n"] == 1

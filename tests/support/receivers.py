@@ -14,6 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.support.waiting import free_port
 
+# AUTH without TLS: on loopback, in a test, on purpose (aiosmtpd warns at every connection).
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+
 
 class WebhookReceiver:
     """json://127.0.0.1:PORT/hook — every POST body (parsed JSON) lands in `received` with its arrival time."""
@@ -115,9 +118,7 @@ class SmtpReceiver:
 
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticator,
                                       auth_require_tls=False, auth_required=True)
-        with warnings.catch_warnings():   # AUTH without TLS: on loopback, in a test, on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            self._controller.start()
+        self._controller.start()
         return self
 
     def stop(self) -> None:
