@@ -14,7 +14,14 @@ select pg_try_advisory_xact_lock(hashtextextended('proxwatch.alerts:' || %(tenan
 -- name: alert_open_events
 -- The tenant's undecided events (pending ones created by now, and silenced ones), with the server's
 -- tags and whether the event's incident is still open; locked for this drain.
-select e.*, coalesce(s.tags, '{}') as tags, (i.id is not null and i.ended_at is null) as incident_open
+select e.*, coalesce(s.tags, '{}') as tags,
+       case when e.incident_id is not null then (i.id is not null and i.ended_at is null)
+            when e.kind = 'cert_expiry' then exists (
+              select 1 from public.node_certificates c
+              where c.server_id = e.server_id and c.node = e.node and c.expiring_since is not null
+                and format('cert:%%s:%%s:%%s', c.server_id, c.node, (extract(epoch from c.expiring_since) * 1000000)::bigint)
+                    = e.problem_key)
+            else false end as problem_open
 from public.alert_events e
 left join public.proxmox_servers s on s.id = e.server_id
 left join public.incidents i on i.id = e.incident_id
@@ -22,10 +29,10 @@ where e.tenant_id = %(tenant_id)s and (e.state = 'pending' and e.created_at <= %
 order by e.created_at, e.id
 for update of e skip locked;
 
--- name: alert_notified_incidents
--- Which of these incidents had a problem start sent (a recovery is sent only for those).
-select distinct incident_id from public.alert_events
-where incident_id = any(%(ids)s::uuid[]) and problem and state = 'sent';
+-- name: alert_notified_problems
+-- Which of these problems had their start sent (an end is sent only for those).
+select distinct problem_key from public.alert_events
+where problem_key = any(%(keys)s::text[]) and problem and state = 'sent';
 
 -- name: alert_tenant_rules
 select * from public.alert_rules where tenant_id = %(tenant_id)s;
@@ -175,3 +182,19 @@ left join public.alert_deliveries d on d.id = a.delivery_id
 where %(tenant)s::text is null or t.name = %(tenant)s
 order by a.attempted_at desc, a.id desc
 limit %(limit)s;
+
+-- name: node_certificate_store
+-- The certificate a node serves, as just read; its trigger opens or closes the "expires within
+-- 14 days" problem (and writes its alert event) in this statement's transaction.
+insert into public.node_certificates as c (server_id, node, tenant_id, filename, subject, san, fingerprint, not_after,
+                                           checked_at)
+select s.id, %(node)s, s.tenant_id, %(filename)s, %(subject)s, %(san)s, %(fingerprint)s, %(not_after)s, %(checked_at)s
+from public.proxmox_servers s where s.id = %(server_id)s
+on conflict (server_id, node) do update set
+  filename = excluded.filename, subject = excluded.subject, san = excluded.san, fingerprint = excluded.fingerprint,
+  not_after = excluded.not_after, checked_at = excluded.checked_at
+returning node, filename, not_after, expiring_since;
+
+-- name: node_certificates_of_server
+select node, filename, subject, not_after, checked_at, expiring_since from public.node_certificates
+where server_id = %(server_id)s order by node;

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import dramatiq
 
-from worker import alerts, broker, inventory, retention, services, sessions
+from worker import alerts, broker, certificates, inventory, retention, services, sessions
 
 # A poll older than this is dropped: the scheduler has issued newer ones meanwhile.
 POLL_MAX_AGE_MS = 120_000
@@ -103,3 +103,11 @@ def deliver_alert(delivery_id: str) -> None:
     try is a row with its next time, picked up again by drain_alerts: no Dramatiq retry."""
     svc = _services()
     alerts.deliver(svc.pool, svc.box, broker.SETTINGS.alerts, delivery_id)
+
+
+@dramatiq.actor(queue_name="inventory", retry_when=retries(2), min_backoff=60_000, time_limit=300_000,
+                max_age=6 * 3600 * 1000)
+def check_certificates(server_id: str, scheduled_at: str) -> None:
+    """Each node's served certificate and its expiry (fires "expires within 14 days")."""
+    svc = _services()
+    certificates.check(svc.pool, svc.poller, server_id)

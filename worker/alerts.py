@@ -181,7 +181,7 @@ def test_channel(conn, box: Box, channel: dict) -> Outcome:
 
 # ---------------------------------------------------------------------------------------- rules
 KIND_FIELD = {"offline": "offline", "degraded": "degraded", "recovered": "recovered",
-              "cert_expiry": "cert_expiry", "cert_renewed": "recovered", "operation_failed": "operation_failed"}
+              "cert_expiry": "cert_expiry", "cert_renewed": "cert_expiry", "operation_failed": "operation_failed"}
 DEFAULTS = {"offline": True, "recovered": True, "degraded": False, "cert_expiry": True, "operation_failed": True}
 
 
@@ -278,25 +278,24 @@ def _drain_tenant(conn, tenant_id, settings: AlertSettings, now: datetime) -> li
         return []
     rules = conn.execute(db.q("alert_tenant_rules"), {"tenant_id": tenant_id}).fetchall()
     silences = conn.execute(db.q("alert_active_silences"), {"tenant_id": tenant_id, "now": now}).fetchall()
-    incident_ids = [e["incident_id"] for e in pending + held if e["incident_id"] is not None]
-    notified = {r["incident_id"] for r in conn.execute(db.q("alert_notified_incidents"),
-                                                       {"ids": incident_ids}).fetchall()}
+    keys = [e["problem_key"] for e in pending + held if e["problem_key"] is not None]
+    notified = {r["problem_key"] for r in conn.execute(db.q("alert_notified_problems"), {"keys": keys}).fetchall()}
     decisions: dict[tuple, list] = {}   # (state, reason) -> ids
 
     def decide(e, state, reason=None):
         decisions.setdefault((state, reason), []).append(e["id"])
 
-    ends = {e["incident_id"] for e in pending if not e["problem"] and e["incident_id"] is not None}
+    ends = {e["problem_key"] for e in pending if not e["problem"] and e["problem_key"] is not None}
     send: list[dict] = []
     for e in held:
-        if not e["incident_open"]:
+        if not e["problem_open"]:
             decide(e, "dropped", "silenced until the problem ended")
         elif not silenced(silences, e["server_id"], e["tags"]):
             send.append(e)
     for e in pending:
         rule = rule_for(rules, e["server_id"], e["tags"])
         if e["problem"]:
-            if e["incident_id"] is not None and e["incident_id"] in ends:
+            if e["problem_key"] is not None and e["problem_key"] in ends:
                 decide(e, "dropped", "started and ended inside the group window")
             elif not rule.get(KIND_FIELD[e["kind"]], True):
                 decide(e, "dropped", f"the rule turns {e['kind']} alerts off")
@@ -305,8 +304,8 @@ def _drain_tenant(conn, tenant_id, settings: AlertSettings, now: datetime) -> li
             else:
                 send.append(e)
         else:
-            sent_start = any(s["incident_id"] == e["incident_id"] and s["problem"] for s in send)
-            if e["incident_id"] is not None and e["incident_id"] not in notified and not sent_start:
+            sent_start = any(s["problem_key"] == e["problem_key"] and s["problem"] for s in send)
+            if e["problem_key"] not in notified and not sent_start:
                 decide(e, "dropped", "nobody was told about the problem")
             elif not rule.get(KIND_FIELD[e["kind"]], True):
                 decide(e, "dropped", f"the rule turns {e['kind']} alerts off")

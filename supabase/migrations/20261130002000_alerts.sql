@@ -84,6 +84,9 @@ create table public.alert_events (
   tenant_id uuid not null references public.tenants (id) on delete cascade,
   server_id uuid references public.proxmox_servers (id) on delete cascade,
   incident_id uuid references public.incidents (id) on delete cascade,
+  -- The problem a start and its end share (an incident's id; a node certificate's expiry period);
+  -- null for one-off events (a failed operation), which have no end.
+  problem_key text,
   node text,
   kind text not null check (kind in ('offline', 'degraded', 'recovered', 'cert_expiry', 'cert_renewed',
                                      'operation_failed')),
@@ -99,6 +102,7 @@ create table public.alert_events (
 );
 create index alert_events_pending_idx on public.alert_events (tenant_id, created_at) where state in ('pending', 'silenced');
 create index alert_events_incident_idx on public.alert_events (incident_id);
+create index alert_events_problem_idx on public.alert_events (problem_key) where problem_key is not null;
 create index alert_events_tenant_created_idx on public.alert_events (tenant_id, created_at desc);
 
 -- One message to one channel (the key (channel_id, batch_id) is unique: a batch is never queued
@@ -138,7 +142,10 @@ create table public.alert_attempts (
 );
 create index alert_attempts_tenant_idx on public.alert_attempts (tenant_id, attempted_at desc);
 
--- Node certificates (the daily read of GET /nodes/{node}/certificates/info).
+-- Node certificates: the one pveproxy serves (pveproxy-ssl.pem, else pve-ssl.pem) as the daily
+-- read of GET /nodes/{node}/certificates/info and a successful renewal found it. `expiring_since`
+-- is set while it expires within 14 days (the problem is open: its alert event was written), and
+-- cleared — with a "renewed" event — when a later read finds it valid for longer.
 create table public.node_certificates (
   server_id uuid not null references public.proxmox_servers (id) on delete cascade,
   node text not null,
@@ -146,8 +153,10 @@ create table public.node_certificates (
   filename text not null,
   subject text,
   san text[],
+  fingerprint text,
   not_after timestamptz not null,
   checked_at timestamptz not null default now(),
+  expiring_since timestamptz,
   primary key (server_id, node)
 );
 
@@ -159,15 +168,19 @@ declare
 begin
   select name into v_name from public.proxmox_servers where id = new.server_id;
   if tg_op = 'INSERT' then
-    insert into public.alert_events (tenant_id, server_id, incident_id, kind, problem, subject, detail, occurred_at)
-    values (new.tenant_id, new.server_id, new.id, new.status::text, true, coalesce(v_name, '?'),
+    insert into public.alert_events (tenant_id, server_id, incident_id, problem_key, kind, problem, subject, detail,
+                                     occurred_at)
+    values (new.tenant_id, new.server_id, new.id, new.id::text, new.status::text, true, coalesce(v_name, '?'),
             new.error_message, new.started_at);
   elsif old.ended_at is null and new.ended_at is not null then
-    insert into public.alert_events (tenant_id, server_id, incident_id, kind, problem, subject, detail, occurred_at)
-    values (new.tenant_id, new.server_id, new.id, 'recovered', false, coalesce(v_name, '?'), null, new.ended_at);
+    insert into public.alert_events (tenant_id, server_id, incident_id, problem_key, kind, problem, subject, detail,
+                                     occurred_at)
+    values (new.tenant_id, new.server_id, new.id, new.id::text, 'recovered', false, coalesce(v_name, '?'), null,
+            new.ended_at);
   elsif new.ended_at is null and old.status = 'degraded' and new.status = 'offline' then
-    insert into public.alert_events (tenant_id, server_id, incident_id, kind, problem, subject, detail, occurred_at)
-    values (new.tenant_id, new.server_id, new.id, 'offline', true, coalesce(v_name, '?'),
+    insert into public.alert_events (tenant_id, server_id, incident_id, problem_key, kind, problem, subject, detail,
+                                     occurred_at)
+    values (new.tenant_id, new.server_id, new.id, new.id::text, 'offline', true, coalesce(v_name, '?'),
             new.last_error_message, new.updated_at);
   end if;
   return null;
@@ -177,6 +190,62 @@ revoke execute on function public.incident_alert_events() from public, anon, aut
 
 create trigger incidents_alert_events after insert or update on public.incidents
   for each row execute function public.incident_alert_events();
+
+-- ------------------------------------------------------------------------ certificates → outbox
+-- Within 14 days of expiry: a problem starts (once per period); valid for longer again: it ends.
+create function public.node_certificate_alert_events() returns trigger
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  v_name text;
+  v_expiring boolean := new.not_after <= new.checked_at + interval '14 days';
+  v_was timestamptz := case when tg_op = 'UPDATE' then old.expiring_since end;
+begin
+  select name into v_name from public.proxmox_servers where id = new.server_id;
+  if v_expiring and v_was is null then
+    new.expiring_since := new.checked_at;
+    insert into public.alert_events (tenant_id, server_id, problem_key, node, kind, problem, subject, detail, occurred_at)
+    values (new.tenant_id, new.server_id, format('cert:%s:%s:%s', new.server_id, new.node, (extract(epoch from new.checked_at) * 1000000)::bigint), new.node,
+            'cert_expiry', true, coalesce(v_name, '?') || '/' || new.node,
+            format('%s expires %s (%s days left)', new.filename, to_char(new.not_after at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'),
+                   greatest(0, floor(extract(epoch from new.not_after - new.checked_at) / 86400))::int),
+            new.checked_at);
+  elsif v_expiring then
+    new.expiring_since := v_was;
+  elsif v_was is not null then
+    new.expiring_since := null;
+    insert into public.alert_events (tenant_id, server_id, problem_key, node, kind, problem, subject, detail, occurred_at)
+    values (new.tenant_id, new.server_id, format('cert:%s:%s:%s', new.server_id, new.node, (extract(epoch from v_was) * 1000000)::bigint), new.node,
+            'cert_renewed', false, coalesce(v_name, '?') || '/' || new.node,
+            format('valid until %s', to_char(new.not_after at time zone 'UTC', 'YYYY-MM-DD')), new.checked_at);
+  end if;
+  return new;
+end
+$$;
+revoke execute on function public.node_certificate_alert_events() from public, anon, authenticated;
+
+create trigger node_certificates_alert_events before insert or update on public.node_certificates
+  for each row execute function public.node_certificate_alert_events();
+
+-- ------------------------------------------------------------------------ failed operations → outbox
+create function public.operation_alert_events() returns trigger
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  v_name text;
+begin
+  if new.status = 'failed' and old.status is distinct from 'failed' then
+    select name into v_name from public.proxmox_servers where id = new.server_id;
+    insert into public.alert_events (tenant_id, server_id, node, kind, problem, subject, detail, occurred_at)
+    values (new.tenant_id, new.server_id, new.node, 'operation_failed', true,
+            format('%s %s on %s', new.operation_type, new.target, coalesce(v_name, '?')),
+            coalesce(new.error, new.message), coalesce(new.completed_at, now()));
+  end if;
+  return null;
+end
+$$;
+revoke execute on function public.operation_alert_events() from public, anon, authenticated;
+
+create trigger active_operations_alert_events after update of status on public.active_operations
+  for each row execute function public.operation_alert_events();
 
 -- ------------------------------------------------------------------------------------------ RLS
 alter table public.alert_channels enable row level security;

@@ -354,3 +354,60 @@ def test_the_cli_manages_channels_rules_silences_and_shows_the_log(db_url, redis
     cli("channels", "remove", "hook", "--tenant", "acme")
     assert [c["name"] for c in json.loads(cli("channels", "list", "--json"))] == ["mail"]
     assert conn.execute("select count(*) as n from public.alert_channels").fetchone()["n"] == 1
+
+
+# --------------------------------------------------------------------------------- certificates
+
+def test_a_certificate_expiring_within_14_days_alerts_once_and_its_renewal_resolves_it(
+        add_server, opspve, conn, box, pool, settings, alert_settings, webhook):
+    import time
+
+    from tests.support.fleet import DAY
+    from worker import certificates, operations
+    from worker.operations.common import Tuning
+    from worker.operations.manager import Operations
+    from worker.polling import Poller
+
+    server = add_server("pve1", opspve.url)
+    alerts.add_channel(conn, box, tenant_id(conn), "hook", hook_url(webhook))
+    poller = Poller(pool, box, settings)
+    # Given pve1 serves only its self-signed certificate (700 days): stored, nothing to say
+    [stored] = certificates.check(pool, poller, str(server["id"]))
+    assert stored["filename"] == "pve-ssl.pem" and stored["expiring_since"] is None
+    # When its ACME certificate (the one pveproxy serves) expires in 10 days
+    opspve.cert_expiry["pve1"] = time.time() + 10 * DAY
+    [stored] = certificates.check(pool, poller, str(server["id"]))
+    assert stored["filename"] == "pveproxy-ssl.pem" and stored["expiring_since"] is not None
+    # Then one alert names the node, and the next day's check adds nothing
+    certificates.check(pool, poller, str(server["id"]))
+    assert flush(pool, box, alert_settings, 31) == 1
+    [expiring] = webhook.wait_count(1)
+    assert expiring["message"].startswith("1 certificate expires within 14 days: pve1/pve1")
+    assert "pveproxy-ssl.pem expires" in expiring["message"] and "(9 days left)" in expiring["message"]
+    # When a renewal operation succeeds, the problem is resolved: one "renewed" message
+    manager = Operations(pool, poller, box, Tuning(stale_s=30, pending_timeout_s=600, heartbeat_s=0.5,
+                                                   task_poll_ms=100, progress_min_interval_s=0.3, ssh_timeout_s=10,
+                                                   task_deadline_s=120), worker="test-worker", send=lambda _: None)
+    op = operations.enqueue(conn, server["id"], "certificate_renewal", {"node": "pve1"}, "user")
+    conn.commit()
+    assert manager.run(op["operationId"])["status"] == "completed"
+    assert flush(pool, box, alert_settings, 62) == 1
+    assert webhook.wait_count(2)[1]["message"].startswith("1 certificate was renewed: pve1/pve1")
+    conn.commit()
+    assert conn.execute("select expiring_since from public.node_certificates where node = 'pve1'"
+                        ).fetchone()["expiring_since"] is None
+
+
+def test_a_failed_operation_alerts(add_server, opspve, conn, box, pool, alert_settings, webhook):
+    server = add_server("pve1", opspve.url)
+    alerts.add_channel(conn, box, tenant_id(conn), "hook", hook_url(webhook))
+    from worker import operations
+
+    op = operations.enqueue(conn, server["id"], "service_restart", {"node": "pve1", "service": "pveproxy"}, "user")
+    conn.execute("update public.active_operations set status = 'failed', completed_at = now(),"
+                 " error = 'The restart of pveproxy failed: unit failed' where id = %s", (op["operationId"],))
+    conn.commit()
+    assert flush(pool, box, alert_settings, 31) == 1
+    [msg] = webhook.wait_count(1)
+    assert msg["message"].startswith("1 operation failed: service_restart pve1/pveproxy on pve1")
+    assert "unit failed" in msg["message"]

@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from email import message_from_bytes
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.support.waiting import free_port
-
-# AUTH without TLS: on loopback, in a test, on purpose (aiosmtpd warns at every connection).
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
 class WebhookReceiver:
