@@ -240,7 +240,7 @@ def compose(events: list[dict]) -> tuple[str, str, str]:
         group = by_kind.get(kind)
         if not group:
             continue
-        subjects = list(dict.fromkeys(e["subject"] for e in group))
+        subjects = sorted(set(e["subject"] for e in group))
         one, many = PHRASES[kind]
         lines.append((one if len(subjects) == 1 else many).format(n=len(subjects)) + ": " + names(subjects))
         if len(subjects) == 1 and group[0].get("detail"):
