@@ -198,3 +198,7 @@ returning node, filename, not_after, expiring_since;
 -- name: node_certificates_of_server
 select node, filename, subject, not_after, checked_at, expiring_since from public.node_certificates
 where server_id = %(server_id)s order by node;
+
+-- name: alert_check
+-- Threshold conditions opened and closed, reminders queued (see the migration alert_conditions).
+select * from public.alert_check(%(now)s);

@@ -97,6 +97,12 @@ def drain_alerts(scheduled_at: str) -> None:
         deliver_alert.send(delivery_id)
 
 
+@dramatiq.actor(queue_name="alerts", retry_when=retries(2), min_backoff=1000, max_age=60_000)
+def check_alert_conditions(scheduled_at: str) -> None:
+    """Latency and success-rate thresholds of the rules, and reminders of lasting problems."""
+    alerts.check_conditions(_services().pool)
+
+
 @dramatiq.actor(queue_name="alerts", retry_when=retries(0), time_limit=120_000, max_age=600_000)
 def deliver_alert(delivery_id: str) -> None:
     """One try of one message (claimed in the database: a duplicate message sends nothing). A failed

@@ -181,7 +181,10 @@ def test_channel(conn, box: Box, channel: dict) -> Outcome:
 
 # ---------------------------------------------------------------------------------------- rules
 KIND_FIELD = {"offline": "offline", "degraded": "degraded", "recovered": "recovered",
-              "cert_expiry": "cert_expiry", "cert_renewed": "cert_expiry", "operation_failed": "operation_failed"}
+              "cert_expiry": "cert_expiry", "cert_renewed": "cert_expiry", "operation_failed": "operation_failed",
+              # threshold alerts are on while the rule sets the threshold
+              "latency": "latency_ms", "latency_ok": "latency_ms",
+              "success_rate": "success_rate_pct", "success_rate_ok": "success_rate_pct"}
 DEFAULTS = {"offline": True, "recovered": True, "degraded": False, "cert_expiry": True, "operation_failed": True}
 
 
@@ -220,6 +223,10 @@ PHRASES = {  # kind: (one, many)
     "cert_expiry": ("{n} certificate expires within 14 days", "{n} certificates expire within 14 days"),
     "cert_renewed": ("{n} certificate was renewed", "{n} certificates were renewed"),
     "operation_failed": ("{n} operation failed", "{n} operations failed"),
+    "latency": ("{n} server answers slowly", "{n} servers answer slowly"),
+    "latency_ok": ("{n} server answers fast again", "{n} servers answer fast again"),
+    "success_rate": ("{n} server is below its success rate", "{n} servers are below their success rate"),
+    "success_rate_ok": ("{n} server is back above its success rate", "{n} servers are back above their success rate"),
 }
 ORDER = list(PHRASES)
 
@@ -326,6 +333,15 @@ def _drain_tenant(conn, tenant_id, settings: AlertSettings, now: datetime) -> li
         conn.execute(db.q("alert_decide"), {"state": state, "reason": reason, "batch_id": None, "now": now,
                                             "ids": ids})
     return queued
+
+
+def check_conditions(pool, now: datetime | None = None) -> dict:
+    """Open and close the threshold conditions (latency, 24 h success rate) and queue reminders of
+    problems that last longer than their rule's repeat interval (public.alert_check)."""
+    with pool.connection() as conn:
+        row = conn.execute(db.q("alert_check"), {"now": now or utcnow()}).fetchone()
+        conn.commit()
+    return row
 
 
 # ------------------------------------------------------------------------------------- delivery

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import threading
+from datetime import timedelta
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.support.alerting import Polls, later
 from tests.support.waiting import free_port
 from worker import alerts
 from worker.embedded.services import pg_bindir
+from worker.polling import PollResult, utcnow
 
 HOOK_PASSWORD = "hook-S3cret-pw"
 
@@ -411,3 +413,67 @@ def test_a_failed_operation_alerts(add_server, opspve, conn, box, pool, alert_se
     [msg] = webhook.wait_count(1)
     assert msg["message"].startswith("1 operation failed: service_restart pve1/pveproxy on pve1")
     assert "unit failed" in msg["message"]
+
+
+# ---------------------------------------------------------------------- thresholds and reminders
+
+def slow_polls(recorder, server_id, ms: int, n: int, start):
+    """n successful polls of `ms` each, written by the worker's Recorder, 10 s apart from `start`."""
+    for k in range(n):
+        at = start + timedelta(seconds=10 * k)
+        recorder.write([PollResult(server_id=str(server_id), scheduled_at=at, created_at=at, success=True,
+                                   response_time_ms=ms, pve_version="9.1.4", nodes_online=1, nodes_total=1)])
+    return start + timedelta(seconds=10 * n)
+
+
+def test_latency_above_the_rule_for_n_polls_alerts_and_its_end_too(channels, recorder, pool, box, alert_settings,
+                                                                   webhook, conn):
+    conn.execute("select public.alert_rule_set(%s, p_latency_ms => 300, p_latency_polls => 3)", (tenant_id(conn),))
+    conn.commit()
+    t = utcnow() - timedelta(hours=1)
+    # Two slow polls are not yet a problem; the third is
+    t = slow_polls(recorder, channels["id"], 800, 2, t)
+    assert alerts.check_conditions(pool)["opened"] == 0
+    t = slow_polls(recorder, channels["id"], 900, 1, t)
+    assert alerts.check_conditions(pool) == {"opened": 1, "closed": 0, "reminded": 0}
+    assert alerts.check_conditions(pool)["opened"] == 0          # once per period
+    flush(pool, box, alert_settings, 31)
+    [slow] = webhook.wait_count(1)
+    assert slow["message"].startswith("1 server answers slowly: pve1")
+    assert "slower than 300 ms in each of the last 3 polls (latest 900 ms)" in slow["message"]
+    # A fast poll ends it
+    slow_polls(recorder, channels["id"], 40, 1, t)
+    assert alerts.check_conditions(pool)["closed"] == 1
+    flush(pool, box, alert_settings, 62)
+    assert webhook.wait_count(2)[1]["message"] == "1 server answers fast again: pve1"
+
+
+def test_a_success_rate_below_the_rule_alerts(channels, pool, box, alert_settings, webhook, conn):
+    conn.execute("select public.alert_rule_set(%s, p_server_id => %s, p_success_rate_pct => 99.5)",
+                 (tenant_id(conn), channels["id"]))
+    conn.execute("update public.proxmox_servers set success_rate = 97.2 where id = %s", (channels["id"],))
+    conn.commit()
+    assert alerts.check_conditions(pool)["opened"] == 1
+    flush(pool, box, alert_settings, 31)
+    [msg] = webhook.wait_count(1)
+    assert msg["message"].startswith("1 server is below its success rate: pve1")
+    assert "97.2 % of polls succeeded in 24 h (the rule asks for 99.5 %)" in msg["message"]
+
+
+def test_a_lasting_problem_is_repeated_at_the_rules_interval(channels, pve, poller, recorder, pool, box,
+                                                             alert_settings, settings, webhook, conn):
+    conn.execute("select public.alert_rule_set(%s, p_repeat_interval_s => 600)", (tenant_id(conn),))
+    conn.commit()
+    down(pve, settings.offline_after + 5)
+    Polls(poller, recorder, [channels["id"]]).round(settings.offline_after)
+    flush(pool, box, alert_settings, 31)
+    webhook.wait_count(1)
+    # Not before the interval; then one reminder per interval
+    assert alerts.check_conditions(pool, later(300))["reminded"] == 0
+    assert alerts.check_conditions(pool, later(700))["reminded"] == 1
+    assert alerts.check_conditions(pool, later(700))["reminded"] == 0     # already queued
+    flush(pool, box, alert_settings, 731)
+    reminder = webhook.wait_count(2)[1]
+    assert reminder["message"].startswith("1 server went offline: pve1") and "still:" in reminder["message"]
+    assert alerts.check_conditions(pool, later(1000))["reminded"] == 0
+    assert alerts.check_conditions(pool, later(1400))["reminded"] == 1
