@@ -477,3 +477,31 @@ def test_a_lasting_problem_is_repeated_at_the_rules_interval(channels, pve, poll
     assert reminder["message"].startswith("1 server went offline: pve1") and "still:" in reminder["message"]
     assert alerts.check_conditions(pool, later(1000))["reminded"] == 0
     assert alerts.check_conditions(pool, later(1400))["reminded"] == 1
+
+
+# ------------------------------------------------------------------------- the product's processes
+
+def test_scheduler_and_worker_send_offline_and_recovery_once_each(pve, add_server, conn, box, services_env, tmp_path,
+                                                                 webhook):
+    from tests.support.processes import Procs
+    from tests.support.waiting import wait_for
+
+    # Given a server polled every 2 s by the real scheduler and worker, a 2 s grouping window
+    server = add_server("pve1", pve.url, interval=2)
+    alerts.add_channel(conn, box, tenant_id(conn), "hook", hook_url(webhook))
+    procs = Procs({**services_env, "PROXWATCH_ALERT_GROUP_WINDOW_S": "2"}, tmp_path / "procs.log")
+    try:
+        procs.worker(threads=4)
+        procs.scheduler()
+        # When PVE stops answering for 5 polls, then answers again
+        pve.fail("GET", "/cluster/status", 500, "hostname lookup 'pve1' failed", times=5)
+        # Then one message says it went offline, one that it is back
+        assert wait_for(lambda: len(webhook.received) >= 2, 120), procs.output()
+        assert [m["message"].splitlines()[0] for m in webhook.received] == [
+            "1 server went offline: pve1", "1 server is back online: pve1"]
+        conn.commit()
+        assert conn.execute("select count(*) as n from public.incidents where server_id = %s and ended_at is not null",
+                            (server["id"],)).fetchone()["n"] == 1
+    finally:
+        procs.close()
+    assert len(webhook.received) == 2
