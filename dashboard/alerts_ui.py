@@ -17,7 +17,7 @@ from dashboard.data import DataError, call
 from dashboard.text import plain
 
 KIND_LABELS = {"offline": "offline", "degraded": "degraded", "cert_expiry": "certificate expiring",
-               "channel_failing": "alert channel failing"}
+               "channel_failing": "failing", "latency": "slow", "success_rate": "below its success rate"}
 RULE_FIELDS = {"offline": "Offline", "recovered": "Back online", "degraded": "Degraded",
                "cert_expiry": "Certificate expiring (14 days)", "operation_failed": "Operation failed"}
 

@@ -202,3 +202,8 @@ where server_id = %(server_id)s order by node;
 -- name: alert_check
 -- Threshold conditions opened and closed, reminders queued (see the migration alert_conditions).
 select * from public.alert_check(%(now)s);
+
+-- name: server_set_tags
+-- A server's tags (what alert rules and silences can address by --tag).
+update public.proxmox_servers set tags = %(tags)s::text[], updated_at = now() where id = %(id)s
+returning name, tags;

@@ -11,6 +11,7 @@ command line, stored encrypted, and only ever shown masked.
     proxwatch alerts silence SERVER | --tag T | --all --for 2h [--reason …] [--tenant T]
     proxwatch alerts silences list [--all] [--json] | remove ID
     proxwatch alerts log [--limit N] [--json]
+    proxwatch alerts tags SERVER [TAG …] [--tenant T]   set a server's tags (none: clear them)
 """
 
 from __future__ import annotations
@@ -289,3 +290,21 @@ def delivery_log(tenant: Optional[str] = typer.Option(None, "--tenant"),
                       escape(r["channel_name"]), str(r["attempt"]), f"[{style}]{r['outcome']}[/]",
                       escape(r["title"] or "test"), escape(r["answer"] or ""))
     out.print(table)
+
+
+# ----------------------------------------------------------------------------------------- tags
+@alerts_app.command("tags")
+@guarded
+def tags(server: str, tag_list: Optional[list[str]] = typer.Argument(None, metavar="[TAG]..."),
+         tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
+    """Set a server's tags, which rules and silences address with --tag (no TAG: clear them)."""
+    given = list(dict.fromkeys(tag_list or []))
+    bad = [t for t in given if not alerts.TAG.fullmatch(t)]
+    if bad:
+        fail(f"{bad[0]!r} is not a tag: 1 to 63 letters, digits, '.', '_' or '-'")
+    with database() as (_, conn):
+        row = admin.find_server(conn, server, tenant)
+        done = conn.execute(db.q("server_set_tags"), {"id": row["id"], "tags": given}).fetchone()
+        conn.commit()
+    out.print(f"{escape(done['name'])}: " + (escape(", ".join(done["tags"])) if done["tags"] else "no tags"),
+              highlight=False)

@@ -134,3 +134,89 @@ $$;
 
 revoke execute on function public.alert_effective_rules(), public.alert_check(timestamptz) from public, anon, authenticated;
 grant execute on function public.alert_effective_rules(), public.alert_check(timestamptz) to service_role;
+
+-- open_problems() learns the threshold conditions (a slow server, a low success rate).
+create or replace function public.open_problems()
+returns table (kind text, tenant_name text, server_id uuid, subject text, since timestamptz, detail text,
+               silenced boolean)
+language sql stable security invoker set search_path = public, pg_temp as $$
+  with silenced as (
+    select s.id as server_id from public.proxmox_servers s
+    where exists (select 1 from public.alert_silences a
+                  where a.tenant_id = s.tenant_id and a.starts_at <= now() and a.ends_at > now()
+                    and (a.server_id = s.id or a.tag = any (s.tags) or (a.server_id is null and a.tag is null)))
+  )
+  select i.status::text, t.name, i.server_id, s.name, i.started_at, coalesce(i.last_error_message, i.error_message),
+         i.server_id in (select server_id from silenced)
+  from public.incidents i join public.proxmox_servers s on s.id = i.server_id join public.tenants t on t.id = i.tenant_id
+  where i.ended_at is null
+  union all
+  select 'cert_expiry', t.name, c.server_id, s.name || '/' || c.node, c.expiring_since,
+         format('%s expires %s', c.filename, to_char(c.not_after at time zone 'UTC', 'YYYY-MM-DD')),
+         c.server_id in (select server_id from silenced)
+  from public.node_certificates c join public.proxmox_servers s on s.id = c.server_id
+  join public.tenants t on t.id = c.tenant_id
+  where c.expiring_since is not null
+  union all
+  select c.kind, t.name, c.server_id, s.name, c.opened_at, c.detail, c.server_id in (select server_id from silenced)
+  from public.alert_conditions c join public.proxmox_servers s on s.id = c.server_id
+  join public.tenants t on t.id = c.tenant_id
+  union all
+  select 'channel_failing', l.tenant_name, null, 'alert channel ' || l.name, l.last_failure_at, l.last_error, false
+  from public.alert_channels_list() l where l.failing
+  order by 5
+$$;
+
+-- ------------------------------------------------------------------------------------------ audit
+-- Channel, rule and silence changes are audited whichever path made them (the CLI's service
+-- connection, the dashboard's RPCs): alert.channel.add|remove, alert.rule.set, alert.silence.add|end.
+-- A channel's entry names it and its masked URL, never the URL.
+create function public.alert_audit() returns trigger
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  v_tenant uuid;
+  v_id uuid;
+  v_server uuid;
+  v_action text;
+  v_details jsonb;
+begin
+  if tg_op = 'DELETE' and not exists (select 1 from public.tenants where id = old.tenant_id) then
+    return null;   -- the team itself is being deleted: its audit goes with it
+  end if;
+  if tg_table_name = 'alert_channels' then
+    v_tenant := coalesce(new.tenant_id, old.tenant_id);
+    v_id := coalesce(new.id, old.id);
+    v_action := case when tg_op = 'DELETE' then 'alert.channel.remove' else 'alert.channel.add' end;
+    v_details := case when tg_op = 'DELETE'
+                      then jsonb_build_object('name', old.name, 'kind', old.kind, 'url', old.url_masked)
+                      else jsonb_build_object('name', new.name, 'kind', new.kind, 'url', new.url_masked) end;
+  elsif tg_table_name = 'alert_rules' then
+    v_tenant := new.tenant_id;
+    v_id := new.id;
+    v_server := new.server_id;
+    v_action := 'alert.rule.set';
+    v_details := to_jsonb(new) - 'tenant_id' - 'id' - 'updated_at';
+  else
+    if tg_op = 'UPDATE' and new.ends_at = old.ends_at then
+      return null;
+    end if;
+    v_tenant := new.tenant_id;
+    v_id := new.id;
+    v_server := new.server_id;
+    v_action := case when tg_op = 'INSERT' then 'alert.silence.add' else 'alert.silence.end' end;
+    v_details := jsonb_build_object('tag', new.tag, 'ends_at', new.ends_at, 'reason', new.reason);
+  end if;
+  insert into public.audit_log (tenant_id, user_id, actor, action, server_id, target_type, target_id, details)
+  values (v_tenant, auth.uid(), case when auth.uid() is null then 'system' else 'user' end, v_action, v_server,
+          tg_table_name, v_id::text, v_details);
+  return null;
+end
+$$;
+revoke execute on function public.alert_audit() from public, anon, authenticated;
+
+create trigger alert_channels_audit after insert or delete on public.alert_channels
+  for each row execute function public.alert_audit();
+create trigger alert_rules_audit after insert or update on public.alert_rules
+  for each row execute function public.alert_audit();
+create trigger alert_silences_audit after insert or update on public.alert_silences
+  for each row execute function public.alert_audit();

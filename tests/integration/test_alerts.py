@@ -356,6 +356,10 @@ def test_the_cli_manages_channels_rules_silences_and_shows_the_log(db_url, redis
     cli("channels", "remove", "hook", "--tenant", "acme")
     assert [c["name"] for c in json.loads(cli("channels", "list", "--json"))] == ["mail"]
     assert conn.execute("select count(*) as n from public.alert_channels").fetchone()["n"] == 1
+    # Tags, which rules and silences address
+    assert "pve2: lab, edge" in cli("tags", "pve2", "lab", "edge")
+    assert "is not a tag" in cli("tags", "pve2", "no tags", code=2)
+    assert "silenced tag lab for 30m" in cli("silence", "--tag", "lab", "--for", "30m", "--tenant", "acme")
 
 
 # --------------------------------------------------------------------------------- certificates
@@ -505,3 +509,26 @@ def test_scheduler_and_worker_send_offline_and_recovery_once_each(pve, add_serve
     finally:
         procs.close()
     assert len(webhook.received) == 2
+
+
+def test_channel_rule_and_silence_changes_are_audited_without_the_url(teams, conn, uconn, box, webhook):
+    from tests.support.seed import call
+
+    acme = teams.teams["acme"]
+    channel = alerts.add_channel(conn, box, acme, "hook", hook_url(webhook))
+    alice = teams.users["alice"]
+    call(uconn, alice, "select public.alert_rule_set(%s, p_degraded => true)", (acme,))
+    silence = call(uconn, alice, "select public.alert_silence_add(%s, %s, null, 3600, 'deploy') as id",
+                   (acme, teams.servers["pve1"]), many=False)["id"]
+    call(uconn, alice, "select public.alert_silence_end(%s)", (silence,))
+    call(uconn, alice, "select public.alert_channel_remove(%s)", (channel["id"],))
+    rows = conn.execute("select action, actor, user_id, details::text as details from public.audit_log"
+                        " where action like 'alert.%%' order by id").fetchall()
+    assert [(r["action"], r["actor"]) for r in rows] == [
+        ("alert.channel.add", "system"), ("alert.rule.set", "user"), ("alert.silence.add", "user"),
+        ("alert.silence.end", "user"), ("alert.channel.remove", "user")]
+    assert all(HOOK_PASSWORD not in r["details"] for r in rows) and "****" in rows[0]["details"]
+    # A team deleted with its channels takes their audit along, and is not refused
+    alerts.add_channel(conn, box, acme, "hook2", hook_url(webhook))
+    conn.execute("delete from public.tenants where id = %s", (acme,))
+    conn.commit()

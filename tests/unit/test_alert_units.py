@@ -64,3 +64,12 @@ def test_a_channel_url_is_shown_and_answered_masked(url, secret):
 def test_a_url_apprise_cannot_use_is_one_sentence():
     with pytest.raises(alerts.ChannelUrlError, match="does not understand this nosuch:// URL"):
         alerts.parse_channel_url("nosuch://x")
+
+
+def test_a_silence_covers_its_server_its_tag_or_the_whole_team():
+    server = {"server_id": "s1", "tag": None}
+    tag = {"server_id": None, "tag": "lab"}
+    team = {"server_id": None, "tag": None}
+    assert alerts.silenced([server], "s1", []) and not alerts.silenced([server], "s2", ["lab"])
+    assert alerts.silenced([tag], "s2", ["edge", "lab"]) and not alerts.silenced([tag], "s2", ["edge"])
+    assert alerts.silenced([team], "s9", []) and not alerts.silenced([], "s1", ["lab"])
