@@ -17,7 +17,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import alerts_ui, session  # noqa: E402
+from dashboard import alerts_ui, live, session  # noqa: E402
 from dashboard.data import DataError, call  # noqa: E402
 from dashboard.text import plain  # noqa: E402
 
@@ -121,6 +121,9 @@ def _silences(client, teams: list[dict], fleet: list[dict]) -> None:
 def page(client) -> None:
     from dashboard import data
 
+    # New alerts and their delivery state arrive through Realtime (live_mark does not know these
+    # tables: the reconciliation is skipped, the 30 s fallback reread stays).
+    feed = live.try_watch(st.session_state, [("alert_events", None), ("alert_deliveries", None)])
     st.session_state["_alerts_client"] = client
     try:
         teams, fleet = alerts_ui.teams(client), data.fleet(client)
@@ -142,6 +145,8 @@ def page(client) -> None:
         st.dataframe(alerts_ui.log_table(log), hide_index=True)
     else:
         st.caption("Nothing sent yet.")
+    if feed is not None:
+        live.rerun_on_change(feed, fallback_s=30)
 
 
 session.run_page(page, what="Alerts page")

@@ -506,6 +506,8 @@ def test_scheduler_and_worker_send_offline_and_recovery_once_each(pve, add_serve
         conn.commit()
         assert conn.execute("select count(*) as n from public.incidents where server_id = %s and ended_at is not null",
                             (server["id"],)).fetchone()["n"] == 1
+        # And the processes' logs never carry the channel's password
+        assert HOOK_PASSWORD not in procs.output() and HOOK_PASSWORD not in (tmp_path / "procs.log").read_text()
     finally:
         procs.close()
     assert len(webhook.received) == 2
