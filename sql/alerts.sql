@@ -207,3 +207,22 @@ select * from public.alert_check(%(now)s);
 -- A server's tags (what alert rules and silences can address by --tag).
 update public.proxmox_servers set tags = %(tags)s::text[], updated_at = now() where id = %(id)s
 returning name, tags;
+
+-- name: alert_purge
+-- Alert history past its retention: decided events, finished deliveries (their tries go with them),
+-- and test tries. Open problems' events stay while pending or silenced.
+with events as (
+  delete from public.alert_events
+  where state in ('sent', 'dropped') and decided_at < now() - make_interval(days => %(days)s)
+  returning 1
+), deliveries as (
+  delete from public.alert_deliveries
+  where state in ('delivered', 'failed') and created_at < now() - make_interval(days => %(days)s)
+  returning 1
+), attempts as (
+  delete from public.alert_attempts
+  where delivery_id is null and attempted_at < now() - make_interval(days => %(days)s)
+  returning 1
+)
+select (select count(*) from events) as events, (select count(*) from deliveries) as deliveries,
+       (select count(*) from attempts) as attempts;

@@ -103,6 +103,13 @@ def check_alert_conditions(scheduled_at: str) -> None:
     alerts.check_conditions(_services().pool)
 
 
+@dramatiq.actor(queue_name="alerts", retry_when=retries(2), min_backoff=5000, time_limit=600_000,
+                max_age=3_600_000)
+def purge_alerts(scheduled_at: str) -> None:
+    """Alert history past PROXWATCH_ALERT_RETENTION_DAYS."""
+    alerts.purge(_services().pool, broker.SETTINGS.alerts)
+
+
 @dramatiq.actor(queue_name="alerts", retry_when=retries(0), time_limit=120_000, max_age=600_000)
 def deliver_alert(delivery_id: str) -> None:
     """One try of one message (claimed in the database: a duplicate message sends nothing). A failed

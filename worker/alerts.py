@@ -344,6 +344,14 @@ def check_conditions(pool, now: datetime | None = None) -> dict:
     return row
 
 
+def purge(pool, settings: AlertSettings) -> dict:
+    """Delete alert history older than PROXWATCH_ALERT_RETENTION_DAYS."""
+    with pool.connection() as conn:
+        row = conn.execute(db.q("alert_purge"), {"days": settings.retention_days}).fetchone()
+        conn.commit()
+    return row
+
+
 # ------------------------------------------------------------------------------------- delivery
 def backoff_s(attempt: int, settings: AlertSettings) -> int:
     """The wait after the `attempt`-th failed try: min, 2·min, 4·min, … up to max."""

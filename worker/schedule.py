@@ -34,6 +34,7 @@ def jobs(s: Settings) -> list[Job]:
         Job("check_certificates", per_server=True, interval_s=86_400),   # node certificates' expiry
         Job("check_alert_conditions", per_server=False, interval_s=30),    # rule thresholds, reminders
         Job("drain_alerts", per_server=False, interval_s=1),              # the alert outbox → messages
+        Job("purge_alerts", per_server=False, interval_s=3600),             # alert history past its retention
         Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations
     ]
 

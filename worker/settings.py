@@ -229,6 +229,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_ALERT_RETRY_MAX_S", 600, "Longest wait between two tries of one alert.", _integer(1, 86400)),
     Var("PROXWATCH_ALERT_MAX_ATTEMPTS", 12, "Tries of one alert before it is given up; a channel failing this many "
         "times in a row is shown as failing and its alerts get one try each.", _integer(1, 100)),
+    Var("PROXWATCH_ALERT_RETENTION_DAYS", 90, "Days decided alert events, finished deliveries and the delivery log "
+        "are kept (the hourly `purge_alerts`).", _integer(1, 3650)),
     Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token "
         "`USER@REALM!TOKENID=SECRET` when no `--token`/`--token-file`/`--token-stdin` and no `--user` is given.",
         _secret),
@@ -312,6 +314,7 @@ class AlertSettings:
     retry_min_s: int = env("PROXWATCH_ALERT_RETRY_MIN_S")
     retry_max_s: int = env("PROXWATCH_ALERT_RETRY_MAX_S")
     max_attempts: int = env("PROXWATCH_ALERT_MAX_ATTEMPTS")
+    retention_days: int = env("PROXWATCH_ALERT_RETENTION_DAYS")
 
 
 @dataclass(frozen=True)

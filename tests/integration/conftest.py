@@ -61,4 +61,4 @@ def alert_settings():
     """The alert settings of the tests: a 30 s window (the default) and a 10 s first retry."""
     from worker.settings import AlertSettings
 
-    return AlertSettings(group_window_s=30, retry_min_s=10, retry_max_s=600, max_attempts=12)
+    return AlertSettings(group_window_s=30, retry_min_s=10, retry_max_s=600, max_attempts=12, retention_days=90)

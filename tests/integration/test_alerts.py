@@ -534,3 +534,19 @@ def test_channel_rule_and_silence_changes_are_audited_without_the_url(teams, con
     alerts.add_channel(conn, box, acme, "hook2", hook_url(webhook))
     conn.execute("delete from public.tenants where id = %s", (acme,))
     conn.commit()
+
+
+def test_alert_history_past_its_retention_is_purged(channels, pve, poller, recorder, pool, box, alert_settings,
+                                                    settings, webhook, conn):
+    down(pve, settings.offline_after)
+    Polls(poller, recorder, [channels["id"]]).round(settings.offline_after)
+    flush(pool, box, alert_settings, 31)
+    webhook.wait_count(1)
+    assert alerts.purge(pool, alert_settings) == {"events": 0, "deliveries": 0, "attempts": 0}
+    # When it is older than the retention
+    conn.execute("update public.alert_events set decided_at = now() - interval '91 days'")
+    conn.execute("update public.alert_deliveries set created_at = now() - interval '91 days'")
+    conn.commit()
+    assert alerts.purge(pool, alert_settings) == {"events": 1, "deliveries": 2, "attempts": 0}
+    assert conn.execute("select count(*) as n from public.alert_attempts").fetchone()["n"] == 0
+    assert conn.execute("select count(*) as n from public.incidents").fetchone()["n"] == 1   # not the alerts'
