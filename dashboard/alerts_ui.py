@@ -138,7 +138,8 @@ def rules_table(rows: list[dict]) -> pd.DataFrame:
                     **{label: "on" if r[f] else "off" for f, label in RULE_FIELDS.items()},
                     "Latency": f"> {r['latency_ms']} ms × {r['latency_polls']}" if r["latency_ms"] else "–",
                     "Success below": f"{r['success_rate_pct']} %" if r["success_rate_pct"] else "–",
-                    "Repeat": f"{r['repeat_interval_s'] // 60} min" if r["repeat_interval_s"] else "off"})
+                    "Repeat": f"{r['repeat_interval_s'] // 60} min" if r["repeat_interval_s"] else "off",
+                    "Flaps": "sent" if r.get("flaps") else "not sent"})
     return pd.DataFrame(out)
 
 

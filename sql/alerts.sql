@@ -138,11 +138,12 @@ order by t.name, r.server_id nulls first, r.tag nulls first;
 -- name: alert_rule_upsert
 -- Create or change the rule of a scope (tenant, server or tag); only the fields given change.
 insert into public.alert_rules as r (tenant_id, server_id, tag, offline, recovered, degraded, cert_expiry,
-                                     operation_failed, latency_ms, latency_polls, success_rate_pct, repeat_interval_s)
+                                     operation_failed, latency_ms, latency_polls, success_rate_pct, repeat_interval_s,
+                                     flaps)
 values (%(tenant_id)s, %(server_id)s, %(tag)s, coalesce(%(offline)s, true), coalesce(%(recovered)s, true),
         coalesce(%(degraded)s, false), coalesce(%(cert_expiry)s, true), coalesce(%(operation_failed)s, true),
         nullif(%(latency_ms)s, 0), coalesce(%(latency_polls)s, 3), nullif(%(success_rate_pct)s, 0),
-        nullif(%(repeat_interval_s)s, 0))
+        nullif(%(repeat_interval_s)s, 0), coalesce(%(flaps)s, false))
 on conflict (tenant_id, coalesce(server_id, '00000000-0000-0000-0000-000000000000'::uuid), coalesce(tag, ''))
 do update set
   offline = coalesce(%(offline)s, r.offline), recovered = coalesce(%(recovered)s, r.recovered),
@@ -154,6 +155,7 @@ do update set
                           else nullif(%(success_rate_pct)s, 0) end,
   repeat_interval_s = case when %(repeat_interval_s)s::integer is null then r.repeat_interval_s
                            else nullif(%(repeat_interval_s)s, 0) end,
+  flaps = coalesce(%(flaps)s, r.flaps),
   updated_at = now()
 returning *;
 

@@ -185,7 +185,8 @@ KIND_FIELD = {"offline": "offline", "degraded": "degraded", "recovered": "recove
               # threshold alerts are on while the rule sets the threshold
               "latency": "latency_ms", "latency_ok": "latency_ms",
               "success_rate": "success_rate_pct", "success_rate_ok": "success_rate_pct"}
-DEFAULTS = {"offline": True, "recovered": True, "degraded": False, "cert_expiry": True, "operation_failed": True}
+DEFAULTS = {"offline": True, "recovered": True, "degraded": False, "cert_expiry": True, "operation_failed": True,
+            "flaps": False}
 
 
 def rule_for(rules: list[dict], server_id, tags) -> dict:
@@ -302,7 +303,7 @@ def _drain_tenant(conn, tenant_id, settings: AlertSettings, now: datetime) -> li
     for e in pending:
         rule = rule_for(rules, e["server_id"], e["tags"])
         if e["problem"]:
-            if e["problem_key"] is not None and e["problem_key"] in ends:
+            if e["problem_key"] is not None and e["problem_key"] in ends and not rule.get("flaps"):
                 decide(e, "dropped", "started and ended inside the group window")
             elif not rule.get(KIND_FIELD[e["kind"]], True):
                 decide(e, "dropped", f"the rule turns {e['kind']} alerts off")

@@ -174,7 +174,9 @@ def rules_set(tenant: Optional[str] = typer.Option(None, "--tenant"),
               latency_polls: Optional[int] = typer.Option(None, "--latency-polls", min=1, max=100),
               success_below: Optional[float] = typer.Option(None, "--success-below", min=0, max=100,
                                                             help="Alert when the 24 h success rate is below (0: off)"),
-              repeat: Optional[str] = typer.Option(None, "--repeat", help="Repeat while a problem lasts: 1h, 30m … or off")) -> None:
+              repeat: Optional[str] = typer.Option(None, "--repeat", help="Repeat while a problem lasts: 1h, 30m … or off"),
+              flaps: Optional[bool] = typer.Option(None, "--flaps/--no-flaps",
+                                                   help="Also send problems that start and end inside the window")) -> None:
     """Create or change the rule of a team, a server or a tag (only the options given change)."""
     if server and tag:
         fail("a rule is for a server or a tag, not both")
@@ -192,7 +194,7 @@ def rules_set(tenant: Optional[str] = typer.Option(None, "--tenant"),
             "tenant_id": team["id"], "server_id": server_row["id"] if server_row else None, "tag": tag,
             "offline": offline, "recovered": recovered, "degraded": degraded, "cert_expiry": cert_expiry,
             "operation_failed": operation_failed, "latency_ms": latency_ms, "latency_polls": latency_polls,
-            "success_rate_pct": success_below, "repeat_interval_s": repeat_s}).fetchone()
+            "success_rate_pct": success_below, "repeat_interval_s": repeat_s, "flaps": flaps}).fetchone()
         conn.commit()
     on = [f for f in RULE_FIELDS if row[f]]
     out.print(f"rule saved: {', '.join(on) or 'nothing'} on", highlight=False)

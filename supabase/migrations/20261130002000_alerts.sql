@@ -47,6 +47,7 @@ create table public.alert_rules (
   degraded boolean not null default false,
   cert_expiry boolean not null default true,
   operation_failed boolean not null default true,
+  flaps boolean not null default false,     -- also send problems that start and end inside the window
   latency_ms integer check (latency_ms between 1 and 600000),
   latency_polls integer not null default 3 check (latency_polls between 1 and 100),
   success_rate_pct numeric(5, 1) check (success_rate_pct > 0 and success_rate_pct <= 100),

@@ -38,7 +38,8 @@ create function public.alert_rule_set(p_tenant_id uuid, p_server_id uuid default
                                       p_degraded boolean default null, p_cert_expiry boolean default null,
                                       p_operation_failed boolean default null, p_latency_ms integer default null,
                                       p_latency_polls integer default null, p_success_rate_pct numeric default null,
-                                      p_repeat_interval_s integer default null) returns uuid
+                                      p_repeat_interval_s integer default null, p_flaps boolean default null)
+returns uuid
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
   v_id uuid;
@@ -54,11 +55,12 @@ begin
     raise exception 'no such server in this team' using errcode = '22023';
   end if;
   insert into public.alert_rules as r (tenant_id, server_id, tag, offline, recovered, degraded, cert_expiry,
-                                       operation_failed, latency_ms, latency_polls, success_rate_pct, repeat_interval_s)
+                                       operation_failed, latency_ms, latency_polls, success_rate_pct, repeat_interval_s,
+                                       flaps)
   values (p_tenant_id, p_server_id, nullif(p_tag, ''), coalesce(p_offline, true), coalesce(p_recovered, true),
           coalesce(p_degraded, false), coalesce(p_cert_expiry, true), coalesce(p_operation_failed, true),
           nullif(p_latency_ms, 0), coalesce(p_latency_polls, 3), nullif(p_success_rate_pct, 0),
-          nullif(p_repeat_interval_s, 0))
+          nullif(p_repeat_interval_s, 0), coalesce(p_flaps, false))
   on conflict (tenant_id, coalesce(server_id, '00000000-0000-0000-0000-000000000000'::uuid), coalesce(tag, ''))
   do update set
     offline = coalesce(p_offline, r.offline), recovered = coalesce(p_recovered, r.recovered),
@@ -69,6 +71,7 @@ begin
     success_rate_pct = case when p_success_rate_pct is null then r.success_rate_pct else nullif(p_success_rate_pct, 0) end,
     repeat_interval_s = case when p_repeat_interval_s is null then r.repeat_interval_s
                              else nullif(p_repeat_interval_s, 0) end,
+    flaps = coalesce(p_flaps, r.flaps),
     updated_at = now()
   returning id into v_id;
   return v_id;
@@ -78,10 +81,10 @@ $$;
 create function public.alert_rules_view()
 returns table (id uuid, tenant_id uuid, tenant_name text, server_id uuid, server_name text, tag text, offline boolean,
                recovered boolean, degraded boolean, cert_expiry boolean, operation_failed boolean, latency_ms integer,
-               latency_polls integer, success_rate_pct numeric, repeat_interval_s integer)
+               latency_polls integer, success_rate_pct numeric, repeat_interval_s integer, flaps boolean)
 language sql stable security invoker set search_path = public, pg_temp as $$
   select r.id, r.tenant_id, t.name, r.server_id, s.name, r.tag, r.offline, r.recovered, r.degraded, r.cert_expiry,
-         r.operation_failed, r.latency_ms, r.latency_polls, r.success_rate_pct, r.repeat_interval_s
+         r.operation_failed, r.latency_ms, r.latency_polls, r.success_rate_pct, r.repeat_interval_s, r.flaps
   from public.alert_rules r join public.tenants t on t.id = r.tenant_id
   left join public.proxmox_servers s on s.id = r.server_id
   order by t.name, r.server_id nulls first, r.tag nulls first
@@ -157,11 +160,13 @@ language sql stable security invoker set search_path = public, pg_temp as $$
 $$;
 
 revoke execute on function public.alert_channel_add(uuid, text, text, text, text),
-  public.alert_rule_set(uuid, uuid, text, boolean, boolean, boolean, boolean, boolean, integer, integer, numeric, integer),
+  public.alert_rule_set(uuid, uuid, text, boolean, boolean, boolean, boolean, boolean, integer, integer, numeric, integer,
+                        boolean),
   public.alert_rules_view(), public.alert_silences_view(boolean), public.alert_log_view(integer),
   public.open_problems(), public.node_certificates_view() from public, anon;
 grant execute on function public.alert_channel_add(uuid, text, text, text, text),
-  public.alert_rule_set(uuid, uuid, text, boolean, boolean, boolean, boolean, boolean, integer, integer, numeric, integer),
+  public.alert_rule_set(uuid, uuid, text, boolean, boolean, boolean, boolean, boolean, integer, integer, numeric, integer,
+                        boolean),
   public.alert_rules_view(), public.alert_silences_view(boolean), public.alert_log_view(integer),
   public.open_problems(), public.node_certificates_view() to authenticated, service_role;
 

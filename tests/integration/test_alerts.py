@@ -110,6 +110,16 @@ def test_a_problem_that_starts_and_ends_inside_the_window_sends_nothing(channels
     assert [(e["kind"], e["state"], e["reason"]) for e in events(conn)] == [
         ("offline", "dropped", "started and ended inside the group window"),
         ("recovered", "dropped", "nobody was told about the problem")]
+    # Unless the rule asks for such flaps: then both go out, in one message
+    conn.execute("select public.alert_rule_set(%s, p_flaps => true)", (tenant_id(conn),))
+    conn.commit()
+    down(pve, settings.offline_after)
+    polls.round(settings.offline_after + 10)
+    assert flush(pool, box, alert_settings, 31) == 2
+    [both] = webhook.wait_count(1)
+    lines = both["message"].splitlines()
+    assert lines[0] == "1 server went offline: pve1" and "hostname lookup 'pve1' failed" in lines[1]
+    assert lines[2:] == ["1 server is back online: pve1"]
 
 
 def test_fifty_servers_offline_together_send_one_message_per_channel(conn, box, add_server, pve, poller, recorder,
