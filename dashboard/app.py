@@ -1,5 +1,5 @@
 """proxwatch dashboard: the entry point. Runs the page chosen in the sidebar — Fleet (the home page),
-Guests, Connections, Operations — each titled for what it shows (dashboard/session.py lists them;
+Guests, Connections, Operations, Alerts — each titled for what it shows (dashboard/session.py lists them;
 the scripts are in dashboard/views/).
 
 Run: `streamlit run dashboard/app.py` with SUPABASE_URL and SUPABASE_ANON_KEY set (`proxwatch up`

@@ -18,7 +18,7 @@ import streamlit as st
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError
 
-from dashboard import live
+from dashboard import alerts_ui, live
 from dashboard.data import DataError, unreachable
 from dashboard.text import plain
 from worker import settings
@@ -37,8 +37,9 @@ PAGES = {
     "views/1_Guests.py": "Guests",
     "views/2_Connections.py": "Connections",
     "views/3_Operations.py": "Operations",
+    "views/4_Alerts.py": "Alerts",
 }
-FLEET_PAGE, GUESTS_PAGE, CONNECTIONS_PAGE, OPERATIONS_PAGE = PAGES
+FLEET_PAGE, GUESTS_PAGE, CONNECTIONS_PAGE, OPERATIONS_PAGE, ALERTS_PAGE = PAGES
 
 BASE_CSS = ".block-container { padding-top: 2.2rem; max-width: 1500px; }"
 
@@ -220,10 +221,16 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
     try:
         client = signed_in(home=home)
         if client is not None:
+            alerts_ui.banner(client)      # open problems, on every page
             body(client)
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
         st.error(f"The {what} hit an unexpected error: {plain(exc)}")
+
+
+def silenced_marker(client) -> None:
+    """The fleet page's line of silenced servers (dashboard/alerts_ui.py)."""
+    alerts_ui.silenced_marker(client)
 
 
 def read_or_explain(feed: live.LiveFeed, *reads):

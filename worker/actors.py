@@ -14,7 +14,7 @@ from datetime import datetime
 
 import dramatiq
 
-from worker import broker, inventory, retention, services, sessions
+from worker import alerts, broker, certificates, inventory, retention, services, sessions
 
 # A poll older than this is dropped: the scheduler has issued newer ones meanwhile.
 POLL_MAX_AGE_MS = 120_000
@@ -98,3 +98,42 @@ def fail_stuck_operations(scheduled_at: str) -> None:
                 max_age=6 * 3600 * 1000)
 def renew_expiring_certificates(server_id: str, scheduled_at: str) -> None:
     _services().operations.renew_expiring(server_id, datetime.fromisoformat(scheduled_at))
+
+
+# ---- alerts (worker/alerts.py) ----
+@dramatiq.actor(queue_name="alerts", retry_when=retries(3), min_backoff=1000, max_backoff=10_000, max_age=30_000)
+def drain_alerts(scheduled_at: str) -> None:
+    """Group the outbox's due events into messages, then hand every due delivery to deliver_alert."""
+    svc = _services()
+    alerts.drain(svc.pool, broker.SETTINGS.alerts)
+    for delivery_id in alerts.due_ids(svc.pool):
+        deliver_alert.send(delivery_id)
+
+
+@dramatiq.actor(queue_name="alerts", retry_when=retries(2), min_backoff=1000, max_age=60_000)
+def check_alert_conditions(scheduled_at: str) -> None:
+    """Latency and success-rate thresholds of the rules, and reminders of lasting problems."""
+    alerts.check_conditions(_services().pool)
+
+
+@dramatiq.actor(queue_name="alerts", retry_when=retries(2), min_backoff=5000, time_limit=600_000,
+                max_age=3_600_000)
+def purge_alerts(scheduled_at: str) -> None:
+    """Alert history past PROXWATCH_ALERT_RETENTION_DAYS."""
+    alerts.purge(_services().pool, broker.SETTINGS.alerts)
+
+
+@dramatiq.actor(queue_name="alerts", retry_when=retries(0), time_limit=120_000, max_age=600_000)
+def deliver_alert(delivery_id: str) -> None:
+    """One try of one message (claimed in the database: a duplicate message sends nothing). A failed
+    try is a row with its next time, picked up again by drain_alerts: no Dramatiq retry."""
+    svc = _services()
+    alerts.deliver(svc.pool, svc.box, broker.SETTINGS.alerts, delivery_id)
+
+
+@dramatiq.actor(queue_name="inventory", retry_when=retries(2), min_backoff=60_000, time_limit=300_000,
+                max_age=6 * 3600 * 1000)
+def check_certificates(server_id: str, scheduled_at: str) -> None:
+    """Each node's served certificate and its expiry (fires "expires within 14 days")."""
+    svc = _services()
+    certificates.check(svc.pool, svc.poller, server_id)

@@ -382,7 +382,7 @@ def _register_subcommands() -> None:
     """Command groups that live beside their modules (guests, sessions, ops …) join here."""
     import importlib
 
-    for module in ("worker.cli_consoles", "worker.cli_ops"):
+    for module in ("worker.cli_consoles", "worker.cli_ops", "worker.cli_alerts"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

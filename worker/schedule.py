@@ -34,6 +34,10 @@ def jobs(s: Settings) -> list[Job]:
         Job("dispatch_operations", per_server=False, interval_s=1),        # rows the dashboard requested
         Job("fail_stuck_operations", per_server=False, interval_s=5),      # dead workers, untaken rows
         Job("renew_expiring_certificates", per_server=True, interval_s=86_400),
+        Job("check_certificates", per_server=True, interval_s=86_400),   # node certificates' expiry
+        Job("check_alert_conditions", per_server=False, interval_s=30),    # rule thresholds, reminders
+        Job("drain_alerts", per_server=False, interval_s=1),              # the alert outbox → messages
+        Job("purge_alerts", per_server=False, interval_s=3600),             # alert history past its retention
         Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations
     ]
 

@@ -7,7 +7,7 @@ Two modes, one code path:
 
 Each variable is a `Var` in `VARS` with its default and a line saying what it does; `load()` builds
 one frozen `Settings` (with a section per concern: operations, gateway, inventory, sessions,
-dashboard, realtime, retention, metrics) from them. A bad value fails loudly with one sentence naming the variable
+dashboard, realtime, retention, metrics, alerts) from them. A bad value fails loudly with one sentence naming the variable
 (`Unexpected value PROXWATCH_POLL_INTERVAL='ten': use a whole number.`). The README's configuration
 table is `markdown_table()` (`python3 -m worker.settings` prints it; a test keeps the two equal), so
 the documentation cannot drift from the code. No other module reads the environment.
@@ -226,6 +226,15 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_REALTIME_JOINS_PER_S", 100, "Embedded mode: Realtime channel joins per second (as Supabase).",
         _integer(1, 100000)),
     # -- secrets for the command line (kept out of the process list and shell history)
+    Var("PROXWATCH_ALERT_GROUP_WINDOW_S", 30, "Seconds a tenant's alerts are gathered into one message per channel "
+        "(a problem that starts and ends inside it sends nothing).", _integer(0, 3600)),
+    Var("PROXWATCH_ALERT_RETRY_MIN_S", 10, "First wait before an alert is sent again after its channel failed; it "
+        "doubles with each failure.", _integer(1, 3600)),
+    Var("PROXWATCH_ALERT_RETRY_MAX_S", 600, "Longest wait between two tries of one alert.", _integer(1, 86400)),
+    Var("PROXWATCH_ALERT_MAX_ATTEMPTS", 12, "Tries of one alert before it is given up; a channel failing this many "
+        "times in a row is shown as failing and its alerts get one try each.", _integer(1, 100)),
+    Var("PROXWATCH_ALERT_RETENTION_DAYS", 90, "Days decided alert events, finished deliveries and the delivery log "
+        "are kept (the hourly `purge_alerts`).", _integer(1, 3650)),
     Var("PROXWATCH_PVE_TOKEN", None, "`servers add` and `servers update`: the API token "
         "`USER@REALM!TOKENID=SECRET` when no `--token`/`--token-file`/`--token-stdin` and no `--user` is given.",
         _secret),
@@ -304,6 +313,15 @@ class CliSecrets:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    group_window_s: int = env("PROXWATCH_ALERT_GROUP_WINDOW_S")
+    retry_min_s: int = env("PROXWATCH_ALERT_RETRY_MIN_S")
+    retry_max_s: int = env("PROXWATCH_ALERT_RETRY_MAX_S")
+    max_attempts: int = env("PROXWATCH_ALERT_MAX_ATTEMPTS")
+    retention_days: int = env("PROXWATCH_ALERT_RETENTION_DAYS")
+
+
+@dataclass(frozen=True)
 class RetentionSettings:
     audit_days: int = env("PROXWATCH_AUDIT_RETENTION_DAYS")
     operations_days: int = env("PROXWATCH_OPERATIONS_RETENTION_DAYS")
@@ -359,6 +377,7 @@ class Settings:
     cli_secrets: CliSecrets = field(default_factory=CliSecrets, repr=False)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def embedded(self) -> bool:

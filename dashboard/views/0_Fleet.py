@@ -161,6 +161,7 @@ def _fleet_view(client, feeds: list) -> None:
         return
     _status_counts(rows)
     st.subheader("Fleet")
+    session.silenced_marker(client)   # the silenced servers (dashboard/alerts_ui.py)
     _fleet_table(rows)
     # Outage periods of every server, opened and closed by the worker with the status change.
     feeds.append(live.watch(st.session_state, [("incidents", None)]))

@@ -36,3 +36,29 @@ def recorder(pool, settings):
     from worker.polling import Recorder
 
     return Recorder(pool, settings)
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP receiver for Apprise's json:// (tests/support/receivers.py)."""
+    from tests.support.receivers import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd, with AUTH) for Apprise's mailto://."""
+    from tests.support.receivers import SmtpReceiver
+
+    with SmtpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def alert_settings():
+    """The alert settings of the tests: a 30 s window (the default) and a 10 s first retry."""
+    from worker.settings import AlertSettings
+
+    return AlertSettings(group_window_s=30, retry_min_s=10, retry_max_s=600, max_attempts=12, retention_days=90)

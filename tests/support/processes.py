@@ -50,10 +50,10 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 20) -> Non
             pass
 
 
-def run_cli(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m worker.cli <args>` to its end, output captured as text."""
+def run_cli(env: dict, *args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m worker.cli <args>` to its end (standard input: `input`), output captured as text."""
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=input)
 
 
 class Procs:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from psycopg_pool import ConnectionPool
 
-from worker import db
+from worker import certificates, db
 from worker.operations.common import utcnow
 from worker.operations.context import Context, refresh_nodes
 from worker.operations.requests import RequestRefused, enqueue
@@ -92,6 +92,10 @@ def run(ctx: Context) -> tuple[str, dict]:
         if cert and cert.get("notafter"):
             notafter = datetime.fromtimestamp(int(cert["notafter"]), timezone.utc)
             meta.update(notafter=notafter.isoformat(), fingerprint=cert.get("fingerprint"))
+            # The stored expiry follows the renewal now: an "expires within 14 days" alert resolves.
+            with ctx.pool.connection() as conn:
+                certificates.store(conn, ctx.op["server_id"], node, cert)
+                conn.commit()
     except PveError as exc:  # the renewal worked; reading the new expiry is a nicety
         log.info("certificate info of %s after renewal: %s", node, exc.message)
     until = f"; valid until {notafter:%Y-%m-%d}" if notafter else ""
