@@ -11,15 +11,11 @@ from worker import db, operations, runtime, settings as settings_mod
 from worker.crypto import Box
 from worker.polling import Poller, Recorder
 
-# Connections per worker process: the metric writer, target reads and operations share them.
-POOL_MAX = 8
-
-
 class Services:
     def __init__(self, settings: settings_mod.Settings, endpoints: runtime.Endpoints,
                  send_operation: Callable[[str], None] | None = None):
         self.settings = settings
-        self.pool = db.make_pool(endpoints.database_url, min_size=1, max_size=POOL_MAX)
+        self.pool = db.make_pool(endpoints.database_url, min_size=1, max_size=settings.worker_db_pool)
         self.box = Box(endpoints.secret_key)
         self.poller = Poller(self.pool, self.box, settings)
         self.recorder = Recorder(self.pool, settings)

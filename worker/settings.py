@@ -163,6 +163,9 @@ VARS: dict[str, Var] = {v.name: v for v in (
         _integer(1, 64)),
     Var("PROXWATCH_WORKER_THREADS", 16, "Threads per worker process; also the polls one worker process runs at "
         "once.", _integer(1, 256)),
+    Var("PROXWATCH_WORKER_DB_POOL", 8, "Most Postgres connections one worker process keeps (metric writer, "
+        "target reads, operations share them); count machines × processes × this against the database's "
+        "connection limit.", _integer(2, 100)),
     Var("PROXWATCH_POLL_BATCH", 16, "Most polls the scheduler puts in one message (servers due in the same "
         "scheduler step); the worker polls them concurrently, each with its own timeout, and writes them in one "
         "transaction. 1: one message per poll.", _integer(1, 500)),
@@ -366,6 +369,7 @@ class Settings:
     timeout_default_ms: int = 5000
     worker_processes: int = env("PROXWATCH_WORKER_PROCESSES")
     worker_threads: int = env("PROXWATCH_WORKER_THREADS")
+    worker_db_pool: int = env("PROXWATCH_WORKER_DB_POOL")
     poll_batch: int = env("PROXWATCH_POLL_BATCH")
     pve_ca_file: str | None = env("PROXWATCH_PVE_CA_FILE")
     operations: OperationSettings = field(default_factory=OperationSettings)
