@@ -25,9 +25,10 @@ begin
 end
 $$;
 
--- fleet_heartbeats(): per server the caller may see, its last p_limit polls oldest → newest, as
+-- fleet_heartbeats(): per server the caller may see (of p_server_ids when given: the page of the
+-- fleet table on screen), its last p_limit polls oldest → newest, as
 -- [{"at": scheduled_at, "ok": success, "ms": response_time_ms}, …] ([] when never polled).
-create function public.fleet_heartbeats(p_limit integer default 30)
+create function public.fleet_heartbeats(p_limit integer default 30, p_server_ids uuid[] default null)
 returns table (server_id uuid, beats jsonb)
 language plpgsql stable security invoker set search_path = public, pg_temp as $$
 begin
@@ -43,11 +44,12 @@ begin
           where m.server_id = s.id
           order by m.scheduled_at desc
           limit p_limit) b), '[]'::jsonb)
-  from public.proxmox_servers s;
+  from public.proxmox_servers s
+  where p_server_ids is null or s.id = any (p_server_ids);
 end
 $$;
 
-revoke execute on function public.server_polls(uuid, integer), public.fleet_heartbeats(integer)
+revoke execute on function public.server_polls(uuid, integer), public.fleet_heartbeats(integer, uuid[])
   from public, anon;
-grant execute on function public.server_polls(uuid, integer), public.fleet_heartbeats(integer)
+grant execute on function public.server_polls(uuid, integer), public.fleet_heartbeats(integer, uuid[])
   to authenticated, service_role;

@@ -189,6 +189,9 @@ def test_fleet_heartbeats_gives_each_server_its_last_polls_oldest_first(add_serv
     beats = {r["server_id"]: r["beats"] for r in conn.execute("select * from fleet_heartbeats(3)")}
     assert [(x["ok"], x["ms"]) for x in beats[a["id"]]] == [(True, 12), (False, None), (True, 14)]
     assert beats[b["id"]] == []  # never polled: the strip is all grey
+    # The page on screen asks for its own servers only
+    rows = conn.execute("select * from fleet_heartbeats(30, array[%s]::uuid[])", (b["id"],)).fetchall()
+    assert [r["server_id"] for r in rows] == [b["id"]]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 and 100"):
         conn.execute("select * from fleet_heartbeats(0)")
     conn.rollback()
