@@ -124,10 +124,7 @@ def polls_chart(polls: list[dict] | None, minutes: int = 60, now: datetime | Non
     as a red bar across the chart at its time; x is the whole window, in the viewer's local time (HH:MM)."""
     frame = polls_frame(polls)
     end = now or datetime.now(timezone.utc)
-    # Epoch milliseconds: what Vega's time scale takes without parsing.
-    window = alt.Scale(domain=[int((end - timedelta(minutes=minutes)).timestamp() * 1000), int(end.timestamp() * 1000)])
-    x = alt.X("time:T", title=None, scale=window,
-              axis=alt.Axis(format="%H:%M", labelAngle=0, tickCount=12, grid=False))
+    x = alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M", labelAngle=0, tickCount=12, grid=False))
     tooltip = [alt.Tooltip("time:T", title="Poll", format="%H:%M:%S"), alt.Tooltip("outcome:N", title="Outcome"),
                alt.Tooltip("response_ms:Q", title="Response ms", format=".0f"),
                alt.Tooltip("error_kind:N", title="Error")]
@@ -139,7 +136,10 @@ def polls_chart(polls: list[dict] | None, minutes: int = 60, now: datetime | Non
     line = base.transform_filter("datum.ok").mark_line(color=LATENCY_COLOR, strokeWidth=1.5).encode(y=y)
     points = base.transform_filter("datum.ok").mark_point(color=LATENCY_COLOR, filled=True, size=22) \
         .encode(y=y, tooltip=tooltip)
-    return (alt.layer(failures, line, points)
+    # Two invisible marks at the window's ends: the x axis spans the whole window, however few polls.
+    ends = pd.DataFrame({"time": pd.to_datetime([end - timedelta(minutes=minutes), end], utc=True)})
+    window = alt.Chart(ends).mark_point(opacity=0).encode(x=x)
+    return (alt.layer(window, failures, line, points)
             .properties(height=300)
             .configure_view(strokeWidth=0)
             .configure_axis(labelFontSize=11, titleFontSize=12, titleFontWeight="normal"))
