@@ -33,7 +33,7 @@ session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css
   h1 { padding-bottom: 0.1rem; }
   [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 0.88rem; padding: 0.35rem 0.6rem; }
   [data-testid="stTable"] th { white-space: nowrap; }
-  [data-testid="stTable"] td:nth-child(-n+5) { white-space: nowrap; }
+  [data-testid="stTable"] th *, [data-testid="stTable"] tbody td:nth-child(-n+5) * { white-space: nowrap; }
   [data-testid="stMetricValue"] { font-size: 1.7rem; }
   .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
   .pw-status { font-weight: 600; }
