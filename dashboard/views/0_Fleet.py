@@ -251,12 +251,17 @@ def _fleet_view(client, feeds: list) -> None:
     _incidents(client, "Recent incidents")
 
     tenants = {row.get("tenant_name") for row in rows}
-    # The servers the search and filters found, in the table's order (all of them, not one page).
-    by_id = {row["id"]: row for row in (found or rows)}
+    # The servers of the page on screen, in the table's order (a thousand options would cost every
+    # redraw; search and filters bring any server onto the page), plus the one open already.
+    by_id = {row["id"]: row for row in (on_page or rows[:fleet_table.PAGE_SIZES[-1]])}
+    open_id = st.session_state.get("server")
+    everyone = {row["id"]: row for row in rows}
+    if open_id in everyone and open_id not in by_id:
+        by_id = {open_id: everyone[open_id], **by_id}
+    elif open_id not in by_id:
+        st.session_state.pop("server", None)  # gone: the page's first server instead
     label = (lambda i: f"{by_id[i]['name']} · {by_id[i]['tenant_name']}") if len(tenants) > 1 \
         else (lambda i: by_id[i]["name"])
-    if st.session_state.get("server") not in by_id:
-        st.session_state.pop("server", None)  # filtered out: the first match instead
     chosen = st.selectbox("Server", list(by_id), format_func=label, key="server", width=360)
     if chosen:
         # The open server's chart follows its new metric rows.

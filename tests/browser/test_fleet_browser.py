@@ -114,6 +114,9 @@ def test_a_servers_last_hour_shows_every_poll_and_downloads_as_csv(dashboard, br
     # Given a degraded server (its every third poll failed)
     name = "ams-0021"
     assert large_fleet_status(21) == "degraded"
+    page.get_by_label("Search", exact=True).fill(name)  # the server picker offers the page's servers
+    page.get_by_label("Search", exact=True).press("Enter")
+    expect(page.get_by_text("Servers 1–1 of 1 matching")).to_be_visible(timeout=20_000)
     _choose(page, "Server", f"{name} · west")
     expect(page.get_by_text(f"{name} — last 24 hours")).to_be_visible(timeout=20_000)
     # When the 1 h range is chosen
