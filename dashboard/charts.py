@@ -11,12 +11,17 @@ An hour without polls has successRate null: it stays null here (a gap, shaded "n
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import altair as alt
 import pandas as pd
+
+from dashboard import timefmt
 
 SUCCESS_COLOR = "#16a34a"
 LATENCY_COLOR = "#2563eb"
 GAP_COLOR = "#f1f2f4"
+FAILURE_COLOR = "#dc2626"
 
 
 def history_frame(history: dict | None) -> pd.DataFrame:
@@ -53,11 +58,12 @@ def summary_figures(history: dict | None) -> dict:
     }
 
 
-def history_chart(history: dict | None) -> alt.LayerChart:
+def history_chart(history: dict | None, hours: int = 24) -> alt.LayerChart:
     """Success rate % (area, left axis, 0-100) and average latency ms (line, right axis) per hour,
-    x in the viewer's local time (HH:MM). Hours without polls are shaded and read "no data"."""
+    x in the viewer's local time (HH:MM up to a day, the date beyond). Hours without polls are shaded
+    and read "no data"."""
     frame = history_frame(history)
-    x_axis = alt.Axis(format="%H:%M", labelAngle=0, tickCount=12, grid=False)
+    x_axis = alt.Axis(format="%H:%M" if hours <= 24 else "%b %d", labelAngle=0, tickCount=12, grid=False)
     base = alt.Chart(frame).encode(x=alt.X("time:T", title=None, axis=x_axis))
     # Values are drawn at the middle of their hour, inside the hour's band.
     at_mid = alt.Chart(frame).encode(x=alt.X("mid:T", title=None, axis=x_axis))
@@ -76,7 +82,7 @@ def history_chart(history: dict | None) -> alt.LayerChart:
     # An invisible band per hour carries the tooltip, so hovering anywhere in the hour shows it.
     hover = base.mark_rect(opacity=0).encode(
         x2="end:T",
-        tooltip=[alt.Tooltip("time:T", title="Hour", format="%H:%M"),
+        tooltip=[alt.Tooltip("time:T", title="Hour", format="%H:%M" if hours <= 24 else "%b %d %H:%M"),
                  alt.Tooltip("success_rate:Q", title="Success rate %", format=".1f"),
                  alt.Tooltip("avg_response_ms:Q", title="Avg latency ms", format=".0f"),
                  alt.Tooltip("attempts:Q", title="Attempts"),
@@ -87,3 +93,72 @@ def history_chart(history: dict | None) -> alt.LayerChart:
             .properties(height=300)
             .configure_view(strokeWidth=0)
             .configure_axis(labelFontSize=11, titleFontSize=12, titleFontWeight="normal"))
+
+
+# ------------------------------------------------------------------ the 1 h view: every poll
+def polls_frame(polls: list[dict] | None) -> pd.DataFrame:
+    """server_polls() rows → time (UTC, tz-aware), ok, response_ms (NaN for a failure), outcome, error_kind."""
+    polls = polls or []
+    frame = pd.DataFrame({
+        "time": pd.to_datetime([p["scheduled_at"] for p in polls], utc=True),
+        "ok": pd.Series([bool(p.get("success")) for p in polls], dtype="bool"),
+        "response_ms": pd.Series([p.get("response_time_ms") for p in polls], dtype="float64"),
+        "error_kind": [p.get("error_kind") or "" for p in polls],
+    })
+    frame["outcome"] = frame["ok"].map({True: "success", False: "failed"})
+    return frame
+
+
+def polls_summary(polls: list[dict] | None) -> dict:
+    """The same figures as summary_figures(), from the polls themselves."""
+    polls = polls or []
+    ok = [p for p in polls if p.get("success")]
+    times = [p["response_time_ms"] for p in ok if p.get("response_time_ms") is not None]
+    return {"attempts": len(polls), "successes": len(ok),
+            "success_rate": round(100.0 * len(ok) / len(polls), 1) if polls else None,
+            "avg_response_ms": round(sum(times) / len(times)) if times else None}
+
+
+def polls_chart(polls: list[dict] | None, minutes: int = 60, now: datetime | None = None) -> alt.LayerChart:
+    """Each poll of the last `minutes`: its response time (blue line and points, ms) and each failure
+    as a red bar across the chart at its time; x is the whole window, in the viewer's local time (HH:MM)."""
+    frame = polls_frame(polls)
+    end = now or datetime.now(timezone.utc)
+    x = alt.X("time:T", title=None, axis=alt.Axis(format="%H:%M", labelAngle=0, tickCount=12, grid=False))
+    tooltip = [alt.Tooltip("time:T", title="Poll", format="%H:%M:%S"), alt.Tooltip("outcome:N", title="Outcome"),
+               alt.Tooltip("response_ms:Q", title="Response ms", format=".0f"),
+               alt.Tooltip("error_kind:N", title="Error")]
+    base = alt.Chart(frame).encode(x=x)
+    failures = base.transform_filter("!datum.ok").mark_rule(color=FAILURE_COLOR, strokeWidth=2, opacity=0.7) \
+        .encode(tooltip=tooltip)
+    y = alt.Y("response_ms:Q", title="Response ms", scale=alt.Scale(zero=True, nice=True),
+              axis=alt.Axis(titleColor=LATENCY_COLOR))
+    line = base.transform_filter("datum.ok").mark_line(color=LATENCY_COLOR, strokeWidth=1.5).encode(y=y)
+    points = base.transform_filter("datum.ok").mark_point(color=LATENCY_COLOR, filled=True, size=22) \
+        .encode(y=y, tooltip=tooltip)
+    # Two invisible marks at the window's ends: the x axis spans the whole window, however few polls.
+    ends = pd.DataFrame({"time": pd.to_datetime([end - timedelta(minutes=minutes), end], utc=True)})
+    window = alt.Chart(ends).mark_point(opacity=0).encode(x=x)
+    return (alt.layer(window, failures, line, points)
+            .properties(height=300)
+            .configure_view(strokeWidth=0)
+            .configure_axis(labelFontSize=11, titleFontSize=12, titleFontWeight="normal"))
+
+
+# ------------------------------------------------------------------------------ CSV downloads
+def history_csv(history: dict | None) -> str:
+    """The hourly buckets shown, as CSV with local times ("no data" hours keep empty cells)."""
+    frame = history_frame(history)
+    out = pd.DataFrame({"hour_start_local": [timefmt.local_datetime(t.to_pydatetime()) for t in frame["time"]],
+                        "success_rate_pct": frame["success_rate"], "avg_response_ms": frame["avg_response_ms"],
+                        "attempts": frame["attempts"]})
+    return out.to_csv(index=False)
+
+
+def polls_csv(polls: list[dict] | None) -> str:
+    """Each poll shown, as CSV with local times."""
+    rows = [{"scheduled_at_local": timefmt.local_datetime(p["scheduled_at"]), "success": bool(p.get("success")),
+             "response_time_ms": p.get("response_time_ms"), "error_kind": p.get("error_kind") or ""}
+            for p in polls or []]
+    return pd.DataFrame(rows, columns=["scheduled_at_local", "success", "response_time_ms", "error_kind"]) \
+        .to_csv(index=False)

@@ -47,9 +47,38 @@ def fleet(client) -> list[dict]:
     return call(client, "fleet_overview", name_fn=True) or []
 
 
+class HistoryNotYet(DataError):
+    """History this long is not available yet: the API keeps hourly history for 30 days for now."""
+
+
+# connection_history() reads up to 720 hours until the long tiers land (issue 10, database side).
+# Its refusal of a longer window reads as "not available yet" here, and only here: remove this
+# when connection_history() answers up to a year.
+HISTORY_MAX_HOURS = 720
+
+
 def history(client, server_id: str, hours: int = 24) -> dict:
-    """connection_history(server, hours): hourly buckets and the summary."""
-    return call(client, "connection_history", {"p_server_id": server_id, "p_hours": hours}, name_fn=True)
+    """connection_history(server, hours): hourly buckets and the summary; HistoryNotYet for a window
+    the API does not keep yet."""
+    try:
+        return call(client, "connection_history", {"p_server_id": server_id, "p_hours": hours}, name_fn=True)
+    except DataError as exc:
+        if hours > HISTORY_MAX_HOURS and "between 1 and 720" in str(exc):
+            raise HistoryNotYet() from None
+        raise
+
+
+def server_polls(client, server_id: str, minutes: int = 60) -> list[dict]:
+    """server_polls(server, minutes): each poll of the window, oldest first (scheduled_at, success,
+    response_time_ms, error_kind)."""
+    return call(client, "server_polls", {"p_server_id": server_id, "p_minutes": minutes}, name_fn=True) or []
+
+
+def heartbeats(client, server_ids: list[str] | None = None, limit: int = 30) -> dict[str, list[dict]]:
+    """fleet_heartbeats(): server id → its last polls oldest first ({"at", "ok", "ms"}), of the
+    given servers (all the user may see when None)."""
+    rows = call(client, "fleet_heartbeats", {"p_limit": limit, "p_server_ids": server_ids}, name_fn=True) or []
+    return {r["server_id"]: r["beats"] or [] for r in rows}
 
 
 def incidents(client, server_id: str | None = None, open_only: bool = False, limit: int = 50) -> list[dict]:

@@ -23,7 +23,7 @@ The API (stable — pages call it):
   when the server refused the subscription's parameters — a bad filter or an unpublished table,
   which no retry cures, so the channel is left instead of rejoining in a loop), `.last_change`
   (the `data` dict of the last change — schema, table, type, record, old_record, … — or None).
-- `rerun_on_change(feed, *more_feeds, every=1.0, fallback_s=60, reconcile_s=None, show_status=True)`:
+- `rerun_on_change(feed, *more_feeds, every=1.0, fallback_s=60, reconcile_s=None, show_status=True, settle_s=0)`:
   a small `st.fragment` ticking every `every` seconds that reruns the whole page when a feed's
   version moved since its `watch()`; while a feed is down or unavailable, every `fallback_s`
   seconds, so the page still refreshes; and while it is Live, every `reconcile_s` seconds
@@ -34,6 +34,7 @@ The API (stable — pages call it):
   `show_status` it draws the "● Live" / "Reconnecting…" indicator and, while disconnected, a
   subtle one-line banner that the data may be stale (an error banner when unavailable). Call it
   once per page, after the page's last `watch()`, inside the container where the indicator belongs.
+  `settle_s` (a large fleet's page) draws changes that arrive faster than that together.
 - `forget(client_state)`: on sign-out, close the user's socket.
 
 How it works: one background thread runs an asyncio loop for the whole Streamlit process. Each
@@ -207,11 +208,12 @@ def mark(client_state, *feeds: LiveFeed) -> str | None:
 
 
 def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallback_s: float = 60,
-                    reconcile_s: float | None = None, show_status: bool = True) -> None:
+                    reconcile_s: float | None = None, show_status: bool = True, settle_s: float = 0) -> None:
     """Rerun the page when a feed moves, every fallback_s seconds while one is down or unavailable,
     and when live_mark() moved (checked every reconcile_s seconds while Live: changes Realtime
     skipped over its quota). More feeds of the same page may be given; the status shown is the
-    worst of them."""
+    worst of them. With settle_s, a change reruns the page no sooner than settle_s seconds after
+    this run drew it: changes arriving faster than that are drawn together."""
     import streamlit as st
 
     feeds = (feed, *more)
@@ -225,6 +227,7 @@ def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallbac
     # The mark of what this run of the page drew (read now, after the page's data: a change
     # between the two reads is one Realtime delivers, or the next mark shows).
     checked = {"mark": mark(state, *feeds), "at": time.monotonic()}
+    drawn_at = time.monotonic()
 
     @st.fragment(run_every=every)
     def _live_tick() -> None:
@@ -232,7 +235,7 @@ def rerun_on_change(feed: LiveFeed, *more: LiveFeed, every: float = 1.0, fallbac
         for f in feeds:
             f.touch()
             version, at = drawn[f.key]
-            if f.version != version:
+            if f.version != version and now - drawn_at >= settle_s:
                 st.rerun()
             if f.status in (RECONNECTING, UNAVAILABLE) and now - at >= fallback_s:
                 st.rerun()

@@ -353,11 +353,14 @@ def up() -> None:
 
 @app.command("demo")
 @guarded
-def demo() -> None:
+def demo(servers: int = typer.Option(
+        0, "--servers", min=0, max=5000,
+        help="N more simulated servers beyond the six (a light simulator on 127.0.80.x addresses, over three"
+             " tenants, polled every 30 s): a large fleet for the dashboard")) -> None:
     """`up` plus a simulated fleet of PVE servers (fakepve): healthy, slow, flapping and down."""
     from worker.embedded import system
 
-    system.run(settings_mod.load(), demo=True)
+    system.run(settings_mod.load(), demo=True, demo_servers=servers)
 
 
 @app.command("env")

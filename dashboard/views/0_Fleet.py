@@ -1,5 +1,7 @@
-"""Fleet: the fleet table, recent incidents and, per server, the 24 h history chart, its incidents and
-its operations, live.
+"""Fleet: the fleet table (search, status and tenant filters, sort by any column, pages, a heartbeat
+strip of each server's last polls), recent incidents and, per server, the history chart over a chosen
+range (1 h: every poll; up to a year: hourly buckets) with its CSV, its incidents and its operations,
+live. A large fleet changes often: the page is redrawn at most every fleet_table.settle_s() seconds.
 
 Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
 rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, its
@@ -21,7 +23,7 @@ if _ROOT not in sys.path:
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import charts, connections_ui, data, live, ops_ui, session, tables  # noqa: E402
+from dashboard import charts, connections_ui, data, fleet_table, live, ops_ui, session, tables  # noqa: E402
 from dashboard.text import plain  # noqa: E402
 
 log = logging.getLogger("proxwatch.dashboard")
@@ -31,6 +33,7 @@ session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css
   h1 { padding-bottom: 0.1rem; }
   [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 0.88rem; padding: 0.35rem 0.6rem; }
   [data-testid="stTable"] th { white-space: nowrap; }
+  [data-testid="stTable"] th *, [data-testid="stTable"] tbody td:nth-child(-n+5) * { white-space: nowrap; }
   [data-testid="stMetricValue"] { font-size: 1.7rem; }
   .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
   .pw-status { font-weight: 600; }
@@ -45,11 +48,57 @@ def _status_style(value: str) -> str:
     return f"color: {tables.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
 
 
-def _fleet_table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(tables.fleet_rows(rows), columns=tables.FLEET_COLUMNS)
+def _fleet_table(rows: list[dict], beats: dict[str, list[dict]]) -> None:
+    """The page of servers on screen, with each one's heartbeat strip (a styled cell)."""
+    cells = tables.fleet_rows(rows)
+    strips = [fleet_table.padded(beats.get(row["id"], []), HEARTBEATS) for row in rows]
+    for cell, strip in zip(cells, strips):
+        cell[fleet_table.HEARTBEAT_COLUMN] = fleet_table.heartbeat_text(strip)
+    columns = tables.FLEET_COLUMNS[:1] + [fleet_table.HEARTBEAT_COLUMN] + tables.FLEET_COLUMNS[1:]
+    frame = pd.DataFrame(cells, columns=columns)
+    css = [fleet_table.heartbeat_css(strip) for strip in strips]
     styled = frame.style.map(_status_style, subset=["Status"]).map(
-        lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"])
+        lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"]).apply(
+        lambda _column: css, subset=[fleet_table.HEARTBEAT_COLUMN])
     st.table(styled, hide_index=True)
+
+
+HEARTBEATS = 30  # polls in each server's strip
+
+
+def _reset_page() -> None:
+    st.session_state["pw_fleet_page"] = 1
+
+
+def _fleet_query(rows: list[dict]) -> fleet_table.Query:
+    """The search, filter, sort and page controls above the table (kept per browser session)."""
+    tenants = sorted({row.get("tenant_name") or "" for row in rows})
+    search, status, tenant, sort, order = st.columns([3, 3, 3, 2, 1.3], vertical_alignment="bottom")
+    q = fleet_table.Query()
+    q.search = search.text_input("Search", key="pw_fleet_search", placeholder="Server name contains…",
+                                 on_change=_reset_page)
+    q.statuses = status.multiselect("Status", fleet_table.STATUSES, key="pw_fleet_status", placeholder="Any status",
+                                    on_change=_reset_page)
+    q.tenants = tenant.multiselect("Tenant", tenants, key="pw_fleet_tenant", placeholder="Any tenant",
+                                   on_change=_reset_page, disabled=len(tenants) < 2)
+    q.sort = sort.selectbox("Sort by", fleet_table.SORT_COLUMNS, key="pw_fleet_sort", on_change=_reset_page)
+    q.descending = order.toggle("Descending", key="pw_fleet_desc", on_change=_reset_page)
+    q.page_size = int(st.session_state.get("pw_fleet_page_size") or 50)
+    q.page = int(st.session_state.get("pw_fleet_page") or 1)
+    return q
+
+
+def _pager(q: fleet_table.Query, page: int, total: int, fleet_size: int, shown: int) -> None:
+    """'Servers 51–100 of 1,000', the page number and the page size, under the table."""
+    last = fleet_table.pages(total, q.page_size)
+    if st.session_state.get("pw_fleet_page") != page:
+        st.session_state["pw_fleet_page"] = page  # clamped: the filters left fewer pages
+    text, number, size = st.columns([6, 1.4, 1.4], vertical_alignment="bottom")
+    text.caption(fleet_table.showing((page - 1) * q.page_size, shown, total, fleet_size)
+                 + (f" · page {page} of {last}" if total else ""))
+    number.number_input("Page", min_value=1, max_value=last, step=1, key="pw_fleet_page")
+    size.selectbox("Per page", fleet_table.PAGE_SIZES, index=fleet_table.PAGE_SIZES.index(q.page_size),
+                   key="pw_fleet_page_size", on_change=_reset_page)
 
 
 def _status_counts(rows: list[dict]) -> None:
@@ -59,7 +108,8 @@ def _status_counts(rows: list[dict]) -> None:
 
 def _server_detail(client, row: dict) -> None:
     status = row.get("connection_status") or "unknown"
-    st.subheader(f"{plain(row['name'])} — last 24 hours")
+    rng = st.session_state.get("pw_range") or "24 h"
+    st.subheader(f"{plain(row['name'])} — last {RANGE_WORDS[rng]}")
     parts = [f"<span class='pw-status' style='color:{tables.STATUS_COLOR.get(status, '#374151')}'>● {status}</span>",
              html.escape(row.get("base_url") or "")]
     if row.get("fallback_url"):
@@ -72,22 +122,49 @@ def _server_detail(client, row: dict) -> None:
     if row.get("health_check_error"):
         st.warning(f"Last error: {plain(row['health_check_error'])}", icon=":material/error:")
 
-    history = _last_good(f"pw_last_history_{row['id']}", lambda: data.history(client, row["id"], 24))
-    figures = charts.summary_figures(history)
+    rng = st.segmented_control("Range", list(RANGES), default="24 h", key="pw_range", label_visibility="collapsed")
+    try:
+        _history(client, row, rng or "24 h")
+    except data.HistoryNotYet as exc:  # the range's chart only: the server's incidents and operations follow
+        st.info(plain(exc), icon=":material/hourglass_empty:")
+    _incidents(client, f"Incidents of {plain(row['name'])}", row["id"])
+    ops_ui.server_operations(client, row)  # Test SSH, Restart Service, Renew Certificate
+
+
+# The chart's ranges: label → hours.
+RANGES = {"1 h": 1, "24 h": 24, "7 d": 24 * 7, "30 d": 24 * 30, "90 d": 24 * 90, "1 y": 24 * 366}
+RANGE_WORDS = {"1 h": "hour", "24 h": "24 hours", "7 d": "7 days", "30 d": "30 days", "90 d": "90 days",
+               "1 y": "year"}
+
+
+def _history(client, row: dict, rng: str) -> None:
+    """The range's figures, chart (each poll for 1 h, hourly buckets beyond) and CSV download."""
+    hours = RANGES[rng]
+    if hours == 1:
+        # The last hour: every poll, with its outcome.
+        polls = _last_good(f"pw_last_polls_{row['id']}", lambda: data.server_polls(client, row["id"], 60))
+        figures, csv = charts.polls_summary(polls), charts.polls_csv(polls)
+    else:
+        history = _last_good(f"pw_last_history_{row['id']}_{hours}", lambda: data.history(client, row["id"], hours))
+        figures, csv = charts.summary_figures(history), charts.history_csv(history)
     left, middle, right = st.columns(3)
     left.metric("Success rate", f"{figures['success_rate']:.1f} %" if figures["success_rate"] is not None else "no data",
                 border=True)
     middle.metric("Avg response", f"{figures['avg_response_ms']} ms" if figures["avg_response_ms"] is not None
                   else "no data", border=True)
     right.metric("Attempts", f"{figures['attempts']:,}", border=True)
-    if figures["attempts"]:
-        st.altair_chart(charts.history_chart(history), width="stretch")
+    if figures["attempts"] and hours == 1:
+        st.altair_chart(charts.polls_chart(polls), width="stretch")
+        st.caption("Each poll of the last hour: blue, its response time in ms; red bars, failed polls. "
+                   "Times are in your local time zone.")
+    elif figures["attempts"]:
+        st.altair_chart(charts.history_chart(history, hours), width="stretch")
         st.caption("Green: success rate % (left axis). Blue: average latency ms (right axis). "
                    "Grey bands: hours without polls (no data). Times are in your local time zone.")
     else:
-        st.info("No polls recorded for this server in the last 24 hours.")
-    _incidents(client, f"Incidents of {plain(row['name'])}", row["id"])
-    ops_ui.server_operations(client, row)  # Test SSH, Restart Service, Renew Certificate
+        st.info(f"No polls recorded for this server in the last {RANGE_WORDS[rng]}.")
+    st.download_button("Download CSV", csv, file_name=f"{row['name']}-{rng.replace(' ', '')}.csv",
+                       mime="text/csv", icon=":material/download:", key="pw_history_csv")
 
 
 RECENT_INCIDENTS = 10  # fleet-wide rows on the page; a server's own list shows as many
@@ -162,13 +239,28 @@ def _fleet_view(client, feeds: list) -> None:
     _status_counts(rows)
     st.subheader("Fleet")
     session.silenced_marker(client)   # the silenced servers (dashboard/alerts_ui.py)
-    _fleet_table(rows)
+    q = _fleet_query(rows)
+    found, on_page, page = fleet_table.select(rows, q)
+    if on_page:
+        beats = _last_good("pw_last_beats", lambda: data.heartbeats(client, [r["id"] for r in on_page], HEARTBEATS))
+        _fleet_table(on_page, beats)
+    else:
+        st.info("No server matches the search and filters.")
+    _pager(q, page, len(found), len(rows), len(on_page))
     # Outage periods of every server, opened and closed by the worker with the status change.
     feeds.append(live.watch(st.session_state, [("incidents", None)]))
     _incidents(client, "Recent incidents")
 
     tenants = {row.get("tenant_name") for row in rows}
-    by_id = {row["id"]: row for row in rows}
+    # The servers of the page on screen, in the table's order (a thousand options would cost every
+    # redraw; search and filters bring any server onto the page), plus the one open already.
+    by_id = {row["id"]: row for row in (on_page or rows[:fleet_table.PAGE_SIZES[-1]])}
+    open_id = st.session_state.get("server")
+    everyone = {row["id"]: row for row in rows}
+    if open_id in everyone and open_id not in by_id:
+        by_id = {open_id: everyone[open_id], **by_id}
+    elif open_id not in by_id:
+        st.session_state.pop("server", None)  # gone: the page's first server instead
     label = (lambda i: f"{by_id[i]['name']} · {by_id[i]['tenant_name']}") if len(tenants) > 1 \
         else (lambda i: by_id[i]["name"])
     chosen = st.selectbox("Server", list(by_id), format_func=label, key="server", width=360)
@@ -191,7 +283,8 @@ def page(client) -> None:
         log.exception("dashboard failed")
         st.error(f"The dashboard hit an unexpected error: {plain(exc)}")
     with status_slot:
-        live.rerun_on_change(*feeds, fallback_s=session.config().refresh_s)
+        live.rerun_on_change(*feeds, fallback_s=session.config().refresh_s,
+                             settle_s=fleet_table.settle_s(len(st.session_state.get("pw_last_fleet") or ())))
 
 
 session.run_page(page, what="dashboard", home=True)

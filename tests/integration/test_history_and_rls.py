@@ -151,3 +151,61 @@ def test_credentials_are_encrypted_unpublished_and_unreadable(add_server, conn, 
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from server_credentials")
         conn.rollback()
+
+
+# ------------------------------------------------------------- the 1 h chart and the heartbeat strip
+
+def test_server_polls_lists_each_poll_of_the_window_oldest_first(add_server, conn):
+    s = add_server("pve1", "https://127.0.0.1:8006")
+    now = datetime.now(timezone.utc)
+    insert_metric(conn, s, now - timedelta(minutes=90), True, 5)   # outside the default hour
+    insert_metric(conn, s, now - timedelta(minutes=20), False)
+    insert_metric(conn, s, now - timedelta(minutes=10), True, 42)
+    conn.commit()
+    rows = conn.execute("select * from server_polls(%s)", (s["id"],)).fetchall()
+    assert [(r["success"], r["response_time_ms"], r["error_kind"]) for r in rows] == [
+        (False, None, "timeout"), (True, 42, None)]
+    assert len(conn.execute("select * from server_polls(%s, 120)", (s["id"],)).fetchall()) == 3
+
+
+def test_server_polls_refuses_bad_input_with_a_sentence(add_server, conn):
+    s = add_server("pve1", "https://127.0.0.1:8006")
+    for minutes in (0, 1441, None):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 and 1440"):
+            conn.execute("select * from server_polls(%s, %s)", (s["id"], minutes))
+        conn.rollback()
+    with pytest.raises(psycopg.errors.NoDataFound, match="not found"):
+        conn.execute("select * from server_polls(gen_random_uuid())")
+    conn.rollback()
+
+
+def test_fleet_heartbeats_gives_each_server_its_last_polls_oldest_first(add_server, conn):
+    a = add_server("a", "https://127.0.0.1:8006")
+    b = add_server("b", "https://127.0.0.1:8007")
+    now = datetime.now(timezone.utc)
+    for i in range(5):  # a: ok, fail, ok, fail, ok (oldest first)
+        insert_metric(conn, a, now - timedelta(minutes=5 - i), i % 2 == 0, 10 + i if i % 2 == 0 else None)
+    conn.commit()
+    beats = {r["server_id"]: r["beats"] for r in conn.execute("select * from fleet_heartbeats(3)")}
+    assert [(x["ok"], x["ms"]) for x in beats[a["id"]]] == [(True, 12), (False, None), (True, 14)]
+    assert beats[b["id"]] == []  # never polled: the strip is all grey
+    # The page on screen asks for its own servers only
+    rows = conn.execute("select * from fleet_heartbeats(30, array[%s]::uuid[])", (b["id"],)).fetchall()
+    assert [r["server_id"] for r in rows] == [b["id"]]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 and 100"):
+        conn.execute("select * from fleet_heartbeats(0)")
+    conn.rollback()
+
+
+def test_a_user_sees_the_polls_and_heartbeats_of_their_own_tenant_only(two_tenants, conn):
+    a, user_a, user_b = two_tenants
+    as_user(conn, user_b["id"])
+    rows = conn.execute("select * from fleet_heartbeats()").fetchall()
+    assert len(rows) == 1 and rows[0]["server_id"] != a["id"] and len(rows[0]["beats"]) == 1
+    with pytest.raises(psycopg.errors.NoDataFound):
+        conn.execute("select * from server_polls(%s)", (a["id"],))
+    conn.rollback()
+    conn.execute("set local role anon")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("select * from fleet_heartbeats()")
+    conn.rollback()

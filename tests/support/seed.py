@@ -10,6 +10,8 @@ Two ready-made worlds:
   pve-delta (never polled: unknown). Tenant "globex": pve-gamma (degraded, polled through its
   fallback address). Users ALICE (acme admin) and BOB (globex viewer); metric rows (the rollup
   trigger fills connection_metrics_hourly).
+- seed_large_fleet — n servers over three tenants with a mix of statuses and recent polls (the fleet
+  table's search, filters, sort and pages; the dashboard benchmark at 1,000 servers).
 - seed_teams — the teams of the guests / consoles / sessions tests: acme and globex, USERS of every
   role (one PASSWORD), servers pve1, pve2 (acme) and pveg (globex) unless others are named.
 """
@@ -158,6 +160,61 @@ def seed_servers(db_url: str, secret_key: str, n: int, users: int = 1, tenant: s
             " from generate_series(1, %s) g order by g returning id", (tenant_id, status, n)).fetchall()
         conn.commit()
     return [str(r["id"]) for r in rows], creds
+
+
+OPS = ("ops@fleet.test", "ops-password-123")   # a member of every tenant of seed_large_fleet
+SITES = ("ams", "fra", "lon", "nyc")
+LARGE_TENANTS = ("north", "south", "west")
+
+
+def large_fleet_status(i: int) -> str:
+    """The status of the i-th server of seed_large_fleet (1-based): a realistic mix, mostly online."""
+    return "offline" if i % 10 == 0 else "degraded" if i % 7 == 0 else "unknown" if i % 13 == 0 else "online"
+
+
+def seed_large_fleet(db_url: str, n: int, polls: int = 30, tenants=LARGE_TENANTS) -> dict[str, str]:
+    """n servers spread round-robin over `tenants`, named <site>-<nnnn> (sites SITES in turn), with
+    large_fleet_status(i), a latency of 10 + (i * 37) % 400 ms, PVE 8.x or 9.x, and `polls` polls each
+    (one every 10 s up to now: an offline server's all failed, a degraded one's every third, an
+    unknown one's none) — in a few set-based statements, whatever n is. OPS is an admin of every
+    tenant. Returns server name → id."""
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        for t in tenants:
+            admin.add_tenant(conn, t)
+            admin.add_user(conn, OPS[0], OPS[1], t, "admin")
+        ids = [str(admin.tenant(conn, t)["id"]) for t in tenants]
+        rows = conn.execute(
+            "with g as (select i, (%(ids)s::uuid[])[1 + (i - 1) %% cardinality(%(ids)s::uuid[])] as tenant_id,"
+            "   (%(sites)s::text[])[1 + (i - 1) %% cardinality(%(sites)s::text[])] as site,"
+            "   case when i %% 10 = 0 then 'offline' when i %% 7 = 0 then 'degraded' when i %% 13 = 0 then 'unknown'"
+            "        else 'online' end as status"
+            "   from generate_series(1, %(n)s) i)"
+            " insert into public.proxmox_servers (tenant_id, name, base_url, auth_kind, connection_status,"
+            "   pve_version, nodes_online, nodes_total, avg_response_time_ms, last_health_check_at,"
+            "   health_check_error, health_check_error_kind)"
+            " select tenant_id, site || '-' || lpad(i::text, 4, '0'), 'https://' || site || '-' || i || '.test:8006',"
+            "   'token', status::connection_status, case when status = 'unknown' then null"
+            "   when i %% 3 = 0 then '8.4.1' else '9.1.4' end, case when status = 'offline' then 0"
+            "   when status = 'degraded' then 1 else 2 end, case when status = 'unknown' then null else 2 end,"
+            "   case when status in ('online', 'degraded') then 10 + (i * 37) %% 400 end,"
+            "   case when status <> 'unknown' then now() - make_interval(secs => i %% 10) end,"
+            "   case when status = 'offline' then 'The server did not answer within 5 s.' end,"
+            "   case when status = 'offline' then 'timeout' end"
+            " from g order by i returning id, name",
+            {"ids": ids, "sites": list(SITES), "n": n}).fetchall()
+        conn.execute(
+            "insert into public.connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms,"
+            "   error_kind, error_message)"
+            " select s.id, s.tenant_id, date_trunc('second', now()) - make_interval(secs => 10 * k), ok,"
+            "   case when ok then s.avg_response_time_ms + (k * 7) %% 20 end,"
+            "   case when not ok then 'timeout' end, case when not ok then 'The server did not answer within 5 s.' end"
+            " from public.proxmox_servers s cross join generate_series(0, %(polls)s - 1) k"
+            " cross join lateral (select case s.connection_status when 'offline' then false"
+            "   when 'degraded' then k %% 3 <> 0 else true end as ok) o"
+            " where s.tenant_id = any (%(ids)s::uuid[]) and s.connection_status <> 'unknown'",
+            {"ids": ids, "polls": polls})
+        conn.commit()
+    return {r["name"]: str(r["id"]) for r in rows}
 
 
 # -------------------------------------------------------------------------- guests and credentials

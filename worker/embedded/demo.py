@@ -9,6 +9,9 @@ Nothing is fabricated: the dashboard's history comes from real polls of these se
 - pve-branch   a flaky link: 40 % of requests are dropped → flaps, degraded
 - pve-remote   primary address refuses; answers on its fallback (Tailscale-like) address → degraded
 - pve-old      nothing answers → offline after three polls
+
+`proxwatch demo --servers N` adds N more (worker/embedded/simfleet.py: one light simulator for all of
+them, in tenants demo-north / demo-south / demo-west).
 """
 
 from __future__ import annotations
@@ -82,8 +85,12 @@ def add_demo_guests(pve) -> None:
 
 
 class DemoFleet:
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, extra: int = 0):
+        from worker.embedded import simfleet
+
         self.home = home
+        self.extra = simfleet.plan(extra)  # the --servers N beyond the six (checked before anything starts)
+        self.sim = None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="demo-fleet", daemon=True)
         self.pves: dict[str, object] = {}
@@ -132,8 +139,15 @@ class DemoFleet:
                 pve.flaky_network(drop_rate=sim.drop_rate)
             asyncio.run_coroutine_threadsafe(pve.start(crt, key), self.loop).result(30)
             self.pves[sim.name] = pve
+        if self.extra:
+            from worker.embedded.simfleet import SimFleet
+
+            self.sim = SimFleet(self.extra, f"{TOKEN[0]}!{TOKEN[1]}={TOKEN[2]}", crt, key)
+            asyncio.run_coroutine_threadsafe(self.sim.start(PORT), self.loop).result(120)
 
     def stop(self) -> None:
+        if self.sim is not None:
+            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
         for pve in self.pves.values():
             asyncio.run_coroutine_threadsafe(pve.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -162,4 +176,21 @@ class DemoFleet:
             else:
                 spec.token = f"{TOKEN[0]}!{TOKEN[1]}={TOKEN[2]}"
             admin.add_server(conn, box, spec)
-        return names
+        return names + self._register_extra(conn, box)
+
+    def _register_extra(self, conn: psycopg.Connection, box: Box) -> list[str]:
+        """The --servers N simulated servers, in their tenants (those missing are added)."""
+        from worker.embedded.simfleet import POLL_INTERVAL_S
+
+        existing: set[tuple[str, str]] = set()
+        for tenant in sorted({sim.tenant for sim in self.extra}):
+            if not conn.execute(db.q("tenant_by_name"), {"name": tenant}).fetchone():
+                admin.add_tenant(conn, tenant)
+            existing |= {(tenant, r["name"]) for r in admin.list_servers(conn, tenant)}
+        for sim in self.extra:
+            if (sim.tenant, sim.name) in existing:
+                continue
+            admin.add_server(conn, box, admin.ServerInput(
+                name=sim.name, url=f"https://{sim.host}:{PORT}", tenant=sim.tenant, interval=POLL_INTERVAL_S,
+                fingerprint=self.fingerprint, token=f"{TOKEN[0]}!{TOKEN[1]}={TOKEN[2]}"))
+        return [sim.name for sim in self.extra]

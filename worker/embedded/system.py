@@ -145,7 +145,7 @@ def processes(s: Settings) -> dict[str, list[str]]:
     }
 
 
-def run(s: Settings, demo: bool = False) -> None:
+def run(s: Settings, demo: bool = False, demo_servers: int = 0) -> None:
     ep = runtime.endpoints(s)
     children: dict[str, subprocess.Popen] = {}
     # SIGTERM stops `up` as Ctrl-C does, at any step: what was started so far is stopped again.
@@ -178,14 +178,15 @@ def run(s: Settings, demo: bool = False) -> None:
         if demo:
             from worker.embedded.demo import DemoFleet
 
-            fleet = DemoFleet(s.home / "demo")
+            fleet = DemoFleet(s.home / "demo", extra=demo_servers)
             fleet.start()
             stack.callback(fleet.stop)
             with db.connect(ep.database_url) as conn:
                 names = fleet.register(conn, ep)
                 if s.embedded:
                     ensure_local_admin(conn, ep)
-            print(f"proxwatch: simulated fleet up: {', '.join(names)}", flush=True)
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6:,} more" if len(names) > 6 else "")
+            print(f"proxwatch: simulated fleet up: {shown}", flush=True)
         if port_in_use(s.web_port):
             raise EmbeddedError(f"port {s.web_port} is taken: set PROXWATCH_WEB_PORT to a free port")
         env = child_env(s, ep)

@@ -1,0 +1,152 @@
+"""Benchmark — the fleet page at 1,000 servers (issue 12: ≤ 2 s in Chromium, median of 5) and the
+reads behind it (issue 10: fleet_heartbeats for 1,000 servers).
+
+1,000 servers over three tenants with a mix of statuses (tests/support/seed.py seed_large_fleet),
+POLLS polls each (30 by default: 30,000 connection_metrics rows, the rollup trigger filling the
+hourly table), plus HISTORY_DAYS days of older polls for every server (one a minute: 1.44 M rows at
+the default 1 day) so the metric table is not trivially small. The dashboard (`streamlit run`,
+signed in as a member of every tenant) runs against the embedded Supabase stand-in.
+
+Measured:
+1. SQL, as the signed-in user (RLS on), p50 / p95 of CALLS calls: fleet_overview(),
+   fleet_heartbeats(30) for all 1,000 servers, and for one page of 50 (what the page asks);
+2. the page in Debian's Chromium: a fresh browser context per load, from navigation to the fleet
+   table visible with its 50 rows and heartbeat strips — one warm-up load, then LOADS timed loads;
+   median and max.
+
+Run by hand (never part of `make test`):
+
+    PYTHONPATH=. python3 -m pytest tests/bench/bench_dashboard_fleet.py -s -q -p no:cacheprovider
+
+Knobs (environment): BENCH_FLEET_SERVERS (1000), BENCH_FLEET_POLLS (30), BENCH_FLEET_HISTORY_DAYS (1),
+BENCH_FLEET_LOADS (5), BENCH_FLEET_CALLS (50).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import psycopg
+from psycopg.rows import dict_row
+from playwright.sync_api import expect
+
+from tests.bench.reporting import pct, table
+from tests.support.browser import SHOTS, chromium
+from tests.support.seed import OPS, as_user, seed_large_fleet, seed_servers
+from tests.support.streamlit import APP, app_test, sign_in_env, streamlit_server
+
+SERVERS = int(os.environ.get("BENCH_FLEET_SERVERS", "1000"))
+POLLS = int(os.environ.get("BENCH_FLEET_POLLS", "30"))
+HISTORY_DAYS = int(os.environ.get("BENCH_FLEET_HISTORY_DAYS", "1"))
+LOADS = int(os.environ.get("BENCH_FLEET_LOADS", "5"))
+CALLS = int(os.environ.get("BENCH_FLEET_CALLS", "50"))
+GOAL_S = 2.0
+SMALL = 50
+
+
+def _older_history(db_url: str) -> int:
+    """One poll a minute for HISTORY_DAYS days before the recent ones, for every server."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "insert into public.connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms)"
+            " select s.id, s.tenant_id, date_trunc('minute', now()) - interval '10 minutes' - make_interval(mins => k),"
+            "   true, 20 + k %% 50"
+            " from public.proxmox_servers s cross join generate_series(0, %s * 1440 - 1) k", (HISTORY_DAYS,))
+        n = conn.execute("select count(*) from public.connection_metrics").fetchone()[0]
+        conn.execute("analyze")
+        conn.commit()
+    return n
+
+
+def _timed(conn, user_id, sql, params=None) -> list[float]:
+    out = []
+    for _ in range(CALLS):
+        with as_user(conn, str(user_id)):
+            t0 = time.perf_counter()
+            conn.execute(sql, params).fetchall()
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _load_once(browser, url: str, servers: int) -> tuple[float, float]:
+    """(seconds to the page's title, seconds to the fleet table with its 50 rows) of one fresh load."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1200})
+    page = context.new_page()
+    try:
+        t0 = time.perf_counter()
+        page.goto(url)
+        expect(page.get_by_role("heading", name="proxwatch")).to_be_visible(timeout=60_000)
+        title = time.perf_counter() - t0
+        rows = page.locator('[data-testid="stTable"] tbody tr')
+        expect(rows.nth(49)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"Servers 1–50 of {servers:,}")).to_be_visible(timeout=60_000)
+        elapsed = time.perf_counter() - t0
+        page.screenshot(path=str(SHOTS / f"bench-fleet-{servers}.png"))
+        return title, elapsed
+    finally:
+        context.close()
+
+
+def _script_runs(monkeypatch, standin, who) -> tuple[float, list[float]]:
+    """The page's script in Streamlit's AppTest (no browser): the first run (sign-in and the page)
+    and LOADS reruns — what redrawing the page for a live change costs the dashboard process."""
+    t0 = time.perf_counter()
+    app = app_test(monkeypatch, APP, sign_in_env(standin, who))
+    first = time.perf_counter() - t0
+    reruns = []
+    for _ in range(LOADS):
+        t0 = time.perf_counter()
+        app.run()
+        reruns.append(time.perf_counter() - t0)
+        assert not app.exception and len(app.table[0].value) == 50
+    return first, reruns
+
+
+def _loads(standin, who, servers: int, name: str) -> list[tuple[float, float]]:
+    with streamlit_server(standin, who, name) as url, chromium() as browser:
+        _load_once(browser, url, servers)  # warm-up: Streamlit compiles the page's modules once
+        return [_load_once(browser, url, servers) for _ in range(LOADS)]
+
+
+def test_the_fleet_page_loads_1000_servers_in_chromium(db_url, standin, secret_key, monkeypatch):
+    # Given 1,000 servers with recent polls and a day of older ones
+    t0 = time.perf_counter()
+    ids = seed_large_fleet(db_url, SERVERS, polls=POLLS)
+    rows = _older_history(db_url)
+    print(f"\nseeded {len(ids):,} servers, {rows:,} connection_metrics rows in {time.perf_counter() - t0:.1f} s")
+
+    # 1. the reads, as the signed-in user
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True) as conn:
+        user_id = conn.execute("select id from auth.users where email = %s", (OPS[0],)).fetchone()["id"]
+        page_ids = list(ids.values())[:50]
+        sql = [("fleet_overview()", "select * from fleet_overview()", None),
+               (f"fleet_heartbeats(30), all {SERVERS:,}", "select * from fleet_heartbeats(30)", None),
+               ("fleet_heartbeats(30), a page of 50", "select * from fleet_heartbeats(30, %s::uuid[])", (page_ids,))]
+        results = []
+        for name, statement, params in sql:
+            ms = _timed(conn, user_id, statement, params)
+            results.append((name, f"{pct(ms, 50):.1f}", f"{pct(ms, 95):.1f}"))
+    table("SQL as the signed-in user (RLS on)", ("call", "p50 ms", "p95 ms"), results)
+
+    # 2. the page in Chromium: the 1,000-server user, and a user of a 50-server tenant in the same run
+    # (what the page costs whatever the fleet's size, on this machine at this moment)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _, small_users = seed_servers(db_url, secret_key, SMALL, tenant="small")
+    scripts = {SERVERS: _script_runs(monkeypatch, standin, OPS), SMALL: _script_runs(monkeypatch, standin, small_users[0])}
+    table("Fleet page script in AppTest (the dashboard process's share, no browser), s",
+          ("servers", "first run", "rerun median", "rerun max"),
+          [(f"{n:,}", f"{first:.2f}", f"{statistics.median(r):.2f}", f"{max(r):.2f}") for n, (first, r) in scripts.items()])
+    runs = {SERVERS: _loads(standin, OPS, SERVERS, "bench-fleet"),
+            SMALL: _loads(standin, small_users[0], SMALL, "bench-fleet-small")}
+    rows = []
+    for size, loads in runs.items():
+        rows += [(f"{size:,}", str(i + 1), f"{t:.2f}", f"{s:.2f}") for i, (t, s) in enumerate(loads)]
+        rows.append((f"{size:,}", "median", f"{statistics.median(t for t, _ in loads):.2f}",
+                     f"{statistics.median(s for _, s in loads):.2f}"))
+    table("Fleet page: navigation → title / → table of 50 rows visible (s)", ("servers", "load", "title", "table"),
+          rows)
+    median = statistics.median(s for _, s in runs[SERVERS])
+    print(f"load average (1 min) during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"goal: median ≤ {GOAL_S} s at {SERVERS:,} servers → {'met' if median <= GOAL_S else 'NOT met'}")

@@ -1,0 +1,73 @@
+"""The fleet table at scale: search, filters, sort by raw values (numbers as numbers, no value last),
+pages that clamp, the heartbeat strip, and the history CSVs."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard import charts, fleet_table
+from dashboard.fleet_table import Query
+
+
+def row(i: int, name: str, status="online", tenant="north", ms=None, version="9.1.4") -> dict:
+    return {"id": f"id-{i}", "name": name, "tenant_name": tenant, "connection_status": status,
+            "avg_response_24h_ms": ms, "pve_version": version}
+
+
+ROWS = [row(1, "fra-2", "offline", "south", None, "8.4.1"), row(2, "ams-10", "online", "north", 120, "9.1.4"),
+        row(3, "ams-9", "degraded", "north", 15, "9.0.3"), row(4, "lon-1", "unknown", "south", None, None)]
+
+
+def names(rows):
+    return [r["name"] for r in rows]
+
+
+def test_search_is_by_name_and_filters_combine():
+    found, _, _ = fleet_table.select(ROWS, Query(search="AMS", sort="Server"))
+    assert names(found) == ["ams-10", "ams-9"]
+    found, _, _ = fleet_table.select(ROWS, Query(statuses=["offline", "unknown"], tenants=["south"], sort="Server"))
+    assert names(found) == ["fra-2", "lon-1"]
+    assert fleet_table.select(ROWS, Query(search="nope"))[0] == []
+
+
+def test_sorting_uses_the_raw_values_and_puts_missing_ones_last_either_way():
+    assert names(fleet_table.sort_rows(ROWS, "Avg latency")) == ["ams-9", "ams-10", "fra-2", "lon-1"]
+    assert names(fleet_table.sort_rows(ROWS, "Avg latency", descending=True)) == ["ams-10", "ams-9", "fra-2", "lon-1"]
+    assert names(fleet_table.sort_rows(ROWS, "Status")) == ["fra-2", "ams-9", "lon-1", "ams-10"]  # worst first
+    assert names(fleet_table.sort_rows(ROWS, "PVE")) == ["fra-2", "ams-9", "ams-10", "lon-1"]  # 8.4 < 9.0 < 9.1
+    with pytest.raises(ValueError, match="cannot sort by 'Colour'"):
+        fleet_table.sort_rows(ROWS, "Colour")
+
+
+def test_pages_clamp_to_the_pages_there_are():
+    many = [row(i, f"pve-{i:04d}") for i in range(1, 121)]
+    found, page_rows, page = fleet_table.select(many, Query(sort="Server", page=3, page_size=50))
+    assert (len(found), names(page_rows)[0], len(page_rows), page) == (120, "pve-0101", 20, 3)
+    _, page_rows, page = fleet_table.select(many, Query(sort="Server", page=9, page_size=50))
+    assert page == 3 and len(page_rows) == 20
+    assert fleet_table.showing(50, 50, 120, 120) == "Servers 51–100 of 120"
+    assert fleet_table.showing(0, 12, 12, 1000) == "Servers 1–12 of 12 matching (1,000 in all)"
+    assert fleet_table.settle_s(60) == 1.0 and fleet_table.settle_s(1000) == 5.0
+
+
+def test_the_heartbeat_strip_is_oldest_first_and_grey_where_no_poll_was():
+    cells = fleet_table.padded([{"ok": True}, {"ok": False}], 4)
+    assert cells == [None, None, True, False]
+    assert fleet_table.heartbeat_text(cells) == "last 2: 1 ok, 1 failed · latest failed"
+    assert fleet_table.heartbeat_text([None] * 4) == "no polls yet"
+    css = fleet_table.heartbeat_css(cells)
+    assert css.count("#d1d5db") == 2 and css.index("#15803d") < css.index("#b91c1c")
+    assert ";" not in css.split("linear-gradient(")[1].split(")")[0]  # one CSS declaration
+
+
+def test_the_csv_downloads_have_one_line_per_poll_or_hour_and_keep_unknown_hours_empty():
+    polls = [{"scheduled_at": "2026-11-30T14:00:00Z", "success": True, "response_time_ms": 5, "error_kind": None},
+             {"scheduled_at": "2026-11-30T14:00:10Z", "success": False, "response_time_ms": None,
+              "error_kind": "timeout"}]
+    lines = charts.polls_csv(polls).splitlines()
+    assert lines[0] == "scheduled_at_local,success,response_time_ms,error_kind" and len(lines) == 3
+    assert lines[2].endswith(",False,,timeout")
+    assert charts.polls_summary(polls) == {"attempts": 2, "successes": 1, "success_rate": 50.0, "avg_response_ms": 5}
+    hourly = {"hourly": [{"time": "2026-11-30T14:00:00Z", "successRate": None, "avgResponseTime": None,
+                          "attempts": 0}]}
+    assert charts.history_csv(hourly).splitlines()[1].endswith(",,,0")
