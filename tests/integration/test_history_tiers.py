@@ -1,0 +1,128 @@
+"""History tiers (issue 10): raw polls partitioned by UTC day, hourly and daily rollups kept exact by
+one statement trigger, what a partition lets the API roles see, and what deleting a server leaves."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from tests.integration.test_history_and_rls import as_user
+
+
+def utc_day(days_ago: int) -> date:
+    return datetime.now(timezone.utc).date() - timedelta(days=days_ago)
+
+
+def at(days_ago: int, hour: int, minute: int = 0) -> datetime:
+    d = utc_day(days_ago)
+    return datetime(d.year, d.month, d.day, hour, minute, tzinfo=timezone.utc)
+
+
+def poll(conn, server_id, when, success=True, ms=100) -> int:
+    """The worker's insert: a retried poll (same server and scheduled_at) is dropped by the unique key."""
+    return conn.execute(
+        "insert into connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms, error_kind,"
+        " error_message) select id, tenant_id, %s, %s, %s, %s, %s from proxmox_servers where id = %s"
+        " on conflict (server_id, scheduled_at) do nothing",
+        (when, success, ms if success else None, None if success else "timeout", None if success else "no answer",
+         server_id)).rowcount
+
+
+def tiers(conn, server_id, when: datetime) -> tuple:
+    hour = conn.execute("select attempts, successes, response_sum_ms, response_count from connection_metrics_hourly"
+                        " where server_id = %s and hour = date_trunc('hour', %s::timestamptz, 'UTC')",
+                        (server_id, when)).fetchone()
+    day = conn.execute("select attempts, successes, response_sum_ms, response_count from connection_metrics_daily"
+                       " where server_id = %s and day = %s", (server_id, when.date())).fetchone()
+    return (tuple(hour.values()) if hour else None, tuple(day.values()) if day else None)
+
+
+def test_a_poll_lands_in_its_days_partition_and_a_retry_is_dropped_across_the_key(conn, teams):
+    pve1 = teams.servers["pve1"]
+    conn.execute("select ensure_metric_partitions(7, %s)", (utc_day(3),))
+    # Given a poll three days ago and one now, each retried once
+    for when in (at(3, 10), datetime.now(timezone.utc)):
+        assert poll(conn, pve1, when) == 1
+        assert poll(conn, pve1, when) == 0
+    conn.commit()
+    # Then each row sits in the partition of its UTC day, once
+    rows = conn.execute("select tableoid::regclass::text as part, scheduled_at from connection_metrics"
+                        " where server_id = %s order by scheduled_at", (pve1,)).fetchall()
+    assert [r["part"] for r in rows] == [f"connection_metrics_p{r['scheduled_at'].astimezone(timezone.utc):%Y%m%d}"
+                                         for r in rows]
+    assert len(rows) == 2 and rows[0]["part"] != rows[1]["part"]
+
+
+def test_partitions_are_made_ahead_once_even_when_two_sessions_ask_together(conn, db_url):
+    made = [r["ensure_metric_partitions"] for r in conn.execute("select ensure_metric_partitions(10)")]
+    conn.commit()
+    # The migration already made a week ahead: only the days after it are new, and asking again makes none
+    assert made == [f"connection_metrics_p{utc_day(-d):%Y%m%d}" for d in (8, 9, 10)]
+    with psycopg.connect(db_url) as a, psycopg.connect(db_url) as b:
+        a.execute("select ensure_metric_partitions(12)")
+        # b waits on a's advisory lock, then finds the partitions a made
+        b_thread_result = []
+        t = threading.Thread(target=lambda: b_thread_result.append(
+            b.execute("select count(*) from ensure_metric_partitions(12)").fetchone()[0]))
+        t.start()
+        a.commit()
+        t.join(30)
+        b.commit()
+    assert b_thread_result == [0]
+    days = [r["day"] for r in conn.execute("select day from metric_partitions()")]
+    assert days == sorted(set(days)) and days[-1] == utc_day(-12)
+
+
+def test_a_poll_for_a_day_without_partition_is_refused_and_writes_nothing(conn, teams):
+    pve1 = teams.servers["pve1"]
+    with pytest.raises(psycopg.errors.CheckViolation, match="no partition of relation"):
+        poll(conn, pve1, at(40, 12))
+    conn.rollback()
+    assert conn.execute("select count(*) as n from connection_metrics_daily where server_id = %s",
+                        (pve1,)).fetchone()["n"] == 0
+
+
+def test_a_late_poll_corrects_the_hour_and_the_day_already_rolled_up(conn, teams):
+    pve1 = teams.servers["pve1"]
+    conn.execute("select ensure_metric_partitions(7, %s)", (utc_day(2),))
+    # Given an hour two days ago rolled up from two polls (one answered in 100 ms, one timed out)
+    poll(conn, pve1, at(2, 5, 0), True, 100)
+    poll(conn, pve1, at(2, 5, 1), False)
+    conn.commit()
+    assert tiers(conn, pve1, at(2, 5)) == ((2, 1, 100, 1), (2, 1, 100, 1))
+    # When a late poll of that hour arrives (and is retried), and one of another hour of that day
+    poll(conn, pve1, at(2, 5, 2), True, 300)
+    poll(conn, pve1, at(2, 5, 2), True, 300)
+    poll(conn, pve1, at(2, 23, 59), True, 200)
+    conn.commit()
+    # Then the hour counts it once, and the day counts both
+    assert tiers(conn, pve1, at(2, 5)) == ((3, 2, 400, 2), (4, 3, 600, 3))
+    assert tiers(conn, pve1, at(2, 23))[0] == (1, 1, 200, 1)
+
+
+def test_a_partition_read_directly_shows_the_api_roles_nothing(conn, teams):
+    pve1 = teams.servers["pve1"]
+    poll(conn, pve1, datetime.now(timezone.utc))
+    conn.commit()
+    part = f"connection_metrics_p{utc_day(0):%Y%m%d}"
+    member = conn.execute("select user_id from tenant_members limit 1").fetchone()["user_id"]
+    for role in ("authenticated", "anon"):
+        as_user(conn, member, role)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"select * from public.{part}")
+        conn.rollback()
+
+
+def test_deleting_a_server_removes_its_history_at_every_tier(conn, teams):
+    pve1 = teams.servers["pve1"]
+    conn.execute("select ensure_metric_partitions(7, %s)", (utc_day(1),))
+    poll(conn, pve1, at(1, 3))
+    poll(conn, pve1, datetime.now(timezone.utc))
+    conn.commit()
+    conn.execute("delete from proxmox_servers where id = %s", (pve1,))
+    conn.commit()
+    for table in ("connection_metrics", "connection_metrics_hourly", "connection_metrics_daily"):
+        assert conn.execute(f"select count(*) as n from {table} where server_id = %s", (pve1,)).fetchone()["n"] == 0
