@@ -86,6 +86,28 @@ def db_migrate() -> None:
     out.print(report)
 
 
+@db_app.command("prune")
+@guarded
+def db_prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed")) -> None:
+    """Prune the history tiers now (what the hourly purge job does): raw partitions past
+    PROXWATCH_RAW_RETENTION_DAYS, hourly and daily rollup rows past theirs."""
+    from worker import retention
+
+    with database(default_tenant=False) as (_, conn):
+        r = settings_mod.load().retention
+        pruned = retention.prune(conn, r, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"raw polls (kept {r.raw_days} days): {verb} {len(pruned.partitions)} partition(s)"
+              + (" — skipped: another pruner is at work" if pruned.raw_skipped else ""))
+    for p in pruned.partitions:
+        rows = "? rows (not analyzed yet)" if p.estimated_rows is None else f"~{p.estimated_rows:,} rows"
+        out.print(f"  {p.name}  {p.day}  {rows}  {p.bytes / 1e6:.1f} MB" + ("" if p.state == "attached"
+                                                                          else f"  ({p.state})"))
+    out.print(f"hourly rollup (kept {r.hourly_days} days): {verb} {pruned.hourly_rows:,} rows")
+    out.print(f"daily rollup (kept {f'{r.daily_days} days' if r.daily_days else 'forever'}): "
+              f"{verb} {pruned.daily_rows:,} rows")
+
+
 # ------------------------------------------------------------------------------------- tenants
 @tenants_app.command("add")
 @guarded

@@ -31,7 +31,7 @@ def jobs(s: Settings) -> list[Job]:
         Job("dispatch_operations", per_server=False, interval_s=1),        # rows the dashboard requested
         Job("fail_stuck_operations", per_server=False, interval_s=5),      # dead workers, untaken rows
         Job("renew_expiring_certificates", per_server=True, interval_s=86_400),
-        Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations
+        Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations, history tiers
     ]
 
 

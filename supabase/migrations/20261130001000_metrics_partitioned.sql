@@ -104,12 +104,13 @@ end
 $$;
 revoke execute on function public.ensure_metric_partitions(integer, date) from public, anon, authenticated;
 
--- The raw partitions with their day and row estimate (pruning's and `proxwatch db prune`'s view).
+-- The raw partitions with their day, row estimate (null before the partition was first analyzed)
+-- and size on disk: pruning's and `proxwatch db prune`'s view.
 create function public.metric_partitions()
 returns table (name text, day date, estimated_rows bigint, bytes bigint)
 language sql stable security definer set search_path = public, pg_temp as $$
   select c.relname::text, to_date(substring(c.relname from '_p(\d{8})$'), 'YYYYMMDD'),
-         greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+         case when c.reltuples >= 0 then c.reltuples::bigint end, pg_total_relation_size(c.oid)
   from pg_inherits i join pg_class c on c.oid = i.inhrelid
   where i.inhparent = 'public.connection_metrics'::regclass
   order by 2

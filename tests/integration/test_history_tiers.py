@@ -10,6 +10,8 @@ import psycopg
 import pytest
 
 from tests.integration.test_history_and_rls import as_user
+from worker import db, retention
+from worker.settings import RetentionSettings
 
 
 def utc_day(days_ago: int) -> date:
@@ -126,3 +128,107 @@ def test_deleting_a_server_removes_its_history_at_every_tier(conn, teams):
     conn.commit()
     for table in ("connection_metrics", "connection_metrics_hourly", "connection_metrics_daily"):
         assert conn.execute(f"select count(*) as n from {table} where server_id = %s", (pve1,)).fetchone()["n"] == 0
+
+
+# ------------------------------------------------------------------------------------- pruning
+
+RETENTION = RetentionSettings(raw_days=7, hourly_days=400, daily_days=30)
+
+
+def seed_old_history(conn, server_id) -> None:
+    """Raw polls 10, 9, 8, 7 and 1 days ago (one partition each), hourly rows 401 and 399 days old,
+    daily rows 31 and 29 days old."""
+    conn.execute("select ensure_metric_partitions(7, %s)", (utc_day(10),))
+    for days in (10, 9, 8, 7, 1):
+        poll(conn, server_id, at(days, 12))
+    for table, col, old, young in (("connection_metrics_hourly", "hour", "now() - interval '401 days'",
+                                    "now() - interval '399 days'"),
+                                   ("connection_metrics_daily", "day", "current_date - 31", "current_date - 29")):
+        conn.execute(f"insert into {table} (server_id, tenant_id, {col}, attempts, successes)"
+                     f" select id, tenant_id, {old}, 360, 360 from proxmox_servers where id = %s"
+                     f" union all select id, tenant_id, {young}, 360, 360 from proxmox_servers where id = %s",
+                     (server_id, server_id))
+    conn.commit()
+
+
+def history_left(conn, server_id) -> dict:
+    return {
+        "raw_days": sorted((utc_day(0) - r["d"]).days for r in conn.execute(
+            "select (scheduled_at at time zone 'UTC')::date as d from connection_metrics where server_id = %s",
+            (server_id,))),
+        "hourly": conn.execute("select count(*) as n from connection_metrics_hourly where server_id = %s"
+                               " and hour < now() - interval '398 days'", (server_id,)).fetchone()["n"],
+        "daily": conn.execute("select count(*) as n from connection_metrics_daily where server_id = %s"
+                              " and day < current_date - 28", (server_id,)).fetchone()["n"],
+        "partitions": [r["name"] for r in conn.execute("select name from metric_partitions()")],
+    }
+
+
+def test_prune_drops_whole_old_partitions_and_old_rollup_rows_and_keeps_the_recent(conn, teams):
+    pve1 = teams.servers["pve1"]
+    seed_old_history(conn, pve1)
+    before = history_left(conn, pve1)
+    # When the history is pruned with raw 7 days, hourly 400, daily 30
+    pruned = retention.prune(conn, RETENTION, batch=1)
+    # Then the partitions of days 10, 9, 8 are gone (day 7 is not wholly older than 7 days), with one
+    # hourly and one daily row; a second run finds nothing more to do
+    assert [p.name for p in pruned.partitions] == [f"connection_metrics_p{utc_day(d):%Y%m%d}" for d in (10, 9, 8)]
+    assert (pruned.hourly_rows, pruned.daily_rows) == (1, 1)
+    after = history_left(conn, pve1)
+    assert after["raw_days"] == [1, 7] and after["hourly"] == 1 and after["daily"] == 1
+    assert after["partitions"] == before["partitions"][3:]
+    again = retention.prune(conn, RETENTION)
+    assert (again.partitions, again.hourly_rows, again.daily_rows) == ([], 0, 0)
+    # And a daily retention of 0 keeps the daily rollup forever
+    forever = retention.prune(conn, RetentionSettings(raw_days=7, hourly_days=400, daily_days=0))
+    assert forever.daily_rows == 0 and history_left(conn, pve1)["daily"] == 1
+
+
+def test_a_dry_run_says_what_would_go_and_removes_nothing(conn, teams):
+    pve1 = teams.servers["pve1"]
+    seed_old_history(conn, pve1)
+    conn.execute("analyze connection_metrics")
+    conn.commit()
+    before = history_left(conn, pve1)
+    dry = retention.prune(conn, RETENTION, dry_run=True)
+    assert [(p.day, p.estimated_rows) for p in dry.partitions] == [(utc_day(d), 1) for d in (10, 9, 8)]
+    assert (dry.hourly_rows, dry.daily_rows) == (1, 1)
+    assert history_left(conn, pve1) == before
+
+
+def test_two_pruners_at_once_remove_everything_once_without_error(conn, teams, db_url):
+    pve1 = teams.servers["pve1"]
+    seed_old_history(conn, pve1)
+    results, errors = [], []
+
+    def run():
+        try:
+            with db.connect(db_url) as own:
+                results.append(retention.prune(own, RETENTION, batch=1))
+        except Exception as exc:   # noqa: BLE001 - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    # Each expired partition and row went exactly once, whichever pruner took it
+    dropped = sorted(p.name for r in results for p in r.partitions)
+    assert dropped == [f"connection_metrics_p{utc_day(d):%Y%m%d}" for d in (10, 9, 8)]
+    assert sum(r.hourly_rows for r in results) == 1 and sum(r.daily_rows for r in results) == 1
+    assert history_left(conn, pve1)["raw_days"] == [1, 7]
+
+
+def test_an_interrupted_prune_is_finished_by_the_next(conn, teams):
+    pve1 = teams.servers["pve1"]
+    seed_old_history(conn, pve1)
+    # Given a partition detached by a pruner that died before dropping it
+    conn.execute(f"alter table connection_metrics detach partition connection_metrics_p{utc_day(10):%Y%m%d}")
+    conn.commit()
+    pruned = retention.prune(conn, RETENTION)
+    assert [(p.name, p.state) for p in pruned.partitions][0] == (f"connection_metrics_p{utc_day(10):%Y%m%d}",
+                                                                  "detached")
+    assert conn.execute("select to_regclass(%s) as r", (f"public.connection_metrics_p{utc_day(10):%Y%m%d}",)
+                        ).fetchone()["r"] is None
