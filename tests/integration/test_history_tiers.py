@@ -232,3 +232,99 @@ def test_an_interrupted_prune_is_finished_by_the_next(conn, teams):
                                                                   "detached")
     assert conn.execute("select to_regclass(%s) as r", (f"public.connection_metrics_p{utc_day(10):%Y%m%d}",)
                         ).fetchone()["r"] is None
+
+
+# -------------------------------------------------------------------------------------- reading
+
+
+def history(conn, server_id, hours):
+    return conn.execute("select connection_history(%s, %s) as h", (server_id, hours)).fetchone()["h"]
+
+
+def add_rollup(conn, server_id, table, col, value, attempts, successes, ms=0):
+    conn.execute(f"insert into {table} (server_id, tenant_id, {col}, attempts, successes, response_sum_ms,"
+                 f" response_count) select id, tenant_id, %s, %s, %s, %s, %s from proxmox_servers where id = %s",
+                 (value, attempts, successes, ms * successes, successes if ms else 0, server_id))
+
+
+def test_history_picks_minutes_hours_or_days_and_leaves_empty_buckets_unknown(conn, teams):
+    pve1 = teams.servers["pve1"]
+    now = datetime.now(timezone.utc)
+    minute = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
+    # Given two polls five minutes ago (one answered in 80 ms, one refused) and a day 20 days ago
+    poll(conn, pve1, minute + timedelta(seconds=1), True, 80)
+    poll(conn, pve1, minute + timedelta(seconds=31), False)
+    add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(20), 8640, 8640, ms=40)
+    conn.commit()
+    # ≤ 2 h: per minute from the raw polls
+    h = history(conn, pve1, 2)
+    assert h["bucket"] == "minute" and len(h["hourly"]) == 120
+    by_time = {x["time"]: x for x in h["hourly"]}
+    assert by_time[f"{minute:%Y-%m-%dT%H:%M}:00Z"] == {"time": f"{minute:%Y-%m-%dT%H:%M}:00Z", "attempts": 2,
+                                                       "successRate": 50.0, "avgResponseTime": 80}
+    empty = by_time[f"{minute - timedelta(minutes=1):%Y-%m-%dT%H:%M}:00Z"]
+    assert (empty["attempts"], empty["successRate"], empty["avgResponseTime"]) == (0, None, None)
+    assert h["hourly"][-1]["time"] == f"{now:%Y-%m-%dT%H:%M}:00Z" or now.second == 0
+    # up to 336 h: per hour from the hourly rollup
+    for hours in (3, 336):
+        h = history(conn, pve1, hours)
+        assert h["bucket"] == "hour" and len(h["hourly"]) == hours and h["summary"]["totalAttempts"] == 2
+        assert all(x["time"].endswith(":00:00Z") for x in h["hourly"])
+    # beyond: per UTC day from the daily rollup, a year at most
+    h = history(conn, pve1, 337)
+    assert h["bucket"] == "day" and len(h["hourly"]) == 15
+    assert h["hourly"][-1]["time"] == f"{utc_day(0)}T00:00:00Z"
+    year = history(conn, pve1, 8784)
+    assert year["bucket"] == "day" and len(year["hourly"]) == 366
+    days = {x["time"]: x for x in year["hourly"]}
+    assert days[f"{utc_day(20)}T00:00:00Z"] == {"time": f"{utc_day(20)}T00:00:00Z", "attempts": 8640,
+                                                 "successRate": 100.0, "avgResponseTime": 40}
+    assert days[f"{utc_day(21)}T00:00:00Z"]["successRate"] is None
+    assert year["summary"] == {"totalAttempts": 8642, "successCount": 8641, "avgResponseTime": 40}
+
+
+@pytest.mark.parametrize("hours", [0, -1, 8785, None])
+def test_a_window_outside_one_hour_to_one_year_is_refused_with_a_sentence(conn, teams, hours):
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match=r"p_hours must be between 1 and 8784 \(one year\), not"):
+        history(conn, teams.servers["pve1"], hours)
+
+
+def test_fleet_overview_gives_uptime_over_24_hours_7_30_and_90_days(conn, teams):
+    pve1, pve2 = teams.servers["pve1"], teams.servers["pve2"]
+    # Given pve1: a poll answered now; whole days 3 (5 of 10), 20 (0 of 10) and 60 days ago (100 of 100)
+    poll(conn, pve1, datetime.now(timezone.utc))
+    add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(3), 10, 5)
+    add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(20), 10, 0)
+    add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(60), 100, 100)
+    conn.commit()
+    rows = {str(r["id"]): r for r in conn.execute("select * from fleet_overview()")}
+    cols = ("uptime_24h", "uptime_7d", "uptime_30d", "uptime_90d")
+    # Then each window counts what lies in it; pve2, never polled, has no uptime rather than 100 %
+    assert [float(rows[pve1][c]) for c in cols] == [100.0, 54.5, 28.6, 87.6]
+    assert [rows[pve2][c] for c in cols] == [None] * 4
+    assert rows[pve1]["history_simulated_until"] is None
+    # And the columns come after the ones callers already read, in order
+    names = [d.name for d in conn.execute("select * from fleet_overview()").description]
+    assert names[-6:] == ["last_poll_at", *cols, "history_simulated_until"]
+
+
+def test_fleet_overview_counts_the_hours_of_a_windows_first_partial_day(conn, teams):
+    pve1 = teams.servers["pve1"]
+    # Given hourly rows 7 days and 1 hour ago (outside 7 d), 6 days 23 hours ago (inside: it is in the
+    # partial first day or a whole day, depending on the time of day) — both in the 30-day window
+    now_hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    outside, inside = now_hour - timedelta(days=7, hours=1), now_hour - timedelta(days=6, hours=23)
+    daily: dict = {}
+    for when, ok in ((outside, 0), (inside, 10)):
+        add_rollup(conn, pve1, "connection_metrics_hourly", "hour", when, 10, ok)
+        daily[when.date()] = (daily.get(when.date(), (0, 0))[0] + 10, daily.get(when.date(), (0, 0))[1] + ok)
+    for day, (attempts, ok) in daily.items():
+        add_rollup(conn, pve1, "connection_metrics_daily", "day", day, attempts, ok)
+    conn.commit()
+    row = conn.execute("select uptime_7d, uptime_30d from fleet_overview() where id = %s", (pve1,)).fetchone()
+    # When both fall on one UTC day, that day is partial in the 7-day window: only `inside` counts
+    if outside.date() == inside.date():
+        assert (float(row["uptime_7d"]), float(row["uptime_30d"])) == (100.0, 50.0)
+    else:   # `inside` opens a whole day of the window
+        assert float(row["uptime_7d"]) == 100.0
