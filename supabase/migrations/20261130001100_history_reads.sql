@@ -108,25 +108,17 @@ returns table (
   last_poll_at timestamptz, uptime_24h numeric, uptime_7d numeric, uptime_30d numeric, uptime_90d numeric,
   history_simulated_until timestamptz)
 language sql stable security invoker set search_path = public, pg_temp as $$
-  with k as materialized (
-    -- For a window of N days: its start sN, the (partial) UTC day dN it starts in and that day's end
-    -- eN, and today's start.
-    select now() as t, date_trunc('day', now(), 'UTC') as today,
-           (date_trunc('day', now(), 'UTC') at time zone 'UTC')::date as today_d,
-           now() - interval '7 days' as s7, (date_trunc('day', now() - interval '7 days', 'UTC') at time zone 'UTC')::date as d7,
-           date_trunc('day', now() - interval '7 days', 'UTC') + interval '24 hours' as e7,
-           now() - interval '30 days' as s30, (date_trunc('day', now() - interval '30 days', 'UTC') at time zone 'UTC')::date as d30,
-           date_trunc('day', now() - interval '30 days', 'UTC') + interval '24 hours' as e30,
-           now() - interval '90 days' as s90, (date_trunc('day', now() - interval '90 days', 'UTC') at time zone 'UTC')::date as d90,
-           date_trunc('day', now() - interval '90 days', 'UTC') + interval '24 hours' as e90
-  ), h as (
+  -- Every bound is written out from now() (not read from a CTE) so the planner sees its value and
+  -- takes the range scans on hour and day; N days: from now() - N days, the rest of that (partial)
+  -- UTC day hour by hour, the whole days after it from the daily rollup, today hour by hour.
+  with h as (
     -- The last 24 hours (which hold today's hours).
     select r.server_id, sum(r.attempts) as a24, sum(r.successes) as s24,
            (sum(r.response_sum_ms) / nullif(sum(r.response_count), 0))::integer as avg_ms,
-           sum(r.attempts) filter (where r.hour >= k.today) as at,
-           sum(r.successes) filter (where r.hour >= k.today) as st
-    from public.connection_metrics_hourly r, k
-    where r.hour > k.t - interval '24 hours'
+           sum(r.attempts) filter (where r.hour >= date_trunc('day', now(), 'UTC')) as at,
+           sum(r.successes) filter (where r.hour >= date_trunc('day', now(), 'UTC')) as st
+    from public.connection_metrics_hourly r
+    where r.hour > now() - interval '24 hours'
     group by r.server_id
   ), e as (
     -- The first, partial day of each longer window, hour by hour.
@@ -135,24 +127,26 @@ language sql stable security invoker set search_path = public, pg_temp as $$
            sum(x.attempts) filter (where x.w = 30) as a30, sum(x.successes) filter (where x.w = 30) as s30,
            sum(x.attempts) filter (where x.w = 90) as a90, sum(x.successes) filter (where x.w = 90) as s90
     from (
-      select 7 as w, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r, k
-      where r.hour > k.s7 and r.hour < k.e7
+      select 7 as w, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r
+      where r.hour > now() - interval '7 days' and r.hour < date_trunc('day', now() - interval '7 days', 'UTC') + interval '24 hours'
       union all
-      select 30, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r, k
-      where r.hour > k.s30 and r.hour < k.e30
+      select 30, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r
+      where r.hour > now() - interval '30 days' and r.hour < date_trunc('day', now() - interval '30 days', 'UTC') + interval '24 hours'
       union all
-      select 90, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r, k
-      where r.hour > k.s90 and r.hour < k.e90
+      select 90, r.server_id, r.attempts, r.successes from public.connection_metrics_hourly r
+      where r.hour > now() - interval '90 days' and r.hour < date_trunc('day', now() - interval '90 days', 'UTC') + interval '24 hours'
     ) x
     group by x.server_id
   ), d as (
     -- The whole days between, from the daily rollup.
     select r.server_id,
-           sum(r.attempts) filter (where r.day > k.d7) as a7, sum(r.successes) filter (where r.day > k.d7) as s7,
-           sum(r.attempts) filter (where r.day > k.d30) as a30, sum(r.successes) filter (where r.day > k.d30) as s30,
+           sum(r.attempts) filter (where r.day > (date_trunc('day', now() - interval '7 days', 'UTC') at time zone 'UTC')::date) as a7,
+           sum(r.successes) filter (where r.day > (date_trunc('day', now() - interval '7 days', 'UTC') at time zone 'UTC')::date) as s7,
+           sum(r.attempts) filter (where r.day > (date_trunc('day', now() - interval '30 days', 'UTC') at time zone 'UTC')::date) as a30,
+           sum(r.successes) filter (where r.day > (date_trunc('day', now() - interval '30 days', 'UTC') at time zone 'UTC')::date) as s30,
            sum(r.attempts) as a90, sum(r.successes) as s90
-    from public.connection_metrics_daily r, k
-    where r.day > k.d90 and r.day < k.today_d
+    from public.connection_metrics_daily r
+    where r.day > (date_trunc('day', now() - interval '90 days', 'UTC') at time zone 'UTC')::date and r.day < (now() at time zone 'UTC')::date
     group by r.server_id
   )
   select s.id, s.tenant_id, t.name, s.name, s.base_url, s.fallback_url, s.tls_mode, s.connection_status,
