@@ -4,10 +4,13 @@ one statement trigger, what a partition lets the API roles see, and what deletin
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from tests.integration.test_history_and_rls import as_user
 from worker import db, retention
@@ -328,3 +331,54 @@ def test_fleet_overview_counts_the_hours_of_a_windows_first_partial_day(conn, te
         assert (float(row["uptime_7d"]), float(row["uptime_30d"])) == (100.0, 50.0)
     else:   # `inside` opens a whole day of the window
         assert float(row["uptime_7d"]) == 100.0
+
+
+# ----------------------------------------------------------------------------- the migration
+
+
+def test_the_partitioning_migration_keeps_every_existing_poll_and_builds_the_daily_rollup(pg_server):
+    # Given a database migrated up to just before the partitioning (sql/compat.sql, then each
+    # migration in order, as `supabase db push` applies them), with polls of three days
+    root = Path(__file__).resolve().parents[2]
+    name = f"pw_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.url, autocommit=True) as admin:
+        admin.execute(f"create database {name}")
+    url = pg_server.url.rsplit("/", 1)[0] + "/" + name
+    migrations = sorted((root / "supabase" / "migrations").glob("*.sql"))
+    before = [m for m in migrations if m.name < "20261130001000"]
+    try:
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            conn.execute((root / "sql" / "compat.sql").read_text())
+            for m in before:
+                conn.execute(m.read_text())
+            conn.execute("insert into tenants (name) values ('acme');"
+                         "insert into proxmox_servers (tenant_id, name, base_url, auth_kind)"
+                         " select id, 'pve1', 'https://pve1.test:8006', 'token' from tenants")
+            conn.execute("insert into connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms,"
+                         " error_kind) select s.id, s.tenant_id, now() - d * interval '1 day' - m * interval '1 minute',"
+                         " m % 2 = 0, case when m % 2 = 0 then 10 end, case when m % 2 = 1 then 'timeout' end"
+                         " from proxmox_servers s, generate_series(0, 2) d, generate_series(0, 9) m")
+            old = conn.execute("select id, scheduled_at, success from connection_metrics order by id").fetchall()
+            # When the rest of the migrations run
+            for m in migrations[len(before):]:
+                conn.execute(m.read_text())
+            # Then every poll is there with its id, in the partition of its day; the daily rollup
+            # holds the hourly one's days; new polls take ids after the old ones and are rolled up
+            moved = conn.execute("select id, scheduled_at, success, tableoid::regclass::text as part"
+                                 " from connection_metrics order by id").fetchall()
+            assert [(r["id"], r["scheduled_at"], r["success"]) for r in moved] == \
+                   [(r["id"], r["scheduled_at"], r["success"]) for r in old]
+            assert all(r["part"] == f"connection_metrics_p{r['scheduled_at'].astimezone(timezone.utc):%Y%m%d}"
+                       for r in moved)
+            assert conn.execute("select sum(attempts) as n, sum(successes) as ok from connection_metrics_daily"
+                                ).fetchone() == {"n": 30, "ok": 15}
+            new = conn.execute("insert into connection_metrics (server_id, tenant_id, scheduled_at, success,"
+                               " response_time_ms) select id, tenant_id, now() + interval '1 second', true, 5"
+                               " from proxmox_servers returning id").fetchone()["id"]
+            assert new > max(r["id"] for r in old)
+            assert conn.execute("select sum(attempts) as n from connection_metrics_daily").fetchone()["n"] == 31
+            assert conn.execute("select to_regclass('public.connection_metrics_unpartitioned') as t"
+                                ).fetchone()["t"] is None
+    finally:
+        with psycopg.connect(pg_server.url, autocommit=True) as admin:
+            admin.execute(f"drop database if exists {name} with (force)")
