@@ -47,9 +47,14 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp set time
 declare
   change text;
   overflow_id bigint;
+  root text;
 begin
+  -- A partition's change is published under its root (publish_via_partition_root), the name
+  -- subscribers know: connection_metrics, not connection_metrics_p20261130. sync_triggers passes
+  -- the published table's name (a trigger on a partitioned table fires on its partitions).
+  root := coalesce(TG_ARGV[0], TG_TABLE_NAME);
   change := json_build_object(
-    's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME, 'op', TG_OP,
+    's', TG_TABLE_SCHEMA, 't', root, 'op', TG_OP,
     'ts', to_char(clock_timestamp(), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
     'new', case when TG_OP <> 'DELETE' then to_jsonb(NEW) end,
     'old', case when TG_OP <> 'INSERT' then to_jsonb(OLD) end,
@@ -78,13 +83,14 @@ begin
                         and t.tgname = 'proxwatch_realtime_capture')
   loop
     execute format('create trigger proxwatch_realtime_capture after insert or update or delete on %I.%I'
-                   ' for each row execute function proxwatch_realtime.capture()', r.schemaname, r.tablename);
+                   ' for each row execute function proxwatch_realtime.capture(%L)', r.schemaname, r.tablename,
+                   r.tablename);
     return next format('%I.%I', r.schemaname, r.tablename);
   end loop;
   for r in
     select n.nspname as schemaname, c.relname as tablename from pg_trigger t
     join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
-    where t.tgname = 'proxwatch_realtime_capture'
+    where t.tgname = 'proxwatch_realtime_capture' and t.tgparentid = 0  -- not a partition's clone
       and not exists (select 1 from pg_publication_tables p where p.pubname = 'supabase_realtime'
                       and p.schemaname = n.nspname and p.tablename = c.relname)
   loop

@@ -73,7 +73,8 @@ def expire_sessions(scheduled_at: str) -> None:
 
 @dramatiq.actor(queue_name="inventory", retry_when=retries(2), min_backoff=5000, time_limit=1_800_000, max_age=3_600_000)
 def purge_expired(scheduled_at: str) -> None:
-    """Delete audit rows and finished operations past their retention, in committed batches."""
+    """Delete audit rows and finished operations past their retention, in committed batches; prune the
+    history tiers (raw partitions made ahead, old ones dropped; rollup rows in batches)."""
     with _services().pool.connection() as conn:
         retention.purge(conn, broker.SETTINGS.retention)
 

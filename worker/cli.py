@@ -86,6 +86,28 @@ def db_migrate() -> None:
     out.print(report)
 
 
+@db_app.command("prune")
+@guarded
+def db_prune(dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed")) -> None:
+    """Prune the history tiers now (what the hourly purge job does): raw partitions past
+    PROXWATCH_RAW_RETENTION_DAYS, hourly and daily rollup rows past theirs."""
+    from worker import retention
+
+    with database(default_tenant=False) as (_, conn):
+        r = settings_mod.load().retention
+        pruned = retention.prune(conn, r, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"raw polls (kept {r.raw_days} days): {verb} {len(pruned.partitions)} partition(s)"
+              + (" — skipped: another pruner is at work" if pruned.raw_skipped else ""))
+    for p in pruned.partitions:
+        rows = "? rows (not analyzed yet)" if p.estimated_rows is None else f"~{p.estimated_rows:,} rows"
+        out.print(f"  {p.name}  {p.day}  {rows}  {p.bytes / 1e6:.1f} MB" + ("" if p.state == "attached"
+                                                                          else f"  ({p.state})"))
+    out.print(f"hourly rollup (kept {r.hourly_days} days): {verb} {pruned.hourly_rows:,} rows")
+    out.print(f"daily rollup (kept {f'{r.daily_days} days' if r.daily_days else 'forever'}): "
+              f"{verb} {pruned.daily_rows:,} rows")
+
+
 # ------------------------------------------------------------------------------------- tenants
 @tenants_app.command("add")
 @guarded
@@ -286,27 +308,49 @@ def poll(name: Optional[str] = typer.Argument(None, help="One server (default: a
 # ------------------------------------------------------------------------------------- history
 @app.command("history")
 @guarded
-def history(name: str, hours: int = typer.Option(24, "--hours", min=1, max=720),
-            as_json: bool = typer.Option(False, "--json"),
+def history(name: str,
+            hours: Optional[int] = typer.Option(None, "--hours", min=1, max=8784,
+                                                help="The last N hours (≤ 2: per minute; ≤ 336: per hour; else per day)"),
+            days: Optional[int] = typer.Option(None, "--days", min=1, max=366, help="The last N days (= 24·N hours)"),
+            as_json: bool = typer.Option(False, "--json", help="connection_history()'s JSON"),
+            as_csv: bool = typer.Option(False, "--csv", help="One line per bucket: time,attempts,success_rate,avg_ms"),
             tenant: Optional[str] = typer.Option(None, "--tenant")) -> None:
-    """Hourly success rate and latency of one server (connection_history)."""
+    """Success rate and latency of one server over a window of up to a year (connection_history),
+    per minute, hour or day — the coarsest tier that answers the window."""
+    if hours is not None and days is not None:
+        fail("give --hours or --days, not both")
+    if as_json and as_csv:
+        fail("give --json or --csv, not both")
+    window = days * 24 if days is not None else hours if hours is not None else 24
     with database() as (_, conn):
         sid = admin.find_server(conn, name, tenant)["id"]
-        data = conn.execute("select public.connection_history(%s, %s) as h", (sid, hours)).fetchone()["h"]
+        data = conn.execute("select public.connection_history(%s, %s) as h", (sid, window)).fetchone()["h"]
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    table = Table("hour (UTC)", "attempts", "success", "avg ms", title=f"{name}: last {hours} h")
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["time", "bucket", "attempts", "success_rate", "avg_response_ms"])
+        for h in data["hourly"]:
+            writer.writerow([h["time"], data["bucket"], h["attempts"], "" if h["successRate"] is None
+                             else h["successRate"], "" if h["avgResponseTime"] is None else h["avgResponseTime"]])
+        return
+    span = f"{days} days" if days is not None else f"{window} h"
+    table = Table(f"{data['bucket']} (UTC)", "attempts", "success", "avg ms",
+                  title=f"{name}: last {span}, per {data['bucket']}")
+    cut = {"minute": 16, "hour": 16, "day": 10}[data["bucket"]]
     for h in data["hourly"]:
         rate = h["successRate"]
         style = "dim" if rate is None else "green" if rate >= 99 else "yellow" if rate >= 80 else "red"
-        table.add_row(h["time"][:16].replace("T", " "), str(h["attempts"]), f"[{style}]{fmt(rate, '%')}[/]",
+        table.add_row(h["time"][:cut].replace("T", " "), str(h["attempts"]), f"[{style}]{fmt(rate, '%')}[/]",
                       fmt(h["avgResponseTime"]))
     out.print(table)
     sm = data["summary"]
     rate = 100.0 * sm["successCount"] / sm["totalAttempts"] if sm["totalAttempts"] else None
     out.print(f"{sm['totalAttempts']} polls, {fmt(rate and round(rate, 1), '%')} answered, "
-              f"average {fmt(sm['avgResponseTime'], ' ms')}")
+              f"average {fmt(sm['avgResponseTime'], ' ms')} (per {data['bucket']})")
 
 
 # ----------------------------------------------------------------------------------- incidents

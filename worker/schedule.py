@@ -38,7 +38,7 @@ def jobs(s: Settings) -> list[Job]:
         Job("check_alert_conditions", per_server=False, interval_s=30),    # rule thresholds, reminders
         Job("drain_alerts", per_server=False, interval_s=1),              # the alert outbox → messages
         Job("purge_alerts", per_server=False, interval_s=3600),             # alert history past its retention
-        Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations
+        Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations, history tiers
     ]
 
 

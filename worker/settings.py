@@ -213,6 +213,12 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "purge job.", _integer(1, 36500)),
     Var("PROXWATCH_OPERATIONS_RETENTION_DAYS", 90, "Days completed and failed operations are kept after they "
         "finished; pending and running ones are never deleted.", _integer(1, 36500)),
+    Var("PROXWATCH_RAW_RETENTION_DAYS", 7, "Days each poll (connection_metrics, partitioned by UTC day) is kept; "
+        "a day's partition is dropped whole once all of it is older.", _integer(1, 3650)),
+    Var("PROXWATCH_HOURLY_RETENTION_DAYS", 400, "Days the hourly rollup (connection_metrics_hourly) is kept.",
+        _integer(1, 36500)),
+    Var("PROXWATCH_DAILY_RETENTION_DAYS", 0, "Days the daily rollup (connection_metrics_daily) is kept; 0: as long "
+        "as the server exists.", _integer(0, 36500)),
     # -- Prometheus metrics
     Var("PROXWATCH_METRICS_HOST", "127.0.0.1", "Address the metrics endpoints listen on (the fleet exporter and "
         "each worker group's)."),
@@ -328,6 +334,9 @@ class AlertSettings:
 class RetentionSettings:
     audit_days: int = env("PROXWATCH_AUDIT_RETENTION_DAYS")
     operations_days: int = env("PROXWATCH_OPERATIONS_RETENTION_DAYS")
+    raw_days: int = env("PROXWATCH_RAW_RETENTION_DAYS")
+    hourly_days: int = env("PROXWATCH_HOURLY_RETENTION_DAYS")
+    daily_days: int = env("PROXWATCH_DAILY_RETENTION_DAYS")
 
 
 @dataclass(frozen=True)

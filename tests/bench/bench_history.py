@@ -119,6 +119,8 @@ def test_history(pg_server, db_url):
             "insert into proxmox_servers (tenant_id, name, base_url, auth_kind)"
             " select %s, 'pve' || lpad(n::text, 4, '0'), 'https://pve' || n || '.bench.test:8006', 'token'"
             " from generate_series(1, %s) n", (tenant, SERVERS))
+        # Raw polls are partitioned by UTC day: the days of the history need their partitions.
+        conn.execute(f"select ensure_metric_partitions(7, (now() - interval '{DAYS + 1} days')::date)")
         conn.execute("create unlogged table bench_servers as select row_number() over (order by name) as n, id,"
                      " tenant_id, random() * %s as phase_s from proxmox_servers", (step_s,))
         t_all = time.perf_counter()

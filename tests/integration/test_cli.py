@@ -114,3 +114,32 @@ def test_embedded_mode_starts_its_own_postgres_and_keeps_data_across_restarts(tm
         assert oct((home / "secrets.json").stat().st_mode & 0o777) == "0o600"
     finally:
         subprocess.run(["rm", "-rf", str(home)])
+
+
+def test_history_over_days_as_table_json_and_csv_and_prune_dry_run(cli, conn):
+    cli("tenants", "add", "acme")
+    cli("servers", "add", "pve1", "https://127.0.0.1:1", "--token", TOKEN, "--insecure")
+    # Given a day of pve1, 3 days ago, in the daily rollup: 90 of 100 polls answered, 40 ms
+    conn.execute("insert into connection_metrics_daily (server_id, tenant_id, day, attempts, successes,"
+                 " response_sum_ms, response_count) select id, tenant_id, current_date - 3, 100, 90, 3600, 90"
+                 " from proxmox_servers where name = 'pve1'")
+    conn.commit()
+    day = conn.execute("select to_char(current_date - 3, 'YYYY-MM-DD') as d").fetchone()["d"]
+    # --days 30: per day, the bucket named in the table
+    table = cli("history", "pve1", "--days", "30").stdout
+    assert "per day" in table and any(day in line and "100" in line and "90" in line for line in table.splitlines())
+    data = json.loads(cli("history", "pve1", "--days", "30", "--json").stdout)
+    assert data["bucket"] == "day" and len(data["hourly"]) == 30
+    lines = cli("history", "pve1", "--days", "30", "--csv").stdout.splitlines()
+    assert lines[0] == "time,bucket,attempts,success_rate,avg_response_ms" and len(lines) == 31
+    assert f"{day}T00:00:00Z,day,100,90.0,40" in lines and lines[1].endswith(",day,0,,")
+    assert json.loads(cli("history", "pve1", "--hours", "2", "--json").stdout)["bucket"] == "minute"
+    # Both windows, or a window over a year, are refused with a sentence
+    both = cli("history", "pve1", "--days", "2", "--hours", "2", ok=False)
+    assert both.returncode == 2 and "give --hours or --days, not both" in both.stderr
+    assert cli("history", "pve1", "--days", "367", ok=False).returncode == 2
+    # db prune --dry-run says what each tier would lose, and removes nothing
+    dry = cli("db", "prune", "--dry-run").stdout
+    assert "raw polls (kept 7 days): would remove 0 partition(s)" in dry
+    assert "hourly rollup (kept 400 days): would remove 0 rows" in dry and "daily rollup (kept forever)" in dry
+    assert count(conn, "connection_metrics_daily") == 1

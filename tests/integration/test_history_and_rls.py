@@ -59,7 +59,7 @@ def test_history_window_and_bad_arguments(add_server, conn):
     assert day["summary"]["totalAttempts"] == 0  # 30 h ago is outside the default 24 h window
     week = conn.execute("select connection_history(%s, 48) as h", (s["id"],)).fetchone()["h"]
     assert len(week["hourly"]) == 48 and week["summary"]["totalAttempts"] == 1
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 and 720"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="between 1 and 8784"):
         conn.execute("select connection_history(%s, 0)", (s["id"],))
     conn.rollback()
     with pytest.raises(psycopg.errors.NoDataFound, match="not found"):

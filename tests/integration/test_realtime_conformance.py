@@ -249,14 +249,15 @@ def test_a_delete_carries_the_replica_identity_and_filters_on_other_columns_fail
         metric = insert_metric(db_url, beta, 7)
         sql(db_url, "delete from public.connection_metrics where id = %s", (metric,))
         name, payload = await next_change(got)
-        assert name == "metrics" and payload["data"]["old_record"] == {"id": metric}  # RLS: the key only
+        assert name == "metrics" and payload["data"]["old_record"]["id"] == metric
+        assert payload["data"]["old_record"].keys() == {"id", "scheduled_at"}  # RLS: the key only
         # Server alpha deleted: its DELETE never matches `name=eq.…` (name is not in the identity);
         # the next change the subscriber gets is beta's next metric deletion.
         sql(db_url, "delete from public.proxmox_servers where id = %s", (alpha,))
         sentinel = insert_metric(db_url, beta, 8)
         sql(db_url, "delete from public.connection_metrics where id = %s", (sentinel,))
         name, payload = await next_change(got)
-        assert name == "metrics" and payload["data"]["old_record"] == {"id": sentinel}
+        assert name == "metrics" and payload["data"]["old_record"]["id"] == sentinel
         await client.close()
 
     run(scenario())
@@ -333,7 +334,10 @@ def test_a_change_over_one_megabyte_arrives_cut_with_the_413_error(standin, flee
 
 def test_a_delete_reaches_other_tenants_with_its_key_only(standin, fleet, db_url):
     """apply_rls: "if RLS enabled, we can't secure deletes so filter to pkey" — RLS is not applied
-    to a DELETE; only the key leaks. Every published table has RLS on and a surrogate key."""
+    to a DELETE; only the key leaks. Every published table has RLS on and a surrogate key — plus,
+    on the partitioned connection_metrics, the partition key scheduled_at, which Postgres requires
+    in a partitioned table's primary key (migration 20261130001000); a poll's time says nothing
+    the surrogate id did not already order."""
     alpha = fleet.servers["pve-alpha"]
     published = sql(db_url, "select c.relname, c.relrowsecurity from pg_publication_tables p join pg_class c"
                     " on c.oid = format('%%I.%%I', p.schemaname, p.tablename)::regclass"
@@ -344,14 +348,16 @@ def test_a_delete_reaches_other_tenants_with_its_key_only(standin, fleet, db_url
                " join pg_index i on i.indrelid = c.oid and i.indisprimary"
                " join pg_attribute a on a.attrelid = c.oid and a.attnum = any(i.indkey)"
                " where p.pubname = 'supabase_realtime' group by c.relname", ())
-    assert all(cols == ["id"] for _, cols in keys), keys
+    partitioned = {"connection_metrics": ["id", "scheduled_at"]}
+    assert all(sorted(cols) == partitioned.get(name, ["id"]) for name, cols in keys), keys
 
     async def scenario():
         bob, _, got, *_ = await official(standin, token_for(standin, BOB), {"m": {"table": "connection_metrics"}})
         metric = insert_metric(db_url, alpha, 3, message=None)
         sql(db_url, "delete from public.connection_metrics where id = %s", (metric,))
         data = (await next_change(got))[1]["data"]   # acme's insert never came: RLS; its delete did
-        assert data["type"] == "DELETE" and data["old_record"] == {"id": metric}
+        assert data["type"] == "DELETE" and set(data["old_record"]) == {"id", "scheduled_at"}
+        assert data["old_record"]["id"] == metric
         await bob.close()
 
     run(scenario())

@@ -139,7 +139,7 @@ def test_bad_arguments_get_a_clear_error(standin, fleet):
     assert caught.value.code == "22P02" and "uuid" in caught.value.message
     with pytest.raises(APIError) as caught:  # out of range, raised by the function
         client.rpc("connection_history", {"p_server_id": fleet.servers["pve-alpha"], "p_hours": 0}).execute()
-    assert caught.value.code == "22023" and "between 1 and 720" in caught.value.message
+    assert caught.value.code == "22023" and "between 1 and 8784" in caught.value.message
     token = client.auth.get_session().access_token
     raw = httpx.post(f"{standin.url}/rest/v1/rpc/fleet_overview", content=b"{not json",
                      headers={"apikey": standin.anon_key, "Authorization": f"Bearer {token}",

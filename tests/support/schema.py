@@ -6,7 +6,8 @@ One line per fact, grouped in sections, sorted; nothing that varies per run (OID
 names, the migrating user). Left out: PostgreSQL's own schemas, the supabase CLI's bookkeeping
 (supabase_migrations), objects of extensions, and what the embedded stand-in installs at runtime
 (sql/standin.sql, sql/realtime.sql: schema proxwatch_realtime, auth.sessions, auth.refresh_tokens and
-the proxwatch_realtime_capture triggers).
+the proxwatch_realtime_capture triggers). Partitions are left out too: they are made per day at
+runtime (public.ensure_metric_partitions) and their shape is their parent's; the parent is listed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _RELS = _SCHEMAS + """ and format('%%s.%%s', n.nspname, c.relname) <> all(%(skip
                     where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype in ('a', 'i')
                       and d.refclassid = 'pg_class'::regclass
                       and format('%%s.%%s', o_n.nspname, o.relname) = any(%(skip_tables)s))
+    and not c.relispartition
     and """ + _NOT_EXT.format(oid="c.oid")
 _GRANTEE = "case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end"
 
@@ -155,8 +157,8 @@ SECTIONS: dict[str, str] = {
         join pg_class c on c.oid = r.prrelid join pg_namespace n on n.oid = c.relnamespace
         where p.pubname = 'supabase_realtime'""",
     "publication supabase_realtime publishes": """
-        select format('all tables: %%s; insert %%s, update %%s, delete %%s, truncate %%s', puballtables,
-                      pubinsert, pubupdate, pubdelete, pubtruncate)
+        select format('all tables: %%s; insert %%s, update %%s, delete %%s, truncate %%s; via partition root %%s',
+                      puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot)
         from pg_publication where pubname = 'supabase_realtime'""",
     "replica identity": f"""
         select format('%%s.%%s %%s', n.nspname, c.relname,

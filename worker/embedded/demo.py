@@ -1,14 +1,20 @@
 """The simulated fleet of `proxwatch demo`: fakepve servers (a third-party fake PVE API over real
 HTTPS, an optional extra) with different behaviour, registered in tenant "demo".
 
-Nothing is fabricated: the dashboard's history comes from real polls of these servers.
+At its first start the demo backfills 30 days of simulated history for these servers
+(backfill_history: hourly and daily rollups, the last hours as raw polls, incidents for the
+outages), consistent with each one's character below, so charts, uptime figures and incidents are
+full from the first page. It is marked as simulated: proxmox_servers.history_simulated_until is the
+end of the simulation, and fleet_overview() returns it. Everything after that time comes from real
+polls of these servers.
 
 - pve-lab      healthy, ~15 ms, API token, pinned certificate fingerprint
 - pve-colo     healthy but far away (~180 ms), password login
 - pve-cluster  a 3-node cluster with one node offline → degraded
 - pve-branch   a flaky link: 40 % of requests are dropped → flaps, degraded
 - pve-remote   primary address refuses; answers on its fallback (Tailscale-like) address → degraded
-- pve-old      nothing answers → offline after three polls
+- pve-old      nothing answers → offline after three polls (simulated: an outage last week, and
+               down since shortly before the demo started)
 
 `proxwatch demo --servers N` adds N more (worker/embedded/simfleet.py: one light simulator for all of
 them, in tenants demo-north / demo-south / demo-west).
@@ -18,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -194,3 +202,57 @@ class DemoFleet:
                 name=sim.name, url=f"https://{sim.host}:{PORT}", tenant=sim.tenant, interval=POLL_INTERVAL_S,
                 fingerprint=self.fingerprint, token=f"{TOKEN[0]}!{TOKEN[1]}={TOKEN[2]}"))
         return [sim.name for sim in self.extra]
+
+
+# The simulated history of each server: share of polls answered, typical latency (ms), and the
+# error of a failed poll; outages as (start, end) offsets before the end of the simulation in hours
+# (end None: still down when the simulation ends).
+HISTORY = {
+    "pve-lab": dict(ok=1.0, ms=15),
+    "pve-colo": dict(ok=1.0, ms=180),
+    "pve-cluster": dict(ok=1.0, ms=40),
+    "pve-branch": dict(ok=0.6, ms=60, kind="network", message="Connection reset by peer (flaky link)"),
+    "pve-remote": dict(ok=1.0, ms=80),
+    "pve-old": dict(ok=1.0, ms=25, outages=[(7 * 24 + 3, 7 * 24 - 2), (2, None)]),
+}
+OUTAGE = ("refused", "Connection refused: nothing listens on port 8006")
+HISTORY_DAYS = 30
+RAW_HOURS = 6   # the most recent hours as raw polls (every 5 s); older ones as rollups only
+
+
+def backfill_history(conn: psycopg.Connection, days: int = HISTORY_DAYS, raw_hours: int = RAW_HOURS,
+                     until: datetime | None = None) -> list[str]:
+    """Simulated history for the demo servers that have none yet; returns their names.
+
+    1. claim the demo servers without history_simulated_until (locked: a second start waits, then
+       finds them marked and backfills nothing);
+    2. hours older than `raw_hours` straight into the hourly rollup, their days into the daily one;
+    3. the recent hours as raw polls every 5 s (the rollup trigger counts them);
+    4. the outages as incidents; mark the servers simulated up to `until` (now), all in one
+       transaction.
+    """
+    until = (until or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
+    raw_from = until.replace(minute=0) - timedelta(hours=raw_hours)
+    since = (until - timedelta(days=days)).replace(hour=0, minute=0)
+    servers = {r["name"]: r for r in admin.list_servers(conn, TENANT) if r["name"] in HISTORY}
+    ids = [str(r["id"]) for r in servers.values()]
+    claimed = {str(r["id"]) for r in conn.execute(db.q("demo_claim_backfill"), {"ids": ids}).fetchall()}
+    todo = {name: str(r["id"]) for name, r in servers.items() if str(r["id"]) in claimed}
+    if not todo:
+        conn.rollback()
+        return []
+    profiles, outages = [], []
+    for name, sid in todo.items():
+        h = HISTORY[name]
+        profiles.append({"server_id": sid, "ok": h["ok"], "ms": h["ms"], "kind": h.get("kind", "timeout"),
+                         "message": h.get("message", "no answer")})
+        for start, end in h.get("outages", []):
+            outages.append({"server_id": sid, "kind": OUTAGE[0], "message": OUTAGE[1],
+                            "from": (until.replace(minute=0) - timedelta(hours=start)).isoformat(),
+                            "to": None if end is None else (until.replace(minute=0) - timedelta(hours=end)).isoformat()})
+    args = {"profiles": json.dumps(profiles), "outages": json.dumps(outages), "since": since, "raw_from": raw_from,
+            "until": until, "ids": list(todo.values())}
+    for step in ("demo_backfill_hourly", "demo_backfill_raw", "demo_backfill_incidents", "demo_mark_simulated"):
+        conn.execute(db.q(step), args)
+    conn.commit()
+    return sorted(todo)

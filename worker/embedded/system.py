@@ -5,7 +5,8 @@ Steps of `run`:
    start at once): start Postgres (data under PROXWATCH_HOME) or attach to it, apply the migrations
    with the supabase CLI, make sure a tenant and the local admin exist;
 2. start Redis and the Supabase stand-in (RPC, Auth, Realtime);
-3. demo: start the simulated fleet and register it in tenant "demo";
+3. demo: start the simulated fleet, register it in tenant "demo" and, once, backfill its simulated
+   history (demo.backfill_history);
 4. start the Procfile's processes (worker, scheduler, console, metrics, web) with the endpoints in their env;
 5. print the dashboard's address and wait; Ctrl-C stops everything in reverse order.
 """
@@ -176,7 +177,7 @@ def run(s: Settings, demo: bool = False, demo_servers: int = 0) -> None:
             standin.start()
             stack.callback(standin.stop)
         if demo:
-            from worker.embedded.demo import DemoFleet
+            from worker.embedded.demo import HISTORY_DAYS, DemoFleet, backfill_history
 
             fleet = DemoFleet(s.home / "demo", extra=demo_servers)
             fleet.start()
@@ -185,8 +186,12 @@ def run(s: Settings, demo: bool = False, demo_servers: int = 0) -> None:
                 names = fleet.register(conn, ep)
                 if s.embedded:
                     ensure_local_admin(conn, ep)
+                backfilled = backfill_history(conn)
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6:,} more" if len(names) > 6 else "")
             print(f"proxwatch: simulated fleet up: {shown}", flush=True)
+            if backfilled:
+                print(f"proxwatch: backfilled {HISTORY_DAYS} days of simulated history for {', '.join(backfilled)}",
+                      flush=True)
         if port_in_use(s.web_port):
             raise EmbeddedError(f"port {s.web_port} is taken: set PROXWATCH_WEB_PORT to a free port")
         env = child_env(s, ep)
