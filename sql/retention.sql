@@ -40,6 +40,10 @@ select pg_advisory_unlock(hashtext('proxwatch:prune raw partitions')) as unlocke
 -- The raw partitions of yesterday to days_ahead days after today (the missing ones).
 select count(*) as created from public.ensure_metric_partitions(%(days_ahead)s);
 
+-- name: ensure_metric_partitions_from
+-- The missing raw partitions from a given day (a poll's, UTC) to days_ahead days after today.
+select name from public.ensure_metric_partitions(%(days_ahead)s, %(from)s::date) as name;
+
 -- name: expired_metric_partitions
 -- Raw partitions whose whole day is older than the retention, and the leftovers of an interrupted
 -- prune: a DETACH CONCURRENTLY that did not finish (pending), a detached table not dropped yet.

@@ -221,9 +221,24 @@ class Recorder:
         if not results:
             return 0
         started = time.perf_counter()
-        written = self._write(results, now or utcnow())
+        try:
+            written = self._write(results, now or utcnow())
+        except psycopg.errors.CheckViolation as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            # The day's raw partition is missing (the hourly job that makes them a week ahead did
+            # not run for that long): make it and write again, rather than lose the polls.
+            self._make_partitions(min(r.scheduled_at for r in results))
+            written = self._write(results, now or utcnow())
         metrics.observe_db_write(time.perf_counter() - started)
         return written
+
+    def _make_partitions(self, earliest: datetime) -> None:
+        with self.pool.connection() as conn:
+            made = conn.execute(db.q("ensure_metric_partitions_from"),
+                                {"days_ahead": 7, "from": earliest.astimezone(timezone.utc).date()}).fetchall()
+            conn.commit()
+        log.warning("made %d missing partitions of connection_metrics from %s", len(made), earliest.date())
 
     def _write(self, results: list[PollResult], now: datetime) -> int:
         with self.pool.connection() as conn, conn.pipeline():

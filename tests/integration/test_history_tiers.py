@@ -382,3 +382,20 @@ def test_the_partitioning_migration_keeps_every_existing_poll_and_builds_the_dai
     finally:
         with psycopg.connect(pg_server.url, autocommit=True) as admin:
             admin.execute(f"drop database if exists {name} with (force)")
+
+
+def test_the_worker_makes_a_missing_days_partition_instead_of_losing_its_polls(conn, teams, recorder):
+    # Given the partition of today gone (the job that makes them a week ahead has not run for long)
+    from worker.polling import PollResult
+
+    today = datetime.now(timezone.utc)
+    conn.execute(f"drop table connection_metrics_p{today:%Y%m%d}")
+    conn.commit()
+    # When the worker writes a poll of today
+    written = recorder.write([PollResult(server_id=str(teams.servers["pve1"]), scheduled_at=today, created_at=today,
+                                         success=True, response_time_ms=12)])
+    # Then the partition is made again and the poll is stored, rolled up as usual
+    assert written == 1
+    assert conn.execute("select count(*) as n from connection_metrics where server_id = %s",
+                        (teams.servers["pve1"],)).fetchone()["n"] == 1
+    assert tiers(conn, teams.servers["pve1"], today)[0][:2] == (1, 1)
