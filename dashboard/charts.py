@@ -28,7 +28,7 @@ FAILURE_COLOR = "#dc2626"
 
 # bucket → its width and how a person names one (the chart's tooltip, caption and CSV).
 BUCKETS = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1)}
-BUCKET_WORDS = {"minute": "minutes", "hour": "hours", "day": "days (UTC)"}
+BUCKET_WORDS = {"minute": "minutes", "hour": "hours", "day": "days"}
 
 
 def bucket_of(history: dict | None) -> str:

@@ -157,6 +157,9 @@ def _history(client, row: dict, rng: str) -> None:
     middle.metric("Avg response", f"{figures['avg_response_ms']} ms" if figures["avg_response_ms"] is not None
                   else "no data", border=True)
     right.metric("Attempts", f"{figures['attempts']:,}", border=True)
+    simulated = tables.simulated_note(row, hours)
+    if simulated:  # the demo's backfill: say so above the figures' chart
+        st.info(simulated, icon=":material/science:")
     if figures["attempts"] and hours == 1:
         st.altair_chart(charts.polls_chart(polls), width="stretch")
         st.caption("Each poll of the last hour: blue, its response time in ms; red bars, failed polls. "
@@ -164,15 +167,12 @@ def _history(client, row: dict, rng: str) -> None:
     elif figures["attempts"]:
         bucket = charts.bucket_of(history)
         st.altair_chart(charts.history_chart(history, hours), width="stretch")
-        st.caption(f"Per {bucket}{' (UTC days)' if bucket == 'day' else ''} — green: success rate % (left axis); "
-                   f"blue: average latency ms (right axis); grey bands: {charts.BUCKET_WORDS[bucket]} without "
-                   "polls (no data). " + ("Days are UTC days; other times are in your local time zone."
-                                          if bucket == "day" else "Times are in your local time zone."))
+        st.caption(f"Per {'UTC day' if bucket == 'day' else bucket} — green: success rate % (left axis); blue: "
+                   f"average latency ms (right axis); grey bands: {charts.BUCKET_WORDS[bucket]} without polls "
+                   "(no data). " + ("Days are UTC days, dated in UTC." if bucket == "day"
+                                    else "Times are in your local time zone."))
     else:
         st.info(f"No polls recorded for this server in the last {RANGE_WORDS[rng]}.")
-    simulated = tables.simulated_note(row, hours)
-    if simulated:
-        st.info(simulated, icon=":material/science:")
     st.download_button("Download CSV", csv, file_name=f"{row['name']}-{rng.replace(' ', '')}.csv",
                        mime="text/csv", icon=":material/download:", key="pw_history_csv")
 
