@@ -80,6 +80,14 @@ def summary_figures(history: dict | None) -> dict:
     }
 
 
+def gap_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs of consecutive buckets without polls in history_frame(): time (start of the first),
+    end (end of the last)."""
+    empty = ~frame["has_data"]
+    run = (empty != empty.shift()).cumsum()[empty]
+    return frame[empty].groupby(run).agg(time=("time", "first"), end=("end", "last")).reset_index(drop=True)
+
+
 def _time_axes(bucket: str, hours: int) -> tuple[alt.Axis, alt.Scale | None, list[alt.Tooltip]]:
     """The x axis, its scale and the tooltip's first line for a bucket. Minutes and hours are shown in
     the viewer's local time; a day bucket is a UTC day, so its axis and tooltip read in UTC (a local
@@ -104,21 +112,23 @@ def history_chart(history: dict | None, hours: int = 24) -> alt.LayerChart:
     def x(field: str) -> alt.X:
         return alt.X(f"{field}:T", title=None, axis=axis, **({"scale": scale} if scale is not None else {}))
 
+    dot = 28 if len(frame) <= 60 else 10  # a year of days: small dots, or they merge into a ribbon
     base = alt.Chart(frame).encode(x=x("time"))
     # Values are drawn at the middle of their bucket, inside the bucket's band.
     at_mid = alt.Chart(frame).encode(x=x("mid"))
 
-    gaps = base.transform_filter("!datum.has_data").mark_rect(color=GAP_COLOR).encode(x2="end:T")
+    # One band per run of empty buckets: a year of empty days is one grey band, not 300 slivers.
+    gaps = alt.Chart(gap_runs(frame)).mark_rect(color=GAP_COLOR).encode(x=x("time"), x2="end:T")
     success_y = alt.Y("success_rate:Q", title="Success rate %", scale=alt.Scale(domain=[0, 100]),
                       axis=alt.Axis(titleColor=SUCCESS_COLOR, orient="left", values=[0, 25, 50, 75, 100]))
     area = at_mid.mark_area(color=SUCCESS_COLOR, opacity=0.18, interpolate="monotone",
                           invalid="break-paths-filter-domains",
                           line={"color": SUCCESS_COLOR, "strokeWidth": 2}).encode(y=success_y)
-    success_points = at_mid.mark_point(color=SUCCESS_COLOR, filled=True, size=28).encode(y=success_y)
+    success_points = at_mid.mark_point(color=SUCCESS_COLOR, filled=True, size=dot).encode(y=success_y)
     latency_y = alt.Y("avg_response_ms:Q", title="Avg latency ms", scale=alt.Scale(zero=True, nice=True),
                       axis=alt.Axis(titleColor=LATENCY_COLOR, orient="right", grid=False))
     latency = at_mid.mark_line(color=LATENCY_COLOR, strokeWidth=2, invalid="break-paths-filter-domains",
-                             point=alt.OverlayMarkDef(color=LATENCY_COLOR, size=28, filled=True)).encode(y=latency_y)
+                             point=alt.OverlayMarkDef(color=LATENCY_COLOR, size=dot, filled=True)).encode(y=latency_y)
     # An invisible band per bucket carries the tooltip, so hovering anywhere in it shows it.
     hover = base.mark_rect(opacity=0).encode(
         x2="end:T",

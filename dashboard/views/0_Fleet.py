@@ -1,7 +1,8 @@
 """Fleet: the fleet table (search, status and tenant filters, sort by any column, pages, a heartbeat
-strip of each server's last polls), recent incidents and, per server, the history chart over a chosen
-range (1 h: every poll; 24 h and 7 d: hourly buckets; 30 d to a year: daily buckets) with its CSV, its incidents and its operations,
-live. A large fleet changes often: the page is redrawn at most every fleet_table.settle_s() seconds.
+strip of each server's last polls, uptime over a chosen range), recent incidents and, per server, the
+history chart over a chosen range (1 h: every poll; 24 h and 7 d: hourly buckets; 30 d to a year:
+daily buckets) with its CSV, its incidents and its operations, live. A large fleet changes often:
+the page is redrawn at most every fleet_table.settle_s() seconds.
 
 Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
 rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, its

@@ -8,7 +8,7 @@ import math
 import altair as alt
 import pytest
 
-from dashboard.charts import history_chart, history_csv, history_frame, summary_figures
+from dashboard.charts import gap_runs, history_chart, history_csv, history_frame, summary_figures
 from dashboard.tables import fleet_rows, simulated_note
 from dashboard.timefmt import local_datetime, relative_time
 
@@ -119,8 +119,9 @@ def test_day_buckets_are_a_day_wide_drawn_at_noon_and_empty_days_stay_gaps():
 
 
 def test_minute_buckets_are_a_minute_wide_and_an_answer_without_a_bucket_is_hourly():
-    minutes = {"bucket": "minute", "hourly": [{"time": f"2026-11-22T{10 + m // 60}:{m % 60:02d}:00Z", "successRate": 100.0,
-                                               "avgResponseTime": 5, "attempts": 6} for m in range(120)]}
+    minutes = {"bucket": "minute",
+               "hourly": [{"time": f"2026-11-22T{10 + m // 60}:{m % 60:02d}:00Z", "successRate": 100.0,
+                           "avgResponseTime": 5, "attempts": 6} for m in range(120)]}
     frame = history_frame(minutes)
     assert (frame["end"] - frame["time"]).dt.total_seconds().eq(60).all() and frame["bucket"].eq("minute").all()
     assert history_frame(history())["bucket"].eq("hour").all()
@@ -170,3 +171,9 @@ def test_a_range_reaching_before_the_demos_backfill_is_said_to_be_simulated():
         f"Simulated history before {local_datetime('2026-11-30T09:00:00Z')}, from the demo's backfill."
     assert simulated_note(row, 1, now) is None          # the last hour is real polls only
     assert simulated_note({"history_simulated_until": None}, 24 * 366, now) is None
+
+
+def test_consecutive_empty_buckets_are_one_grey_band():
+    runs = gap_runs(history_frame(days(empty=(3, 4, 5, 9))))
+    assert [(r.time.strftime("%d"), r.end.strftime("%d")) for r in runs.itertuples()] == [("03", "06"), ("09", "10")]
+    assert gap_runs(history_frame(days(empty=()))).empty
