@@ -1,12 +1,15 @@
-"""The 24 h history chart: pure functions from connection_history()'s JSON to pandas and Altair.
+"""The history chart: pure functions from connection_history()'s JSON to pandas and Altair.
 
 history (connection_history()'s JSON):
-    {"hourly": [{"time": "2026-11-22T09:00:00Z", "successRate": 83.3 | null,
+    {"bucket": "minute" | "hour" | "day",
+     "hourly": [{"time": "2026-11-22T09:00:00Z", "successRate": 83.3 | null,
                  "avgResponseTime": 35 | null, "attempts": 6}, ...],
      "summary": {"totalAttempts": 30, "successCount": 25, "avgResponseTime": 35 | null}}
 
-An hour without polls has successRate null: it stays null here (a gap, shaded "no data"), never
-100 % and never 0 %.
+The list is called "hourly" whatever the bucket: per minute (up to 2 h), per hour (up to 14 days)
+or per UTC day (beyond); `time` is the bucket's start in UTC. An answer without "bucket" (an older
+API) is hourly. A bucket without polls has successRate null: it stays null here (a gap, shaded
+"no data"), never 100 % and never 0 %.
 """
 
 from __future__ import annotations
@@ -23,24 +26,43 @@ LATENCY_COLOR = "#2563eb"
 GAP_COLOR = "#f1f2f4"
 FAILURE_COLOR = "#dc2626"
 
+# bucket → its width and how a person names one (the chart's tooltip, caption and CSV).
+BUCKETS = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1)}
+BUCKET_WORDS = {"minute": "minutes", "hour": "hours", "day": "days"}
+
+
+def bucket_of(history: dict | None) -> str:
+    """The history's bucket: "minute", "hour" or "day" ("hour" when the API does not say)."""
+    bucket = (history or {}).get("bucket") or "hour"
+    if bucket not in BUCKETS:
+        raise ValueError(f"connection_history answered an unknown bucket {bucket!r}: expected minute, hour or day")
+    return bucket
+
 
 def history_frame(history: dict | None) -> pd.DataFrame:
-    """One row per hour: time (UTC, tz-aware start), mid and end of the hour, success_rate (%), avg_response_ms, attempts,
-    and has_data. success_rate / avg_response_ms are NaN where the hour has no (successful) polls."""
+    """One row per bucket: time (UTC, tz-aware start), mid and end of the bucket, success_rate (%),
+    avg_response_ms, attempts, has_data, status ("no data" or ""), bucket, and day (the UTC date,
+    "2026-11-22", for day buckets; "" otherwise). success_rate / avg_response_ms are NaN where the
+    bucket has no (successful) polls."""
+    bucket = bucket_of(history)
+    width = BUCKETS[bucket]
     hourly = (history or {}).get("hourly") or []
     times = pd.to_datetime([h["time"] for h in hourly], utc=True)
     frame = pd.DataFrame({
         "time": times,
-        "mid": times + pd.Timedelta(minutes=30),
-        "end": times + pd.Timedelta(hours=1),
+        "mid": times + width / 2,
+        "end": times + width,
         "success_rate": pd.Series([h.get("successRate") for h in hourly], dtype="float64"),
         "avg_response_ms": pd.Series([h.get("avgResponseTime") for h in hourly], dtype="float64"),
         "attempts": pd.Series([int(h.get("attempts") or 0) for h in hourly], dtype="int64"),
     })
     frame["has_data"] = frame["attempts"] > 0
-    # An hour without polls is unknown, whatever a buggy source may claim.
+    # A bucket without polls is unknown, whatever a buggy source may claim.
     frame.loc[~frame["has_data"], "success_rate"] = float("nan")
+    frame.loc[~frame["has_data"], "avg_response_ms"] = float("nan")
     frame["status"] = frame["has_data"].map({True: "", False: "no data"})
+    frame["bucket"] = bucket
+    frame["day"] = [t.strftime("%Y-%m-%d") for t in times] if bucket == "day" else ""
     return frame
 
 
@@ -58,34 +80,62 @@ def summary_figures(history: dict | None) -> dict:
     }
 
 
-def history_chart(history: dict | None, hours: int = 24) -> alt.LayerChart:
-    """Success rate % (area, left axis, 0-100) and average latency ms (line, right axis) per hour,
-    x in the viewer's local time (HH:MM up to a day, the date beyond). Hours without polls are shaded
-    and read "no data"."""
-    frame = history_frame(history)
-    x_axis = alt.Axis(format="%H:%M" if hours <= 24 else "%b %d", labelAngle=0, tickCount=12, grid=False)
-    base = alt.Chart(frame).encode(x=alt.X("time:T", title=None, axis=x_axis))
-    # Values are drawn at the middle of their hour, inside the hour's band.
-    at_mid = alt.Chart(frame).encode(x=alt.X("mid:T", title=None, axis=x_axis))
+def gap_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs of consecutive buckets without polls in history_frame(): time (start of the first),
+    end (end of the last)."""
+    empty = ~frame["has_data"]
+    run = (empty != empty.shift()).cumsum()[empty]
+    return frame[empty].groupby(run).agg(time=("time", "first"), end=("end", "last")).reset_index(drop=True)
 
-    gaps = base.transform_filter("!datum.has_data").mark_rect(color=GAP_COLOR).encode(x2="end:T")
+
+def _time_axes(bucket: str, hours: int) -> tuple[alt.Axis, alt.Scale | None, list[alt.Tooltip]]:
+    """The x axis, its scale and the tooltip's first line for a bucket. Minutes and hours are shown in
+    the viewer's local time; a day bucket is a UTC day, so its axis and tooltip read in UTC (a local
+    axis would put its start on the evening before, west of Greenwich)."""
+    if bucket == "day":
+        axis = alt.Axis(format="%b %d" if hours <= 24 * 120 else "%b %Y", labelAngle=0, tickCount=12, grid=False)
+        return axis, alt.Scale(type="utc"), [alt.Tooltip("day:N", title="Day (UTC)")]
+    label = "%H:%M" if hours <= 24 else "%b %d"
+    axis = alt.Axis(format=label, labelAngle=0, tickCount=12, grid=False)
+    title, fmt = ("Minute", "%H:%M") if bucket == "minute" else ("Hour", "%H:%M" if hours <= 24 else "%b %d %H:%M")
+    return axis, None, [alt.Tooltip("time:T", title=title, format=fmt)]
+
+
+def history_chart(history: dict | None, hours: int = 24) -> alt.LayerChart:
+    """Success rate % (area, left axis, 0-100) and average latency ms (line, right axis) per bucket
+    (minute, hour or UTC day: the history's "bucket"); minutes and hours in the viewer's local time
+    (HH:MM up to a day, the date beyond), days as UTC dates. Buckets without polls are shaded and
+    read "no data"."""
+    frame = history_frame(history)
+    axis, scale, first = _time_axes(bucket_of(history), hours)
+
+    def x(field: str) -> alt.X:
+        return alt.X(f"{field}:T", title=None, axis=axis, **({"scale": scale} if scale is not None else {}))
+
+    dot = 28 if len(frame) <= 60 else 10  # a year of days: small dots, or they merge into a ribbon
+    base = alt.Chart(frame).encode(x=x("time"))
+    # Values are drawn at the middle of their bucket, inside the bucket's band.
+    at_mid = alt.Chart(frame).encode(x=x("mid"))
+
+    # One band per run of empty buckets: a year of empty days is one grey band, not 300 slivers.
+    gaps = alt.Chart(gap_runs(frame)).mark_rect(color=GAP_COLOR).encode(x=x("time"), x2="end:T")
     success_y = alt.Y("success_rate:Q", title="Success rate %", scale=alt.Scale(domain=[0, 100]),
                       axis=alt.Axis(titleColor=SUCCESS_COLOR, orient="left", values=[0, 25, 50, 75, 100]))
     area = at_mid.mark_area(color=SUCCESS_COLOR, opacity=0.18, interpolate="monotone",
                           invalid="break-paths-filter-domains",
                           line={"color": SUCCESS_COLOR, "strokeWidth": 2}).encode(y=success_y)
-    success_points = at_mid.mark_point(color=SUCCESS_COLOR, filled=True, size=28).encode(y=success_y)
+    success_points = at_mid.mark_point(color=SUCCESS_COLOR, filled=True, size=dot).encode(y=success_y)
     latency_y = alt.Y("avg_response_ms:Q", title="Avg latency ms", scale=alt.Scale(zero=True, nice=True),
                       axis=alt.Axis(titleColor=LATENCY_COLOR, orient="right", grid=False))
     latency = at_mid.mark_line(color=LATENCY_COLOR, strokeWidth=2, invalid="break-paths-filter-domains",
-                             point=alt.OverlayMarkDef(color=LATENCY_COLOR, size=28, filled=True)).encode(y=latency_y)
-    # An invisible band per hour carries the tooltip, so hovering anywhere in the hour shows it.
+                             point=alt.OverlayMarkDef(color=LATENCY_COLOR, size=dot, filled=True)).encode(y=latency_y)
+    # An invisible band per bucket carries the tooltip, so hovering anywhere in it shows it.
     hover = base.mark_rect(opacity=0).encode(
         x2="end:T",
-        tooltip=[alt.Tooltip("time:T", title="Hour", format="%H:%M" if hours <= 24 else "%b %d %H:%M"),
+        tooltip=[*first,
                  alt.Tooltip("success_rate:Q", title="Success rate %", format=".1f"),
                  alt.Tooltip("avg_response_ms:Q", title="Avg latency ms", format=".0f"),
-                 alt.Tooltip("attempts:Q", title="Attempts"),
+                 alt.Tooltip("attempts:Q", title="Attempts", format=","),
                  alt.Tooltip("status:N", title="Note")])
     success_layer = alt.layer(area, success_points, gaps)
     return (alt.layer(success_layer, latency, hover)
@@ -147,9 +197,12 @@ def polls_chart(polls: list[dict] | None, minutes: int = 60, now: datetime | Non
 
 # ------------------------------------------------------------------------------ CSV downloads
 def history_csv(history: dict | None) -> str:
-    """The hourly buckets shown, as CSV with local times ("no data" hours keep empty cells)."""
+    """The buckets shown, as CSV: the bucket (minute, hour, day), its start in local time and in UTC
+    (a day bucket is a UTC day), and its figures ("no data" buckets keep empty cells)."""
     frame = history_frame(history)
-    out = pd.DataFrame({"hour_start_local": [timefmt.local_datetime(t.to_pydatetime()) for t in frame["time"]],
+    out = pd.DataFrame({"bucket": frame["bucket"],
+                        "start_local": [timefmt.local_datetime(t.to_pydatetime()) for t in frame["time"]],
+                        "start_utc": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in frame["time"]],
                         "success_rate_pct": frame["success_rate"], "avg_response_ms": frame["avg_response_ms"],
                         "attempts": frame["attempts"]})
     return out.to_csv(index=False)

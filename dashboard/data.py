@@ -47,25 +47,10 @@ def fleet(client) -> list[dict]:
     return call(client, "fleet_overview", name_fn=True) or []
 
 
-class HistoryNotYet(DataError):
-    """History this long is not available yet: the API keeps hourly history for 30 days for now."""
-
-
-# connection_history() reads up to 720 hours until the long tiers land (issue 10, database side).
-# Its refusal of a longer window reads as "not available yet" here, and only here: remove this
-# when connection_history() answers up to a year.
-HISTORY_MAX_HOURS = 720
-
-
 def history(client, server_id: str, hours: int = 24) -> dict:
-    """connection_history(server, hours): hourly buckets and the summary; HistoryNotYet for a window
-    the API does not keep yet."""
-    try:
-        return call(client, "connection_history", {"p_server_id": server_id, "p_hours": hours}, name_fn=True)
-    except DataError as exc:
-        if hours > HISTORY_MAX_HOURS and "between 1 and 720" in str(exc):
-            raise HistoryNotYet() from None
-        raise
+    """connection_history(server, hours), 1 hour to a year: {"bucket": "minute" | "hour" | "day",
+    "hourly": [one entry per bucket], "summary"}."""
+    return call(client, "connection_history", {"p_server_id": server_id, "p_hours": hours}, name_fn=True)
 
 
 def server_polls(client, server_id: str, minutes: int = 60) -> list[dict]:

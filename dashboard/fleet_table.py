@@ -41,6 +41,7 @@ SORT_KEYS = {
     "Last check": lambda r: r.get("last_poll_at") or r.get("last_health_check_at"),
     "Avg latency": _latency,
     "24 h success": tables.success_24h,
+    "Uptime": tables.uptime,   # over Query.uptime_range (sort_key)
     "PVE": lambda r: _version_key(r.get("pve_version")) if r.get("pve_version") else None,
     "Nodes": lambda r: (r.get("nodes_online") or 0, r.get("nodes_total") or 0) if r.get("nodes_total") else None,
     "Connection": lambda r: tables.connection_notes(r) or "TLS verified",
@@ -59,6 +60,7 @@ class Query:
     descending: bool = False
     page: int = 1            # 1-based
     page_size: int = 50
+    uptime_range: str = "24 h"   # the Uptime column's range: a key of tables.UPTIME_RANGES
 
 
 def matches(row: dict, q: Query) -> bool:
@@ -72,12 +74,20 @@ def matches(row: dict, q: Query) -> bool:
     return True
 
 
-def sort_rows(rows: list[dict], column: str, descending: bool = False) -> list[dict]:
-    """Rows sorted by the column's raw value (numbers as numbers, times as times), ties by tenant and
-    name; rows without a value last in either direction."""
+def sort_key(column: str, uptime_range: str = "24 h"):
+    """The raw value a column sorts by (Uptime: over uptime_range)."""
     if column not in SORT_KEYS:
         raise ValueError(f"cannot sort by {column!r}: sort by one of {', '.join(SORT_COLUMNS)}")
-    key = SORT_KEYS[column]
+    if column == "Uptime":
+        tables.uptime({}, uptime_range)  # an unknown range fails here, once
+        return lambda r: tables.uptime(r, uptime_range)
+    return SORT_KEYS[column]
+
+
+def sort_rows(rows: list[dict], column: str, descending: bool = False, uptime_range: str = "24 h") -> list[dict]:
+    """Rows sorted by the column's raw value (numbers as numbers, times as times), ties by tenant and
+    name; rows without a value last in either direction."""
+    key = sort_key(column, uptime_range)
     by_name = sorted(rows, key=lambda r: ((r.get("tenant_name") or "").lower(), (r.get("name") or "").lower()))
     present = [r for r in by_name if key(r) is not None]
     missing = [r for r in by_name if key(r) is None]
@@ -99,7 +109,7 @@ def pages(total: int, page_size: int) -> int:
 def select(rows: list[dict], q: Query) -> tuple[list[dict], list[dict], int]:
     """(every matching row in order, the rows of the asked page, that page's number — clamped to the
     pages there are)."""
-    found = sort_rows([r for r in rows if matches(r, q)], q.sort, q.descending)
+    found = sort_rows([r for r in rows if matches(r, q)], q.sort, q.descending, q.uptime_range)
     page = min(max(1, q.page), pages(len(found), q.page_size))
     start = (page - 1) * q.page_size
     return found, found[start:start + q.page_size], page

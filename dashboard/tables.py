@@ -3,14 +3,18 @@ person reads. Pure functions; the pages draw them. The operations table is in da
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from dashboard import timefmt
 
 FLEET_STATUS = {"online": "● online", "degraded": "● degraded", "offline": "● offline", "unknown": "● unknown"}
 STATUS_COLOR = {"online": "#15803d", "degraded": "#b45309", "offline": "#b91c1c", "unknown": "#6b7280"}
-FLEET_COLUMNS = ["Status", "Server", "Tenant", "Last check", "Avg latency", "24 h success", "PVE", "Nodes",
-                 "Connection", "Last error"]
+FLEET_COLUMNS = ["Status", "Server", "Tenant", "Last check", "Avg latency", "24 h success", "Uptime", "PVE",
+                 "Nodes", "Connection", "Last error"]
+# The fleet table's uptime ranges: label → (fleet_overview() column, hours).
+UPTIME_RANGES = {"24 h": ("uptime_24h", 24), "7 d": ("uptime_7d", 24 * 7), "30 d": ("uptime_30d", 24 * 30),
+                 "90 d": ("uptime_90d", 24 * 90)}
+SIMULATED_MARK = "†"  # after an uptime figure that counts simulated history
 GUEST_STATUS = {"running": "● running", "stopped": "○ stopped", "paused": "◐ paused", "unknown": "? unknown"}
 GUEST_COLUMNS = ["Status", "ID", "Name", "Type", "Node", "Server", "CPU", "Memory", "Up", "Tags"]
 
@@ -19,6 +23,30 @@ def success_24h(row: dict) -> float | None:
     """24 h success % from the hourly rollup; None when nothing was polled (unknown, not 100 %)."""
     attempts = int(row.get("attempts_24h") or 0)
     return round(100.0 * int(row.get("successes_24h") or 0) / attempts, 1) if attempts else None
+
+
+def uptime(row: dict, rng: str = "24 h") -> float | None:
+    """Uptime % over the range ("24 h", "7 d", "30 d", "90 d"): polls answered, from fleet_overview();
+    None when nothing was polled (unknown, not 100 %)."""
+    if rng not in UPTIME_RANGES:
+        raise ValueError(f"no uptime for {rng!r}: choose one of {', '.join(UPTIME_RANGES)}")
+    value = row.get(UPTIME_RANGES[rng][0])
+    return float(value) if value is not None else None
+
+
+def simulated_until(row: dict, hours: float, now: datetime | None = None) -> datetime | None:
+    """When the last `hours` reach back before the server's history_simulated_until (the demo's
+    backfill), that time; None for a server with only real history in that window."""
+    until = timefmt.parse_time(row.get("history_simulated_until"))
+    start = (timefmt.parse_time(now) or datetime.now(timezone.utc)) - timedelta(hours=hours)
+    return until if until is not None and until > start else None
+
+
+def simulated_note(row: dict, hours: float, now: datetime | None = None) -> str | None:
+    """'Simulated history before 2026-11-30 14:03:00, from the demo's backfill.' (local time) when
+    the last `hours` include simulated history; None otherwise."""
+    until = simulated_until(row, hours, now)
+    return f"Simulated history before {timefmt.local_datetime(until)}, from the demo's backfill." if until else None
 
 
 def connection_notes(row: dict) -> str:
@@ -49,8 +77,18 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def fleet_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
-    """fleet_overview() rows → the fleet table's cells, as text a person reads."""
+def uptime_cell(row: dict, rng: str = "24 h", now: datetime | None = None) -> str:
+    """'99.2 %', '99.2 % †' when the range counts simulated history, '–' when nothing was polled."""
+    value = uptime(row, rng)
+    if value is None:
+        return "–"
+    marked = simulated_until(row, UPTIME_RANGES[rng][1], now) is not None
+    return f"{value:.1f} %" + (f" {SIMULATED_MARK}" if marked else "")
+
+
+def fleet_rows(rows: list[dict], now: datetime | None = None, uptime_range: str = "24 h") -> list[dict]:
+    """fleet_overview() rows → the fleet table's cells, as text a person reads; "Uptime" is over
+    uptime_range."""
     table = []
     for row in rows:
         status = row.get("connection_status") or "unknown"
@@ -65,6 +103,7 @@ def fleet_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
             "Last check": last_check(row, now),
             "Avg latency": f"{avg} ms" if avg is not None else "—",
             "24 h success": f"{rate:.1f} %" if rate is not None else "no data",
+            "Uptime": uptime_cell(row, uptime_range, now),
             "PVE": row.get("pve_version") or "—",
             "Nodes": f"{row.get('nodes_online') or 0}/{total}" if total else "—",
             "Connection": connection_notes(row) or "TLS verified",

@@ -1,7 +1,8 @@
 """Fleet: the fleet table (search, status and tenant filters, sort by any column, pages, a heartbeat
-strip of each server's last polls), recent incidents and, per server, the history chart over a chosen
-range (1 h: every poll; up to a year: hourly buckets) with its CSV, its incidents and its operations,
-live. A large fleet changes often: the page is redrawn at most every fleet_table.settle_s() seconds.
+strip of each server's last polls, uptime over a chosen range), recent incidents and, per server, the
+history chart over a chosen range (1 h: every poll; 24 h and 7 d: hourly buckets; 30 d to a year:
+daily buckets) with its CSV, its incidents and its operations, live. A large fleet changes often:
+the page is redrawn at most every fleet_table.settle_s() seconds.
 
 Reads only through the SQL API functions with the signed-in user's JWT (dashboard/data.py), and
 rereads when Supabase Realtime reports a change (dashboard/live.py: the fleet's server rows, its
@@ -48,19 +49,23 @@ def _status_style(value: str) -> str:
     return f"color: {tables.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
 
 
-def _fleet_table(rows: list[dict], beats: dict[str, list[dict]]) -> None:
-    """The page of servers on screen, with each one's heartbeat strip (a styled cell)."""
-    cells = tables.fleet_rows(rows)
+def _fleet_table(rows: list[dict], beats: dict[str, list[dict]], uptime_range: str) -> None:
+    """The page of servers on screen, with each one's heartbeat strip (a styled cell) and its uptime
+    over the chosen range (marked where that range counts the demo's simulated history)."""
+    cells = tables.fleet_rows(rows, uptime_range=uptime_range)
     strips = [fleet_table.padded(beats.get(row["id"], []), HEARTBEATS) for row in rows]
     for cell, strip in zip(cells, strips):
         cell[fleet_table.HEARTBEAT_COLUMN] = fleet_table.heartbeat_text(strip)
     columns = tables.FLEET_COLUMNS[:1] + [fleet_table.HEARTBEAT_COLUMN] + tables.FLEET_COLUMNS[1:]
-    frame = pd.DataFrame(cells, columns=columns)
+    frame = pd.DataFrame(cells, columns=columns).rename(columns={"Uptime": f"Uptime {uptime_range}"})
     css = [fleet_table.heartbeat_css(strip) for strip in strips]
     styled = frame.style.map(_status_style, subset=["Status"]).map(
         lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"]).apply(
         lambda _column: css, subset=[fleet_table.HEARTBEAT_COLUMN])
     st.table(styled, hide_index=True)
+    if any(tables.SIMULATED_MARK in cell["Uptime"] for cell in cells):
+        st.caption(f"{tables.SIMULATED_MARK} The uptime over {uptime_range} counts simulated history "
+                   "(the demo's backfill).")
 
 
 HEARTBEATS = 30  # polls in each server's strip
@@ -73,7 +78,7 @@ def _reset_page() -> None:
 def _fleet_query(rows: list[dict]) -> fleet_table.Query:
     """The search, filter, sort and page controls above the table (kept per browser session)."""
     tenants = sorted({row.get("tenant_name") or "" for row in rows})
-    search, status, tenant, sort, order = st.columns([3, 3, 3, 2, 1.3], vertical_alignment="bottom")
+    search, status, tenant, sort, order, uptime = st.columns([3, 3, 3, 2, 1.3, 1.3], vertical_alignment="bottom")
     q = fleet_table.Query()
     q.search = search.text_input("Search", key="pw_fleet_search", placeholder="Server name contains…",
                                  on_change=_reset_page)
@@ -83,6 +88,8 @@ def _fleet_query(rows: list[dict]) -> fleet_table.Query:
                                    on_change=_reset_page, disabled=len(tenants) < 2)
     q.sort = sort.selectbox("Sort by", fleet_table.SORT_COLUMNS, key="pw_fleet_sort", on_change=_reset_page)
     q.descending = order.toggle("Descending", key="pw_fleet_desc", on_change=_reset_page)
+    q.uptime_range = uptime.selectbox("Uptime over", list(tables.UPTIME_RANGES), key="pw_fleet_uptime",
+                                      help="The range of the table's Uptime column (and of sorting by it).")
     q.page_size = int(st.session_state.get("pw_fleet_page_size") or 50)
     q.page = int(st.session_state.get("pw_fleet_page") or 1)
     return q
@@ -123,10 +130,7 @@ def _server_detail(client, row: dict) -> None:
         st.warning(f"Last error: {plain(row['health_check_error'])}", icon=":material/error:")
 
     rng = st.segmented_control("Range", list(RANGES), default="24 h", key="pw_range", label_visibility="collapsed")
-    try:
-        _history(client, row, rng or "24 h")
-    except data.HistoryNotYet as exc:  # the range's chart only: the server's incidents and operations follow
-        st.info(plain(exc), icon=":material/hourglass_empty:")
+    _history(client, row, rng or "24 h")
     _incidents(client, f"Incidents of {plain(row['name'])}", row["id"])
     ops_ui.server_operations(client, row)  # Test SSH, Restart Service, Renew Certificate
 
@@ -138,7 +142,8 @@ RANGE_WORDS = {"1 h": "hour", "24 h": "24 hours", "7 d": "7 days", "30 d": "30 d
 
 
 def _history(client, row: dict, rng: str) -> None:
-    """The range's figures, chart (each poll for 1 h, hourly buckets beyond) and CSV download."""
+    """The range's figures, chart (each poll for 1 h, then the bucket connection_history chose: hours up
+    to 14 days, UTC days beyond), a note where the range reaches into simulated history, and the CSV."""
     hours = RANGES[rng]
     if hours == 1:
         # The last hour: every poll, with its outcome.
@@ -153,14 +158,20 @@ def _history(client, row: dict, rng: str) -> None:
     middle.metric("Avg response", f"{figures['avg_response_ms']} ms" if figures["avg_response_ms"] is not None
                   else "no data", border=True)
     right.metric("Attempts", f"{figures['attempts']:,}", border=True)
+    simulated = tables.simulated_note(row, hours)
+    if simulated:  # the demo's backfill: say so above the figures' chart
+        st.info(simulated, icon=":material/science:")
     if figures["attempts"] and hours == 1:
         st.altair_chart(charts.polls_chart(polls), width="stretch")
         st.caption("Each poll of the last hour: blue, its response time in ms; red bars, failed polls. "
                    "Times are in your local time zone.")
     elif figures["attempts"]:
+        bucket = charts.bucket_of(history)
         st.altair_chart(charts.history_chart(history, hours), width="stretch")
-        st.caption("Green: success rate % (left axis). Blue: average latency ms (right axis). "
-                   "Grey bands: hours without polls (no data). Times are in your local time zone.")
+        st.caption(f"Per {'UTC day' if bucket == 'day' else bucket} — green: success rate % (left axis); blue: "
+                   f"average latency ms (right axis); grey bands: {charts.BUCKET_WORDS[bucket]} without polls "
+                   "(no data). " + ("Days are UTC days, dated in UTC." if bucket == "day"
+                                    else "Times are in your local time zone."))
     else:
         st.info(f"No polls recorded for this server in the last {RANGE_WORDS[rng]}.")
     st.download_button("Download CSV", csv, file_name=f"{row['name']}-{rng.replace(' ', '')}.csv",
@@ -243,7 +254,7 @@ def _fleet_view(client, feeds: list) -> None:
     found, on_page, page = fleet_table.select(rows, q)
     if on_page:
         beats = _last_good("pw_last_beats", lambda: data.heartbeats(client, [r["id"] for r in on_page], HEARTBEATS))
-        _fleet_table(on_page, beats)
+        _fleet_table(on_page, beats, q.uptime_range)
     else:
         st.info("No server matches the search and filters.")
     _pager(q, page, len(found), len(rows), len(on_page))

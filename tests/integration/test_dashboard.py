@@ -41,6 +41,8 @@ def test_the_fleet_table_shows_the_servers_with_their_statuses(monkeypatch, stan
     assert alpha["Nodes"] == "3/3" and alpha["PVE"] == "9.1.4" and alpha["Last check"].endswith("s ago")
     assert "insecure TLS" in beta["Connection"] and "refused" in beta["Last error"]
     assert delta["24 h success"] == "no data" and delta["Last check"] == "never"
+    # Uptime over the default 24 h: alpha's polls all lie in the last day, so the same figure; "–" unpolled
+    assert alpha["Uptime 24 h"] == alpha["24 h success"] and delta["Uptime 24 h"] == "–"
     counts = metrics(app)
     assert (counts["Online"], counts["Offline"], counts["Unknown"], counts["Degraded"]) == ("1", "1", "1", "0")
     assert not app.error

@@ -217,6 +217,21 @@ def seed_large_fleet(db_url: str, n: int, polls: int = 30, tenants=LARGE_TENANTS
     return {r["name"]: str(r["id"]) for r in rows}
 
 
+def backfill_simulated(db_url: str, server_ids: list[str], days: int = 30, ok: float = 0.97, ms: int = 40) -> datetime:
+    """The demo's backfill (sql/demo.sql) for servers of any tenant: `days` of simulated hourly and
+    daily rollups up to two hours ago (clear of seed_large_fleet's recent raw polls), ~`ok` of the
+    polls answered in ~`ms`; the servers marked simulated up to now. Returns that time."""
+    until = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    raw_from = until.replace(minute=0) - timedelta(hours=1)
+    profiles = [{"server_id": sid, "ok": ok, "ms": ms, "kind": "timeout", "message": "no answer"} for sid in server_ids]
+    args = {"profiles": json.dumps(profiles), "outages": "[]", "ids": server_ids, "until": until,
+            "raw_from": raw_from, "since": (until - timedelta(days=days)).replace(hour=0, minute=0)}
+    with psycopg.connect(db_url) as conn:
+        conn.execute(db.q("demo_backfill_hourly"), args)
+        conn.execute(db.q("demo_mark_simulated"), args)
+    return until
+
+
 # -------------------------------------------------------------------------- guests and credentials
 def add_guest(conn, server_id: str, vmid: int, name: str, guest_type: str = "qemu", status: str = "running",
               node: str = "pve1") -> None:

@@ -1,14 +1,16 @@
-"""The history chart's data: hours without polls stay unknown (null), never 100 %."""
+"""The history chart's data: buckets (minute, hour, UTC day) as connection_history says, buckets
+without polls unknown (null), never 100 %; the simulated-history note."""
 
 from __future__ import annotations
 
 import math
 
 import altair as alt
+import pytest
 
-from dashboard.charts import history_chart, history_frame, summary_figures
-from dashboard.tables import fleet_rows
-from dashboard.timefmt import relative_time
+from dashboard.charts import gap_runs, history_chart, history_csv, history_frame, summary_figures
+from dashboard.tables import fleet_rows, simulated_note
+from dashboard.timefmt import local_datetime, relative_time
 
 
 def history(with_gap: bool = True) -> dict:
@@ -96,3 +98,82 @@ def test_fleet_rows_say_no_data_and_show_insecure_tls_and_fallback_plainly():
     assert rows[0]["Status"] == "● offline" and rows[0]["24 h success"] == "no data"
     assert "insecure TLS" in rows[0]["Connection"] and "fallback" in rows[0]["Connection"]
     assert rows[0]["Last error"] == "The server refused the connection." and rows[0]["Last check"] == "never"
+
+
+def days(n: int = 30, empty=(3,)) -> dict:
+    """A 30 d answer of connection_history: one bucket per UTC day, some without polls."""
+    buckets = [{"time": f"2026-11-{d:02d}T00:00:00Z", "successRate": None if d in empty else 99.5,
+                "avgResponseTime": None if d in empty else 40, "attempts": 0 if d in empty else 8640}
+               for d in range(1, n + 1)]
+    return {"bucket": "day", "hourly": buckets,
+            "summary": {"totalAttempts": 8640 * (n - len(empty)), "successCount": 8000, "avgResponseTime": 40}}
+
+
+def test_day_buckets_are_a_day_wide_drawn_at_noon_and_empty_days_stay_gaps():
+    frame = history_frame(days())
+    assert len(frame) == 30 and frame["bucket"].eq("day").all()
+    assert (frame["end"] - frame["time"]).dt.total_seconds().eq(86400).all()
+    assert frame["mid"].iloc[0].isoformat() == "2026-11-01T12:00:00+00:00"
+    assert frame["day"].iloc[2] == "2026-11-03" and frame["status"].iloc[2] == "no data"
+    assert math.isnan(frame["success_rate"].iloc[2]) and math.isnan(frame["avg_response_ms"].iloc[2])
+
+
+def test_minute_buckets_are_a_minute_wide_and_an_answer_without_a_bucket_is_hourly():
+    minutes = {"bucket": "minute",
+               "hourly": [{"time": f"2026-11-22T{10 + m // 60}:{m % 60:02d}:00Z", "successRate": 100.0,
+                           "avgResponseTime": 5, "attempts": 6} for m in range(120)]}
+    frame = history_frame(minutes)
+    assert (frame["end"] - frame["time"]).dt.total_seconds().eq(60).all() and frame["bucket"].eq("minute").all()
+    assert history_frame(history())["bucket"].eq("hour").all()
+    with pytest.raises(ValueError, match="unknown bucket 'week'"):
+        history_frame({"bucket": "week", "hourly": []})
+
+
+def tooltips(chart) -> list[dict]:
+    return next(layer["encoding"]["tooltip"] for layer in chart.to_dict()["layer"]
+                if "tooltip" in layer.get("encoding", {}))
+
+
+def test_a_day_chart_reads_utc_days_on_its_axis_and_in_its_tooltip():
+    chart = history_chart(days(), 24 * 30)
+    spec = chart.to_dict()
+    hover = next(layer for layer in spec["layer"] if "tooltip" in layer.get("encoding", {}))
+    assert hover["encoding"]["x"]["scale"] == {"type": "utc"} and hover["encoding"]["x"]["axis"]["format"] == "%b %d"
+    assert tooltips(chart)[0] == {"field": "day", "title": "Day (UTC)", "type": "nominal"}
+    rows = next(iter(spec["datasets"].values()))
+    assert rows[2]["success_rate"] is None and rows[2]["status"] == "no data"  # a gap, not 100 %
+    # A year of days labels its axis by month
+    assert history_chart(days(), 24 * 366).to_dict()["layer"][2]["encoding"]["x"]["axis"]["format"] == "%b %Y"
+
+
+def test_hour_and_minute_charts_say_hour_and_minute_in_local_time():
+    hour_tip = tooltips(history_chart(history(), 24 * 7))[0]
+    assert hour_tip["title"] == "Hour" and hour_tip["format"] == "%b %d %H:%M"
+    minutes = {"bucket": "minute", "hourly": [{"time": "2026-11-22T10:00:00Z", "successRate": 100.0,
+                                               "avgResponseTime": 5, "attempts": 6}]}
+    chart = history_chart(minutes, 2)
+    assert tooltips(chart)[0]["title"] == "Minute"
+    assert "scale" not in chart.to_dict()["layer"][2]["encoding"]["x"]  # local time
+
+
+def test_the_history_csv_says_its_bucket_and_keeps_empty_days_empty():
+    lines = history_csv(days()).splitlines()
+    assert lines[0] == "bucket,start_local,start_utc,success_rate_pct,avg_response_ms,attempts"
+    assert lines[1].startswith("day,") and ",2026-11-01T00:00:00Z,99.5,40.0,8640" in lines[1]
+    assert lines[3].endswith(",2026-11-03T00:00:00Z,,,0")
+
+
+def test_a_range_reaching_before_the_demos_backfill_is_said_to_be_simulated():
+    from datetime import datetime, timezone
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    row = {"history_simulated_until": "2026-11-30T09:00:00Z"}
+    assert simulated_note(row, 24, now) == \
+        f"Simulated history before {local_datetime('2026-11-30T09:00:00Z')}, from the demo's backfill."
+    assert simulated_note(row, 1, now) is None          # the last hour is real polls only
+    assert simulated_note({"history_simulated_until": None}, 24 * 366, now) is None
+
+
+def test_consecutive_empty_buckets_are_one_grey_band():
+    runs = gap_runs(history_frame(days(empty=(3, 4, 5, 9))))
+    assert [(r.time.strftime("%d"), r.end.strftime("%d")) for r in runs.itertuples()] == [("03", "06"), ("09", "10")]
+    assert gap_runs(history_frame(days(empty=()))).empty

@@ -1,11 +1,13 @@
 """The fleet table at scale: search, filters, sort by raw values (numbers as numbers, no value last),
-pages that clamp, the heartbeat strip, and the history CSVs."""
+pages that clamp, the heartbeat strip, the uptime column over a chosen range, and the history CSVs."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
-from dashboard import charts, fleet_table
+from dashboard import charts, fleet_table, tables
 from dashboard.fleet_table import Query
 
 
@@ -71,3 +73,31 @@ def test_the_csv_downloads_have_one_line_per_poll_or_hour_and_keep_unknown_hours
     hourly = {"hourly": [{"time": "2026-11-30T14:00:00Z", "successRate": None, "avgResponseTime": None,
                           "attempts": 0}]}
     assert charts.history_csv(hourly).splitlines()[1].endswith(",,,0")
+
+
+def test_the_uptime_column_shows_the_chosen_range_with_one_decimal_and_a_dash_when_unknown():
+    rows = [{**ROWS[0], "uptime_24h": 91.25, "uptime_7d": 99.04, "uptime_30d": None, "uptime_90d": None},
+            {**ROWS[1], "uptime_24h": None, "uptime_7d": None, "uptime_30d": None, "uptime_90d": None}]
+    assert [c["Uptime"] for c in tables.fleet_rows(rows)] == ["91.2 %", "–"]
+    assert [c["Uptime"] for c in tables.fleet_rows(rows, uptime_range="7 d")] == ["99.0 %", "–"]
+    assert "Uptime" in tables.FLEET_COLUMNS and list(tables.UPTIME_RANGES) == ["24 h", "7 d", "30 d", "90 d"]
+    with pytest.raises(ValueError, match="no uptime for '1 y'"):
+        tables.fleet_rows(rows, uptime_range="1 y")
+
+
+def test_sorting_by_uptime_uses_the_chosen_range_worst_first_and_unknown_last():
+    rows = [{**r, "uptime_24h": u24, "uptime_30d": u30}
+            for r, u24, u30 in zip(ROWS, (50.0, 100.0, 99.5, None), (99.9, 80.0, None, 97.0))]
+    assert names(fleet_table.sort_rows(rows, "Uptime")) == ["fra-2", "ams-9", "ams-10", "lon-1"]
+    assert names(fleet_table.sort_rows(rows, "Uptime", uptime_range="30 d")) == ["ams-10", "lon-1", "fra-2", "ams-9"]
+    found, _, _ = fleet_table.select(rows, Query(sort="Uptime", descending=True, uptime_range="30 d"))
+    assert names(found) == ["fra-2", "lon-1", "ams-10", "ams-9"]
+
+
+def test_an_uptime_that_counts_the_demos_simulated_history_is_marked():
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    backfilled = {**ROWS[1], "uptime_24h": 100.0, "uptime_7d": 98.5,
+                  "history_simulated_until": (now - timedelta(days=2)).isoformat()}
+    assert tables.uptime_cell(backfilled, "24 h", now) == "100.0 %"            # the last day is real polls
+    assert tables.uptime_cell(backfilled, "7 d", now) == f"98.5 % {tables.SIMULATED_MARK}"
+    assert tables.uptime_cell({**backfilled, "history_simulated_until": None}, "7 d", now) == "98.5 %"
