@@ -141,6 +141,8 @@ def rules_list(tenant: Optional[str] = typer.Option(None, "--tenant"),
     """The rules; a team without one gets the defaults (offline, recovered, certificates, failed
     operations on; degraded off)."""
     with database() as (_, conn):
+        if tenant is not None:
+            tenant = admin.tenant(conn, tenant)["name"]   # an unknown name is an error, not an empty list
         rows = conn.execute(db.q("alert_rules_list"), {"tenant": tenant}).fetchall()
     if as_json:
         _print_json(rows)
@@ -236,6 +238,8 @@ def silences_list(show_all: bool = typer.Option(False, "--all", help="Ended ones
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Active silences (and ended ones with --all)."""
     with database() as (_, conn):
+        if tenant is not None:
+            tenant = admin.tenant(conn, tenant)["name"]   # an unknown name is an error, not an empty list
         rows = conn.execute(db.q("alert_silences_list"), {"all": show_all, "tenant": tenant}).fetchall()
     if as_json:
         _print_json(rows)
