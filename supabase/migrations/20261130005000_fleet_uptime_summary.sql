@@ -71,7 +71,8 @@ $$;
 
 -- Waits for the rollup writers in flight and returns the time before it did: the refresh that
 -- follows (another transaction) may sum every hour before that time's hour. Null when every server
--- already has its summary for the last complete hour (nothing to do, no lock taken).
+-- already has its summary for the last complete hour (nothing to do, no lock taken), or when the
+-- writers did not finish within a second.
 create function public.fleet_uptime_barrier() returns timestamptz
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
@@ -83,7 +84,14 @@ begin
                  where u.server_id is null) then
     return null;
   end if;
-  lock table public.connection_metrics_hourly, public.connection_metrics_daily in share mode;
+  -- Writers queue behind this lock while it waits: give up after a second (a long transaction
+  -- writing rollups, a backfill), and try again at the job's next run.
+  perform set_config('lock_timeout', '1000', true);
+  begin
+    lock table public.connection_metrics_hourly, public.connection_metrics_daily in share mode;
+  exception when lock_not_available then
+    return null;
+  end;
   return t;
 end
 $$;
