@@ -25,6 +25,11 @@
 --     every window from the rollups as before.
 -- Windows are counted in hours (N × 24 h), as connection_history does, whatever the session's time
 -- zone (the same results in UTC, which the API uses).
+--
+-- Measured (tests/bench/bench_history_tiers.py, reading part, 1,000 servers with a year of rollups,
+-- on the shared 2-core machine, before and after in one session): as a member p50 239 ms → 37 ms
+-- (service_role 141 → 33 ms); without a current summary (the rollups' path, its day bounds now
+-- computed once rather than per row) 69 ms; the hourly refresh of 1,000 servers 157 ms.
 
 create table public.fleet_uptime (
   server_id uuid primary key references public.proxmox_servers (id) on delete cascade,
