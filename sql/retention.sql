@@ -101,3 +101,10 @@ with doomed as (
 )
 delete from public.connection_metrics_daily d using doomed
 where d.server_id = doomed.server_id and d.day = doomed.day;
+
+-- name: fleet_uptime_barrier
+-- Waits for the rollup writers in flight (null: every summary is current, nothing to do).
+select public.fleet_uptime_barrier() as barrier;
+
+-- name: refresh_fleet_uptime
+select public.refresh_fleet_uptime(%(barrier)s) as servers;

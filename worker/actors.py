@@ -79,6 +79,13 @@ def purge_expired(scheduled_at: str) -> None:
         retention.purge(conn, broker.SETTINGS.retention)
 
 
+
+@dramatiq.actor(queue_name="inventory", retry_when=retries(2), min_backoff=1000, max_age=30_000)
+def refresh_fleet_uptime(scheduled_at: str) -> None:
+    """fleet_overview()'s window sums for the last complete hour (a no-op while they are current)."""
+    with _services().pool.connection() as conn:
+        retention.refresh_fleet_uptime(conn)
+
 # ---- operations (worker/operations) ----
 @dramatiq.actor(queue_name="operations", retry_when=retries(3), min_backoff=1000, max_backoff=30_000, time_limit=3_600_000)
 def run_operation(operation_id: str) -> None:

@@ -125,3 +125,16 @@ def prune(conn, retention: RetentionSettings, dry_run: bool = False, batch: int 
     if retention.daily_days:
         out.daily_rows = _drain(conn, "purge_daily", retention.daily_days, batch, max_batches)
     return out
+
+
+def refresh_fleet_uptime(conn) -> int:
+    """fleet_overview()'s per-server window sums for the last complete hour (the fleet_uptime table);
+    returns the servers written, 0 when every one was already current. Two transactions: the first
+    waits for the rollup writers in flight, the second sums (see migration 20261130005000)."""
+    barrier = conn.execute(db.q("fleet_uptime_barrier")).fetchone()["barrier"]
+    conn.commit()
+    if barrier is None:
+        return 0
+    servers = conn.execute(db.q("refresh_fleet_uptime"), {"barrier": barrier}).fetchone()["servers"]
+    conn.commit()
+    return servers

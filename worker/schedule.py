@@ -39,6 +39,7 @@ def jobs(s: Settings) -> list[Job]:
         Job("drain_alerts", per_server=False, interval_s=1),              # the alert outbox → messages
         Job("purge_alerts", per_server=False, interval_s=3600),             # alert history past its retention
         Job("purge_expired", per_server=False, interval_s=3600),             # audit log, finished operations, history tiers
+        Job("refresh_fleet_uptime", per_server=False, interval_s=15),       # fleet_overview's sums, each new hour
     ]
 
 

@@ -333,6 +333,95 @@ def test_fleet_overview_counts_the_hours_of_a_windows_first_partial_day(conn, te
         assert float(row["uptime_7d"]) == 100.0
 
 
+
+def overview(conn) -> dict:
+    return {r["name"]: r for r in conn.execute("select * from fleet_overview()")}
+
+
+def overview_from_rollups(conn) -> dict:
+    """fleet_overview() summed from the rollups, as when no summary is current (undone after)."""
+    conn.commit()
+    conn.execute("update fleet_uptime set through_hour = through_hour - interval '1 hour'")
+    rows = overview(conn)
+    conn.rollback()
+    return rows
+
+
+def test_fleet_overview_reads_the_hourly_summary_and_late_polls_keep_it_exact(conn, teams):
+    pve1 = teams.servers["pve1"]
+    now = datetime.now(timezone.utc)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    # Given pve1 polled now, hours 3 and 23 hours ago, the first partial day of the 7-day window and
+    # whole days 3, 20 and 60 days ago
+    poll(conn, pve1, now)
+    for when, ok in ((hour - timedelta(hours=3), 8), (hour - timedelta(hours=23), 5),
+                     (hour - timedelta(days=7) + timedelta(hours=1), 10)):
+        add_rollup(conn, pve1, "connection_metrics_hourly", "hour", when, 10, ok, ms=50)
+    for days_ago, ok in ((3, 5), (20, 0), (60, 100)):
+        add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(days_ago), 100, ok)
+    conn.commit()
+    before = overview(conn)
+    # When the worker's job sums the windows for the last complete hour
+    assert retention.refresh_fleet_uptime(conn) == 3
+    summary = conn.execute("select through_hour from fleet_uptime where server_id = %s", (pve1,)).fetchone()
+    assert summary["through_hour"] == hour - timedelta(hours=1)
+    assert retention.refresh_fleet_uptime(conn) == 0        # current: nothing to do
+    # Then fleet_overview reads it and says exactly what the rollups say
+    assert overview(conn) == before == overview_from_rollups(conn)
+    # And late polls, a purge and a poll of the current hour keep it exact
+    poll(conn, pve1, hour - timedelta(hours=2, minutes=-1), success=False)     # a late poll
+    poll(conn, pve1, now - timedelta(seconds=1), success=False)                # this hour
+    add_rollup(conn, pve1, "connection_metrics_daily", "day", utc_day(10), 50, 0)   # a backfilled day
+    conn.execute("update connection_metrics_daily set successes = 40 where server_id = %s and day = %s",
+                 (pve1, utc_day(3)))
+    conn.execute("delete from connection_metrics_hourly where server_id = %s and hour = %s",
+                 (pve1, hour - timedelta(hours=23)))
+    conn.commit()
+    after = overview(conn)
+    assert after == overview_from_rollups(conn)
+    assert (after["pve1"]["attempts_24h"], after["pve1"]["uptime_90d"]) != (
+        before["pve1"]["attempts_24h"], before["pve1"]["uptime_90d"])
+    # And a server added since the summary is listed, from the rollups
+    conn.execute("insert into proxmox_servers (tenant_id, name, base_url, auth_kind) values (%s, 'pve3',"
+                 " 'https://127.0.0.1:12', 'token')", (teams.teams["acme"],))
+    conn.commit()
+    assert overview(conn)["pve3"]["uptime_24h"] is None and len(overview(conn)) == 4
+
+
+def test_a_member_sees_the_summary_of_their_own_tenant_only(conn, teams):
+    for name in ("pve1", "pveg"):
+        poll(conn, teams.servers[name], datetime.now(timezone.utc))
+    conn.commit()
+    retention.refresh_fleet_uptime(conn)
+    as_user(conn, teams.users["bob"])
+    assert [r["name"] for r in conn.execute("select name from fleet_overview()")] == ["pveg"]
+    assert [str(r["server_id"]) for r in conn.execute("select server_id from fleet_uptime")] == [teams.servers["pveg"]]
+    conn.rollback()
+    as_user(conn, teams.users["bob"], "anon")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("select * from fleet_uptime")
+    conn.rollback()
+
+
+def test_a_refresh_for_a_barrier_in_the_future_is_refused_with_a_sentence(conn, teams):
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match=r"the barrier .* is in the future: pass what fleet_uptime_barrier\(\) returned"):
+        conn.execute("select refresh_fleet_uptime(now() + interval '2 hours')")
+    conn.rollback()
+    assert conn.execute("select count(*) as n from fleet_uptime").fetchone()["n"] == 0
+
+
+def test_a_refresh_gives_way_to_a_long_transaction_writing_rollups(conn, teams, db_url):
+    # Given a transaction that wrote a rollup row and has not ended (a backfill, say)
+    with db.connect(db_url) as other:
+        add_rollup(other, teams.servers["pve1"], "connection_metrics_daily", "day", utc_day(5), 10, 10)
+        # When the job runs: its barrier waits a second at most (writers queue behind it), then gives up
+        assert retention.refresh_fleet_uptime(conn) == 0
+        assert conn.execute("select count(*) as n from fleet_uptime").fetchone()["n"] == 0
+        other.commit()
+    # And the next run, with nobody in the way, writes the summary
+    assert retention.refresh_fleet_uptime(conn) == 3
+
 # ----------------------------------------------------------------------------- the migration
 
 
