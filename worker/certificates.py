@@ -46,17 +46,12 @@ def store(conn, server_id, node: str, cert: dict, checked_at: datetime | None = 
 def check(pool: ConnectionPool, poller, server_id: str, checked_at: datetime | None = None) -> list[dict]:
     """Read and store every online node's served certificate; what was stored (a node that cannot be
     asked is logged and left as it was)."""
-    from worker.operations.context import refresh_nodes
+    from worker.operations.context import server_nodes
 
-    pair = poller.client(server_id)
-    if pair is None:
+    found_nodes = server_nodes(pool, poller, server_id, log)
+    if found_nodes is None:
         return []
-    row, client = pair
-    try:
-        nodes = refresh_nodes(pool, server_id, client)
-    except PveError as exc:
-        log.warning("certificate check of %s: the node list could not be read: %s", row["name"], exc.message)
-        return []
+    row, client, nodes = found_nodes
     stored = []
     for node in [n["node"] for n in nodes if n["online"]]:
         try:

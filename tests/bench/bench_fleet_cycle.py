@@ -42,7 +42,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.bench.reporting import table
+from tests.bench.reporting import baseline_tree, table
 from tests.support import processes
 from tests.support.processes import spawn
 from worker import admin, db
@@ -186,15 +186,6 @@ def read_phases(directory: Path) -> dict:
             t["rows"] += v["rows"]
             t["max"] = max(t["max"], v["max"])
     return total
-
-
-def baseline_tree(revision: str, into: Path) -> Path:
-    """worker/ and sql/ of a git revision, extracted under `into` (what its worker needs to run)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "worker", "sql"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 class Worker:

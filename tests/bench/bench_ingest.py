@@ -49,7 +49,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from tests.bench.reporting import table
+from tests.bench.reporting import baseline_tree, table
 from worker import db
 from worker.polling import PollResult, Recorder
 from worker.settings import load as load_settings
@@ -263,15 +263,6 @@ def copy_rows(url: str, n: int, batch: int | None = None) -> float:
     written, rolled = count_rows(url)
     assert written == n and rolled == n
     return elapsed
-
-
-def baseline_tree(revision: str, into: Path) -> Path:
-    """worker/ and sql/ of a git revision, extracted under `into`."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "worker", "sql"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 @pytest.mark.timeout(3600)

@@ -3,6 +3,11 @@ The stand-in as a process, the seeding and the waiting they share with the tests
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def pct(values, p: float) -> float:
     """The p-th percentile (0-100) of values, nearest rank; nan when there are none."""
@@ -22,3 +27,13 @@ def table(title, header, rows):
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(line.format(*r))
+
+
+def baseline_tree(revision: str, into: Path) -> Path:
+    """worker/ and sql/ of a git revision, extracted under `into` (what its worker needs to run), for a
+    benchmark that runs an older revision side by side with the current one."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "worker", "sql"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from worker import certificates, db
 from worker.operations.common import utcnow
-from worker.operations.context import Context, refresh_nodes
+from worker.operations.context import Context, server_nodes
 from worker.operations.requests import RequestRefused, enqueue
 from worker.operations.tasks import run_task
 from worker.polling import Poller
@@ -107,15 +107,10 @@ def renew_expiring(pool: ConnectionPool, poller: Poller, send: Callable[[str], N
     """Request a renewal (created_by 'cron') of every node's ACME certificate that expires
     within `within_days`, and hand each new one to the broker with `send`. Returns what it found
     per node: {"node", "notafter", "result"}."""
-    pair = poller.client(server_id)
-    if pair is None:
+    found_nodes = server_nodes(pool, poller, server_id, log)
+    if found_nodes is None:
         return []
-    row, client = pair
-    try:
-        nodes = refresh_nodes(pool, server_id, client)
-    except PveError as exc:
-        log.warning("certificate check of %s: the node list could not be read: %s", row["name"], exc.message)
-        return []
+    row, client, nodes = found_nodes
     limit = utcnow() + timedelta(days=within_days)
     found = []
     for node in [n for n in nodes if n["online"]]:

@@ -14,7 +14,7 @@ from worker import db
 from worker.crypto import Box
 from worker.operations.common import OperationFailed, Tuning
 from worker.polling import Poller
-from worker.pve import PveClient
+from worker.pve import PveClient, PveError
 
 
 class Context:
@@ -91,6 +91,21 @@ class Context:
             conn.execute(db.q("ops_set_task"), {"id": self.op["id"], "upid": upid, "node": node})
         self.op["upid"] = upid
         self.metadata["upid"] = upid
+
+
+def server_nodes(pool: ConnectionPool, poller: Poller, server_id: str, log,
+                 what: str = "certificate check") -> tuple[dict, PveClient, list[dict]] | None:
+    """(server row, client, its nodes) for a per-node check of one server; None when the server is
+    gone, disabled or its node list cannot be read (logged as `what`: it tries again next time)."""
+    pair = poller.client(server_id)
+    if pair is None:
+        return None
+    row, client = pair
+    try:
+        return row, client, refresh_nodes(pool, server_id, client)
+    except PveError as exc:
+        log.warning("%s of %s: the node list could not be read: %s", what, row["name"], exc.message)
+        return None
 
 
 def refresh_nodes(pool: ConnectionPool, server_id, client: PveClient) -> list[dict]:
