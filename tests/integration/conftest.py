@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.seed import TOKEN
-from worker import admin, db
+from tests.support.gateway import make_gateway
+from tests.support.seed import TOKEN, seed_teams
+from worker import admin, db, inventory
+from worker.crypto import Box
+from worker.polling import Poller
 
 
 @pytest.fixture
@@ -25,8 +28,6 @@ def add_server(conn, box, fingerprint):
 @pytest.fixture
 def poller(pool, box, settings):
     """The worker's Poller on this test's database."""
-    from worker.polling import Poller
-
     return Poller(pool, box, settings)
 
 
@@ -62,3 +63,24 @@ def alert_settings():
     from worker.settings import AlertSettings
 
     return AlertSettings(group_window_s=30, retry_min_s=10, retry_max_s=600, max_attempts=12, retention_days=90)
+
+
+@pytest.fixture
+def console_fleet(conn, secret_key, pve, fingerprint, pool, settings):
+    """The console tests' fleet: team acme with server pve1 = the fake PVE (pinned certificate), its
+    guests synced for real."""
+    pve.add_vm(100, "web", status="running")
+    pve.add_vm(101, "db", status="running")
+    pve.add_vm(102, "old", status="stopped")
+    f = seed_teams(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
+    result = inventory.sync_guests(Poller(pool, Box(secret_key), settings), f.servers["pve1"])
+    assert result.error_message is None and result.guests == 3
+    return f
+
+
+@pytest.fixture
+def gateway(db_url, secret_key):
+    """The console gateway on this test's database, stopped afterwards."""
+    gw = make_gateway(db_url, secret_key)
+    yield gw
+    gw.stop()

@@ -21,43 +21,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.support.gateway import make_gateway
+from tests.support.gateway import console_token, make_gateway, ready, session_rows
 from tests.support.processes import ROOT
-from tests.support.seed import add_ssh_access, call, seed_teams
+from tests.support.seed import add_ssh_access, call
 from tests.support.waiting import free_port, wait_until as wait_for
-from worker import consoles, db, inventory
-from worker.crypto import Box
-from worker.polling import Poller
-
-
-@pytest.fixture
-def fleet(conn, secret_key, pve, fingerprint, pool, settings):
-    """Team acme with server pve1 = the fake PVE (pinned certificate), its guests synced for real."""
-    pve.add_vm(100, "web", status="running")
-    pve.add_vm(101, "db", status="running")
-    pve.add_vm(102, "old", status="stopped")
-    f = seed_teams(conn, secret_key, servers={"pve1": ("acme", pve.url)}, fingerprint=fingerprint)
-    result = inventory.sync_guests(Poller(pool, Box(secret_key), settings), f.servers["pve1"])
-    assert result.error_message is None and result.guests == 3
-    return f
-
-
-@pytest.fixture
-def gateway(db_url, secret_key):
-    gw = make_gateway(db_url, secret_key)
-    yield gw
-    gw.stop()
-
-
-def console_token(uconn, fleet, user="olga", protocol="vnc", vmid=100, node=None) -> str:
-    return call(uconn, fleet.users[user], "select public.request_console(%s, %s, %s, %s) as r",
-                (fleet.servers["pve1"], protocol, vmid, node), many=False)["r"]["token"]
-
-
-def session_rows(conn) -> list[dict]:
-    conn.rollback()
-    return conn.execute("select id, status, close_reason, protocol, target, host(client_ip) as ip, user_email"
-                        " from public.connection_sessions order by started_at").fetchall()
+from worker import consoles, db
 
 
 def vnc_response(password: str, challenge: bytes) -> bytes:
@@ -91,15 +59,8 @@ class Stream:
         return self.buf
 
 
-def ready(ws) -> dict:
-    import json
-    first = json.loads(ws.recv(timeout=15))
-    assert first["type"] == "ready", first
-    return first
-
-
-def test_a_vnc_console_streams_the_rfb_handshake_through_the_gateway_both_ways(conn, uconn, fleet, gateway, pve):
-    token = console_token(uconn, fleet)
+def test_a_vnc_console_streams_the_rfb_handshake_through_the_gateway_both_ways(conn, uconn, console_fleet, gateway, pve):
+    token = console_token(uconn, console_fleet)
     # The console page is served for a valid link (without using it up).
     page = httpx.get(f"{gateway.url}/console", params={"token": token})
     assert page.status_code == 200 and "/static/novnc/core/rfb.js" in page.text and "web (qemu/100)" in page.text
@@ -134,8 +95,8 @@ def test_a_vnc_console_streams_the_rfb_handshake_through_the_gateway_both_ways(c
     assert audit["details"]["protocol"] == "vnc" and "PVEVNC" not in str(audit["details"])
 
 
-def test_a_terminal_console_pipes_input_and_output_and_ends_when_pve_ends_it(conn, uconn, fleet, gateway, pve):
-    token = console_token(uconn, fleet, protocol="term", vmid=101)
+def test_a_terminal_console_pipes_input_and_output_and_ends_when_pve_ends_it(conn, uconn, console_fleet, gateway, pve):
+    token = console_token(uconn, console_fleet, protocol="term", vmid=101)
     with gateway.ws(token) as ws:
         ready(ws)
         out = Stream(ws)
@@ -153,8 +114,8 @@ def test_a_terminal_console_pipes_input_and_output_and_ends_when_pve_ends_it(con
     assert row["close_reason"] == "the PVE side ended the console"
 
 
-def test_a_console_link_works_once(uconn, fleet, gateway):
-    token = console_token(uconn, fleet)
+def test_a_console_link_works_once(uconn, console_fleet, gateway):
+    token = console_token(uconn, console_fleet)
     with gateway.ws(token) as ws:
         ready(ws)
     with gateway.ws(token) as ws:
@@ -167,13 +128,13 @@ def test_a_console_link_works_once(uconn, fleet, gateway):
     assert httpx.get(f"{gateway.url}/console", params={"token": "nonsense"}).status_code == 410
 
 
-def test_at_the_host_limit_the_browser_gets_the_sentence_and_nothing_opens(conn, uconn, fleet, gateway, pve):
+def test_at_the_host_limit_the_browser_gets_the_sentence_and_nothing_opens(conn, uconn, console_fleet, gateway, pve):
     conn.execute(db.q("update_session_settings"), {"max_total": None, "max_per_host": 1, "stale_after": None,
                                                    "retention": None})
     conn.commit()
-    first = gateway.ws(console_token(uconn, fleet, vmid=100))
+    first = gateway.ws(console_token(uconn, console_fleet, vmid=100))
     ready(first)
-    with gateway.ws(console_token(uconn, fleet, vmid=101)) as second:
+    with gateway.ws(console_token(uconn, console_fleet, vmid=101)) as second:
         import json
         assert json.loads(second.recv(timeout=10)) == {
             "type": "error", "message": "maximum number of connections to host pve1 (1) reached"}
@@ -187,11 +148,11 @@ def test_at_the_host_limit_the_browser_gets_the_sentence_and_nothing_opens(conn,
     assert sum(1 for m, p, _ in pve.requests if p.endswith("/vncproxy")) == 1
 
 
-def test_an_admin_kill_drops_the_console_within_two_seconds(conn, uconn, fleet, gateway):
-    with gateway.ws(console_token(uconn, fleet)) as ws:
+def test_an_admin_kill_drops_the_console_within_two_seconds(conn, uconn, console_fleet, gateway):
+    with gateway.ws(console_token(uconn, console_fleet)) as ws:
         sid = ready(ws)["session_id"]
         killed_at = time.monotonic()
-        call(uconn, fleet.users["alice"], "select public.kill_session(%s)", (sid,))
+        call(uconn, console_fleet.users["alice"], "select public.kill_session(%s)", (sid,))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 ws.recv(timeout=5)
@@ -201,21 +162,21 @@ def test_an_admin_kill_drops_the_console_within_two_seconds(conn, uconn, fleet, 
     assert [r["status"] for r in session_rows(conn)] == ["killed"]
 
 
-def test_a_wrong_pinned_certificate_refuses_the_console_with_a_sentence(conn, uconn, fleet, gateway):
+def test_a_wrong_pinned_certificate_refuses_the_console_with_a_sentence(conn, uconn, console_fleet, gateway):
     conn.execute("update public.proxmox_servers set tls_fingerprint = %s", (":".join(["AB"] * 32),))
     conn.commit()
-    with gateway.ws(console_token(uconn, fleet)) as ws:
+    with gateway.ws(console_token(uconn, console_fleet)) as ws:
         import json
         message = json.loads(ws.recv(timeout=15))
     assert message["type"] == "error" and "does not match the pinned one" in message["message"]
     assert session_rows(conn) == []
 
 
-def test_a_browser_that_vanishes_without_closing_is_dropped_and_its_session_closed(conn, uconn, fleet, db_url,
+def test_a_browser_that_vanishes_without_closing_is_dropped_and_its_session_closed(conn, uconn, console_fleet, db_url,
                                                                                     secret_key):
     gw = make_gateway(db_url, secret_key, ping_s=2)
     try:
-        token = console_token(uconn, fleet)
+        token = console_token(uconn, console_fleet)
         # A raw client: it completes the WebSocket handshake, then never reads nor answers a ping again.
         sock = socket.create_connection(("127.0.0.1", gw.config.port))
         key = base64.b64encode(os.urandom(16)).decode()
@@ -230,7 +191,7 @@ def test_a_browser_that_vanishes_without_closing_is_dropped_and_its_session_clos
         gw.stop()
 
 
-def test_a_gateway_killed_outright_leaves_sessions_that_the_sweep_expires(conn, uconn, fleet, db_url, secret_key,
+def test_a_gateway_killed_outright_leaves_sessions_that_the_sweep_expires(conn, uconn, console_fleet, db_url, secret_key,
                                                                          fakepve_cafile):
     # Given `python -m worker.gateway` as its own process, holding one console
     port = free_port()
@@ -240,7 +201,7 @@ def test_a_gateway_killed_outright_leaves_sessions_that_the_sweep_expires(conn, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _answers(port), timeout=20, interval=0.2)
-        ws = ws_connect(f"ws://127.0.0.1:{port}/ws?token={console_token(uconn, fleet)}", open_timeout=10)
+        ws = ws_connect(f"ws://127.0.0.1:{port}/ws?token={console_token(uconn, console_fleet)}", open_timeout=10)
         ready(ws)
         # When the gateway dies without closing anything
         proc.send_signal(signal.SIGKILL)
@@ -267,9 +228,9 @@ def _answers(port: int) -> bool:
         return False
 
 
-def test_stopping_the_gateway_closes_its_sessions_with_the_reason(conn, uconn, fleet, db_url, secret_key):
+def test_stopping_the_gateway_closes_its_sessions_with_the_reason(conn, uconn, console_fleet, db_url, secret_key):
     gw = make_gateway(db_url, secret_key)
-    ws = gw.ws(console_token(uconn, fleet))
+    ws = gw.ws(console_token(uconn, console_fleet))
     ready(ws)
     gw.stop()
     with pytest.raises(ConnectionClosed) as closed:
@@ -280,9 +241,9 @@ def test_stopping_the_gateway_closes_its_sessions_with_the_reason(conn, uconn, f
 
 
 # ----------------------------------------------------------------------------------------- SSH
-def test_an_ssh_terminal_to_a_node_runs_echo_hi(conn, uconn, fleet, gateway, sshd, secret_key):
-    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["host_key"])
-    with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
+def test_an_ssh_terminal_to_a_node_runs_echo_hi(conn, uconn, console_fleet, gateway, sshd, secret_key):
+    add_ssh_access(conn, secret_key, console_fleet.servers["pve1"], sshd, sshd["host_key"])
+    with gateway.ws(console_token(uconn, console_fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
         hello = ready(ws)
         assert hello["protocol"] == "ssh" and hello["password"] is None
         ws.send(consoles.term_resize(100, 30))
@@ -299,10 +260,10 @@ def test_an_ssh_terminal_to_a_node_runs_echo_hi(conn, uconn, fleet, gateway, ssh
     assert row["close_reason"] == "the SSH side ended the console"
 
 
-def test_an_ssh_terminal_refuses_a_node_whose_host_key_is_not_the_pinned_one(conn, uconn, fleet, gateway, sshd,
+def test_an_ssh_terminal_refuses_a_node_whose_host_key_is_not_the_pinned_one(conn, uconn, console_fleet, gateway, sshd,
                                                                             secret_key):
-    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["other_host_key"])
-    with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
+    add_ssh_access(conn, secret_key, console_fleet.servers["pve1"], sshd, sshd["other_host_key"])
+    with gateway.ws(console_token(uconn, console_fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
         import json
         message = json.loads(ws.recv(timeout=15))
     assert message["type"] == "error"

@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.test_gateway import console_token, fleet, gateway, ready, session_rows  # noqa: F401 - fixtures
-from tests.support.gateway import make_gateway
+from tests.support.gateway import console_token, make_gateway, ready, session_rows
 from tests.support.seed import add_ssh_access
 from tests.support.waiting import wait_until
 from worker import consoles
@@ -30,10 +29,10 @@ def rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def test_a_browser_frame_over_the_limit_closes_the_console_with_a_sentence(conn, uconn, fleet, gateway, sshd,
+def test_a_browser_frame_over_the_limit_closes_the_console_with_a_sentence(conn, uconn, console_fleet, gateway, sshd,
                                                                           secret_key):
-    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["host_key"])
-    with gateway.ws(console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
+    add_ssh_access(conn, secret_key, console_fleet.servers["pve1"], sshd, sshd["host_key"])
+    with gateway.ws(console_token(uconn, console_fleet, protocol="ssh", vmid=None, node="pve1")) as ws:
         ready(ws)
         ws.send(consoles.term_input("x" * MAX_BROWSER_FRAME))
         with pytest.raises(ConnectionClosed) as closed:
@@ -52,15 +51,15 @@ def quick_gateway(db_url, secret_key):
     gw.stop()
 
 
-def test_input_for_a_shell_that_does_not_read_is_not_buffered_by_the_gateway(conn, uconn, fleet, quick_gateway,
+def test_input_for_a_shell_that_does_not_read_is_not_buffered_by_the_gateway(conn, uconn, console_fleet, quick_gateway,
                                                                             sshd, secret_key):
     """300 frames of almost 1 MiB into `sleep` (which never reads its raw terminal): the gateway
     awaits the SSH channel's drain, so it stops reading the browser; its channel buffer stays under
     a frame plus the high-water mark instead of holding everything (265 MiB before). The browser
     leaving meanwhile still ends the session (the heartbeat notices it)."""
     gateway = quick_gateway
-    add_ssh_access(conn, secret_key, fleet.servers["pve1"], sshd, sshd["host_key"])
-    token = console_token(uconn, fleet, protocol="ssh", vmid=None, node="pve1")
+    add_ssh_access(conn, secret_key, console_fleet.servers["pve1"], sshd, sshd["host_key"])
+    token = console_token(uconn, console_fleet, protocol="ssh", vmid=None, node="pve1")
     frame = consoles.term_input("x" * (MAX_BROWSER_FRAME - 64))
     before = rss_bytes()
     peaks = []

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
+from tests.support.seed import act_as
 from worker import admin
 
 
@@ -22,13 +23,6 @@ def insert_metric(conn, server, at, success, ms=None):
         "insert into connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms, error_kind,"
         " error_message) select id, tenant_id, %s, %s, %s, %s, %s from proxmox_servers where id = %s",
         (at, success, ms, None if success else "timeout", None if success else "no answer", server["id"]))
-
-
-def as_user(conn, user_id, role="authenticated"):
-    """Run the next statements as PostgREST would for this user's JWT."""
-    conn.execute("select set_config('request.jwt.claims', %s, true)",
-                 (json.dumps({"sub": str(user_id), "role": role}),))
-    conn.execute(f"set local role {role}")
 
 
 def test_history_buckets_polls_by_hour_and_leaves_empty_hours_unknown(add_server, conn):
@@ -96,7 +90,7 @@ def two_tenants(add_server, conn):
 def test_a_user_of_tenant_b_sees_nothing_of_tenant_a_through_functions_or_tables(two_tenants, conn):
     a, user_a, user_b = two_tenants
     tenant_a = conn.execute("select id from tenants where name = 'tenant-a'").fetchone()["id"]
-    as_user(conn, user_b["id"])
+    act_as(conn, user_b["id"])
     assert [r["name"] for r in conn.execute("select name from fleet_overview()")] == ["b-server"]
     for table in ("proxmox_servers", "connection_metrics", "connection_metrics_hourly", "tenants", "tenant_members"):
         rows = conn.execute(f"select * from {table}").fetchall()
@@ -107,7 +101,7 @@ def test_a_user_of_tenant_b_sees_nothing_of_tenant_a_through_functions_or_tables
         conn.execute("select connection_history(%s, 24)", (a["id"],))
     conn.rollback()
     # ...while tenant A's admin sees its own history
-    as_user(conn, user_a["id"])
+    act_as(conn, user_a["id"])
     h = conn.execute("select connection_history(%s, 24) as h", (a["id"],)).fetchone()["h"]
     assert h["summary"]["totalAttempts"] == 1
     conn.rollback()
@@ -127,7 +121,7 @@ def test_anon_cannot_read_servers_or_call_the_functions(two_tenants, conn):
 def test_nobody_changes_servers_through_the_table(two_tenants, conn):
     _, user_a, user_b = two_tenants
     for user in (user_b, user_a):  # a viewer, and an admin (who uses update_server())
-        as_user(conn, user["id"])
+        act_as(conn, user["id"])
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update proxmox_servers set name = 'renamed' returning id")
         conn.rollback()
@@ -147,7 +141,7 @@ def test_credentials_are_encrypted_unpublished_and_unreadable(add_server, conn, 
     assert "server_credentials" not in published
     _, user_a, _ = two_tenants
     for role in ("authenticated", "anon"):
-        as_user(conn, user_a["id"], role)
+        act_as(conn, user_a["id"], role)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from server_credentials")
         conn.rollback()
@@ -199,7 +193,7 @@ def test_fleet_heartbeats_gives_each_server_its_last_polls_oldest_first(add_serv
 
 def test_a_user_sees_the_polls_and_heartbeats_of_their_own_tenant_only(two_tenants, conn):
     a, user_a, user_b = two_tenants
-    as_user(conn, user_b["id"])
+    act_as(conn, user_b["id"])
     rows = conn.execute("select * from fleet_heartbeats()").fetchall()
     assert len(rows) == 1 and rows[0]["server_id"] != a["id"] and len(rows[0]["beats"]) == 1
     with pytest.raises(psycopg.errors.NoDataFound):

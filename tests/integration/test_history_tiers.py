@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.integration.test_history_and_rls import as_user
+from tests.support.seed import act_as
 from worker import db, retention
 from worker.settings import RetentionSettings
 
@@ -115,7 +115,7 @@ def test_a_partition_read_directly_shows_the_api_roles_nothing(conn, teams):
     part = f"connection_metrics_p{utc_day(0):%Y%m%d}"
     member = conn.execute("select user_id from tenant_members limit 1").fetchone()["user_id"]
     for role in ("authenticated", "anon"):
-        as_user(conn, member, role)
+        act_as(conn, member, role)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"select * from public.{part}")
         conn.rollback()
@@ -393,11 +393,11 @@ def test_a_member_sees_the_summary_of_their_own_tenant_only(conn, teams):
         poll(conn, teams.servers[name], datetime.now(timezone.utc))
     conn.commit()
     retention.refresh_fleet_uptime(conn)
-    as_user(conn, teams.users["bob"])
+    act_as(conn, teams.users["bob"])
     assert [r["name"] for r in conn.execute("select name from fleet_overview()")] == ["pveg"]
     assert [str(r["server_id"]) for r in conn.execute("select server_id from fleet_uptime")] == [teams.servers["pveg"]]
     conn.rollback()
-    as_user(conn, teams.users["bob"], "anon")
+    act_as(conn, teams.users["bob"], "anon")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("select * from fleet_uptime")
     conn.rollback()

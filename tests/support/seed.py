@@ -298,6 +298,14 @@ def as_user(conn: psycopg.Connection, user_id: str | None):
         yield conn
 
 
+def act_as(conn: psycopg.Connection, user_id, role: str = "authenticated") -> None:
+    """The rest of conn's current transaction runs as PostgREST runs a request with this user's JWT
+    (SET LOCAL role and the claims); the caller ends the transaction."""
+    conn.execute("select set_config('request.jwt.claims', %s, true)",
+                 (json.dumps({"sub": str(user_id), "role": role}),))
+    conn.execute(f"set local role {role}")
+
+
 def call(conn, user_id: str | None, sql: str, params=None, many: bool = True):
     """One API call as a user: the rows (or the first row when many=False). conn must be in autocommit
     mode, so the role lasts exactly one transaction."""
