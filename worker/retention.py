@@ -11,6 +11,7 @@ locks or its WAL for minutes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -40,6 +41,10 @@ class Pruned:
     daily_rows: int = 0
     partitions_made: int = 0
     raw_skipped: bool = False    # another pruner held the raw tier's lock
+    steps: list[tuple[str, float, float]] = field(default_factory=list)   # (step, start, end): perf_counter
+
+    def step(self, name: str, start: float) -> None:
+        self.steps.append((name, start, time.perf_counter()))
 
 
 @dataclass
@@ -86,6 +91,7 @@ def prune(conn, retention: RetentionSettings, dry_run: bool = False, batch: int 
     """
     out = Pruned()
     conn.commit()
+    t = time.perf_counter()
     if not dry_run:
         out.partitions_made = conn.execute(db.q("ensure_metric_partitions"),
                                            {"days_ahead": PARTITIONS_AHEAD}).fetchone()["created"]
@@ -93,6 +99,7 @@ def prune(conn, retention: RetentionSettings, dry_run: bool = False, batch: int 
     expired = [Partition(**r) for r in conn.execute(db.q("expired_metric_partitions"),
                                                    {"days": retention.raw_days}).fetchall()]
     conn.commit()
+    out.step("make partitions ahead, list expired", t)
     if dry_run:
         out.partitions = expired
     elif expired:
@@ -105,11 +112,15 @@ def prune(conn, retention: RetentionSettings, dry_run: bool = False, batch: int 
                 # Read again under the lock: a pruner that held it before may have dropped some.
                 for p in [Partition(**r) for r in conn.execute(db.q("expired_metric_partitions"),
                                                               {"days": retention.raw_days}).fetchall()]:
+                    t = time.perf_counter()
                     if p.state == "attached":
                         conn.execute(_partition_statement("detach_metric_partition", p.name))
                     elif p.state == "pending":
                         conn.execute(_partition_statement("finalize_metric_partition", p.name))
+                    out.step(f"detach {p.name}", t)
+                    t = time.perf_counter()
                     conn.execute(_partition_statement("drop_metric_partition", p.name))
+                    out.step(f"drop {p.name}", t)
                     out.partitions.append(p)
             finally:
                 conn.execute(db.q("prune_unlock"))
@@ -121,9 +132,11 @@ def prune(conn, retention: RetentionSettings, dry_run: bool = False, batch: int 
                                           {"days": retention.daily_days}).fetchone()["n"]
         conn.rollback()
         return out
+    t = time.perf_counter()
     out.hourly_rows = _drain(conn, "purge_hourly", retention.hourly_days, batch, max_batches)
     if retention.daily_days:
         out.daily_rows = _drain(conn, "purge_daily", retention.daily_days, batch, max_batches)
+    out.step("rollup rows past retention", t)
     return out
 
 

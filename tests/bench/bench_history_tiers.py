@@ -14,8 +14,18 @@ server (fleet_overview's last_poll_at).
 2. Pruning: `retention.prune` (DETACH … CONCURRENTLY + DROP of the expired partition) while a writer
    inserts with the worker's `insert_metrics` statement (batches of WRITE_BATCH polls every
    WRITE_EVERY_MS, ~10× the poll rate of 1,000 servers at 10 s): the prune's time, and the writer's
-   insert latency p50/p99 during the prune vs during WRITE_BASELINE_S before it. Goals: ≤ 2 s,
-   p99 ≤ 2× the baseline.
+   insert latency p50/p99 during the prune vs during WRITE_BASELINE_S before it, per step of the
+   prune, and a control without Postgres: the same writer while a file as large as the partition is
+   unlinked beside the cluster (the filesystem's cost of freeing that space). Goals: ≤ 2 s, p99 ≤ 2×
+   the baseline. The filesystem under the cluster is printed with its mount options: with online
+   discard (`-o discard`) freeing ~2 GB stalls every fsync for about a second, prune or not. To
+   measure on a filesystem without it (as root), e.g. an ext4 image:
+
+       truncate -s 20G /tmp/pw-bench.img && mkfs.ext4 -q -F /tmp/pw-bench.img
+       mkdir -p /tmp/pw-bench && mount -o loop /tmp/pw-bench.img /tmp/pw-bench && chmod 1777 /tmp/pw-bench
+       BENCH_PG_PARENT=/tmp/pw-bench PYTHONPATH=. python3 -m pytest tests/bench/bench_history_tiers.py \
+           -k pruning -s -q -p no:cacheprovider
+       umount /tmp/pw-bench && rm /tmp/pw-bench.img
 3. Reading: connection_history(server, 720 h) (30 days, daily buckets) and (8784 h) (a year), and
    fleet_overview() over every server, as an authenticated member (RLS applies) and as
    service_role. Goals: p50 ≤ 10 ms and ≤ 50 ms.
@@ -24,7 +34,8 @@ Run by hand (never part of `make test`):
 
     PYTHONPATH=. python3 -m pytest tests/bench/bench_history_tiers.py -s -q -p no:cacheprovider
 
-Knobs (environment): BENCH_TIERS_SERVERS (1000), BENCH_TIERS_CALLS (200 timed calls per reader).
+Knobs (environment): BENCH_TIERS_SERVERS (1000), BENCH_TIERS_CALLS (200 timed calls per reader),
+BENCH_PG_PARENT (/tmp: the directory the benchmark's Postgres cluster is made in).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -87,7 +99,46 @@ def test_storage_per_server_and_day_and_a_year_for_1000_servers(tiers_history):
           f"total {year / 1e9:.1f} GB ≤ 20 GB (raw counted as {RAW_DAYS_KEPT} full days: an upper bound)")
 
 
-def test_pruning_a_day_of_raw_polls_under_a_full_rate_writer(tiers_history):
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(mount point, filesystem type, options) of the filesystem holding path."""
+    best = ("/", "?", "?")
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, point, fstype, options = line.split()[:4]
+            point = point.replace("\\040", " ")
+            if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best[0]):
+                best = (point, fstype, options)
+    return best
+
+
+def _free_a_file_like(directory: Path, size: int) -> tuple[float, float]:
+    """The control: write a file of `size` bytes beside the cluster, make it durable, then time its
+    unlink — the filesystem's work of freeing that much space, with no Postgres involved."""
+    path = directory / "unlink-control"
+    chunk = os.urandom(1 << 20) * 16   # written, not fallocated: the freed blocks must hold data
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        for _ in range(0, size, len(chunk)):
+            os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    time.sleep(2)
+    t = time.perf_counter()
+    os.unlink(path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return t, time.perf_counter()
+
+
+def _row(label: str, xs: list[float]) -> tuple:
+    return (label, len(xs), f"{pct(xs, 50):.2f}", f"{pct(xs, 99):.2f}", f"{max(xs):.2f}" if xs else "-")
+
+
+def test_pruning_a_day_of_raw_polls_under_a_full_rate_writer(tiers_history, pg_server):
     history = tiers_history
     url, part = history
     latencies: list[tuple[float, float]] = []   # (start, ms)
@@ -113,25 +164,35 @@ def test_pruning_a_day_of_raw_polls_under_a_full_rate_writer(tiers_history):
 
     thread = threading.Thread(target=writer)
     thread.start()
-    time.sleep(WRITE_BASELINE_S)
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        rows = conn.execute(f"select count(*) as n from public.{part}").fetchone()["n"]
-        t0 = time.perf_counter()
-        pruned = retention.prune(conn, RetentionSettings(raw_days=7, hourly_days=400, daily_days=0))
-        prune_ms = ms_since(t0)
-        t1 = time.perf_counter()
-    time.sleep(2)
-    stop.set()
-    thread.join(30)
+    try:
+        time.sleep(WRITE_BASELINE_S)
+        with psycopg.connect(url, row_factory=dict_row) as conn:
+            rows = conn.execute(f"select count(*) as n from public.{part}").fetchone()["n"]
+            t0 = time.perf_counter()
+            pruned = retention.prune(conn, RetentionSettings(raw_days=7, hourly_days=400, daily_days=0))
+            prune_ms = ms_since(t0)
+            t1 = time.perf_counter()
+        time.sleep(2)
+        c0, c1 = _free_a_file_like(pg_server.datadir.parent, pruned.partitions[0].bytes)
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(30)
     assert [p.name for p in pruned.partitions] == [part]
     before = [ms for t, ms in latencies if t < t0]
     during = [ms for t, ms in latencies if t0 <= t <= t1]
-    table(f"Pruning one day of raw polls ({rows:,} rows) while inserting {WRITE_BATCH} polls every "
-          f"{WRITE_EVERY_MS} ms", ["", "inserts", "p50 ms", "p99 ms", "max ms"],
-          [("before (baseline)", len(before), f"{pct(before, 50):.2f}", f"{pct(before, 99):.2f}",
-            f"{max(before):.2f}"),
-           ("during the prune", len(during), f"{pct(during, 50):.2f}", f"{pct(during, 99):.2f}",
-            f"{max(during):.2f}" if during else "-")])
+    control = [ms for t, ms in latencies if c0 <= t <= c1]
+    point, fstype, options = _mount_of(pg_server.datadir)
+    discard = "discard" in options.split(",")
+    print(f"\nPruning: the cluster's filesystem: {fstype} on {point} ({options}): online discard "
+          f"{'ON' if discard else 'off'}")
+    table(f"Pruning one day of raw polls ({rows:,} rows, {pruned.partitions[0].bytes / 1e9:.2f} GB) while "
+          f"inserting {WRITE_BATCH} polls every {WRITE_EVERY_MS} ms", ["", "inserts", "p50 ms", "p99 ms", "max ms"],
+          [_row("before (baseline)", before), _row("during the prune", during),
+           _row(f"control: unlinking a file as large ({(c1 - c0) * 1000:.0f} ms)", control)])
+    table("Inserts per step of the prune (started during it)", ["step", "ms", "inserts", "p50 ms", "max ms"],
+          [(name, f"{(b - a) * 1000:.0f}", len(xs := [ms for t, ms in latencies if a <= t <= b]),
+            f"{pct(xs, 50):.2f}" if xs else "-", f"{max(xs):.2f}" if xs else "-") for name, a, b in pruned.steps])
     print(f"prune (make partitions ahead, detach concurrently, drop, rollup batches): {prune_ms:.0f} ms; goals: "
           f"≤ 2000 ms, p99 during {pct(during, 99):.2f} ms ≤ 2 × {pct(before, 99):.2f} ms")
 

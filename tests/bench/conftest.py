@@ -10,7 +10,10 @@ command line, and this hook also collects them for `pytest tests/bench` (make be
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -25,6 +28,17 @@ def pytest_collect_file(file_path, parent):
             and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.fixture(scope="session")
+def pw_home():
+    """tests/conftest.py's pw_home, with BENCH_PG_PARENT choosing the filesystem the benchmark's
+    Postgres cluster lives on (default /tmp, as in the tests): bench_history_tiers.py compares a
+    filesystem mounted with online discard against one without."""
+    home = Path(tempfile.mkdtemp(prefix="proxwatch-bench-", dir=os.environ.get("BENCH_PG_PARENT", "/tmp")))
+    os.chmod(home, 0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
