@@ -34,7 +34,7 @@ def system(standin, db_url, conn, box, fingerprint, opspve, procs):
 def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspve, conn):
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `apt-get install -y chromium` (make test does)"
     SHOTS.mkdir(parents=True, exist_ok=True)
-    opspve.restart_secs = 250  # 25 s here: long enough to watch
+    opspve.restart_secs = 150  # 15 s here: long enough to watch from both tabs
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -79,7 +79,8 @@ def test_a_hang_hits_the_learned_timeout(pve, add_server, poller, recorder, conn
     learned = server(conn, s["id"])["learned_timeout_ms"]
     assert learned == settings.timeout_min_ms  # fast loopback answers: the lower bound
     # When the server hangs (and a worker has read the settings again: it does every TARGET_TTL_S)
-    pve.flaky_network(hang_rate=1.0, hang_secs=30)
+    # (longer than the 5 s default, and no longer: the fixture's teardown waits for the hung answers)
+    pve.flaky_network(hang_rate=1.0, hang_secs=settings.timeout_default_ms / 1000 + 1)
     poller = Poller(poller.pool, poller.box, poller.settings)
     t0 = time.monotonic()
     result = poll_and_record(poller, recorder, s["id"])
