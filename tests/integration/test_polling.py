@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 
+from tests.support.waiting import wait_until
 from worker.polling import Poller, utcnow
 
 
@@ -180,6 +181,51 @@ def test_group_commit_records_concurrent_polls_in_few_transactions(pve, add_serv
     assert count == 12
     online = conn.execute("select count(*) as n from proxmox_servers where connection_status = 'online'").fetchone()
     assert online["n"] == 12
+
+
+def test_record_many_returns_once_its_rows_are_committed_and_waiting_callers_share_one_transaction(
+        add_server, recorder, pool, conn):
+    import threading
+
+    from worker.polling import PollResult
+
+    servers = [str(add_server(f"pve{i}", f"https://pve{i}.example.test:8006")["id"]) for i in range(9)]
+    conn.commit()
+    at = utcnow().replace(microsecond=0)
+
+    def result(sid):
+        return PollResult(server_id=sid, scheduled_at=at, created_at=at, success=True, response_time_ms=40,
+                          pve_version="8.2.4", nodes_online=1, nodes_total=1, quorate=True)
+
+    transactions = []
+    write = recorder.write
+    recorder.write = lambda results, *a, **kw: transactions.append(len(results)) or write(results, *a, **kw)
+    committed_on_return = {}
+
+    def record(sids):
+        recorder.record_many([result(sid) for sid in sids])
+        with pool.connection() as c:  # another connection: sees committed rows only
+            committed_on_return[sids[0]] = c.execute(
+                "select count(*) as n from connection_metrics where server_id = any(%s::uuid[])", (sids,)).fetchone()["n"]
+
+    # Given the first server's row locked by another transaction, so the writer's first transaction waits
+    conn.execute("select 1 from proxmox_servers where id = %s for update", (servers[0],))
+    first = threading.Thread(target=record, args=([servers[0]],))
+    first.start()
+    wait_until(lambda: transactions, timeout=10)
+    # When four messages of two polls each are handed over meanwhile
+    others = [threading.Thread(target=record, args=(servers[1 + 2 * m:3 + 2 * m],)) for m in range(4)]
+    for t in others:
+        t.start()
+    wait_until(lambda: recorder._queue.qsize() == 4, timeout=10)
+    assert not committed_on_return, "nobody returns before its rows are committed"
+    conn.rollback()
+    for t in [first, *others]:
+        t.join(timeout=30)
+    # Then every caller saw its rows committed when it returned, and the four waiting messages went
+    # into one transaction
+    assert committed_on_return == {servers[0]: 1, **{servers[1 + 2 * m]: 2 for m in range(4)}}
+    assert transactions == [1, 8]
 
 
 def test_verify_mode_trusts_a_known_ca_and_checks_the_hostname(pve, add_server, pool, box, settings, recorder,
