@@ -248,8 +248,9 @@ class Recorder:
 
     def _write(self, results: list[PollResult], now: datetime) -> int:
         with self.pool.connection() as conn, conn.pipeline():
-            # Pipeline mode: BEGIN, the insert and the status read go out in one round trip.
+            # Pipeline mode: BEGIN, the lock, the insert and the status read go out in one round trip.
             with conn.transaction():
+                conn.execute(db.q("lock_servers"), {"ids": sorted({r.server_id for r in results})})
                 inserted = conn.execute(db.q("insert_metrics"), {
                     "server_id": [r.server_id for r in results],
                     "scheduled_at": [r.scheduled_at for r in results],
