@@ -84,6 +84,14 @@ select s.id, s.tenant_id, s.name, s.base_url, s.fallback_url, s.tls_mode, s.tls_
 from public.proxmox_servers s left join public.server_credentials c on c.server_id = s.id
 where s.id = any(%(ids)s::uuid[]);
 
+-- name: lock_servers
+-- The first statement of a write: the status rows of the batch's servers, locked in id order, so two
+-- workers writing polls of one server serialize from the start — the rollup rows, the status and
+-- the incident of a server are touched only under its lock, and the status read that follows (a
+-- statement of its own, with its own snapshot) sees the other writer's committed polls. NO KEY
+-- UPDATE: the foreign key checks of other inserts (KEY SHARE) do not wait for it.
+select id from public.proxmox_servers where id = any(%(ids)s::uuid[]) order by id for no key update;
+
 -- name: insert_metrics
 -- One metric row per poll result; a retried poll (same server_id, scheduled_at) is ignored.
 -- The rollup trigger counts only the rows really inserted. The arrays travel in binary format:
@@ -102,8 +110,8 @@ on conflict (server_id, scheduled_at) do nothing
 returning server_id, scheduled_at;
 
 -- name: status_inputs
--- The current status row of each server and its last 10 poll outcomes (newest first), locked so
--- two workers recording polls of one server serialize.
+-- The current status row of each server and its last 10 poll outcomes (newest first); the rows are
+-- locked by lock_servers, earlier in the transaction.
 select s.id, s.connection_status::text as connection_status, s.last_health_check_at, s.last_connected_at,
        s.health_check_error, s.health_check_error_kind, s.pve_version, s.nodes_online, s.nodes_total,
        s.used_fallback, s.avg_response_time_ms, s.success_rate, s.learned_timeout_ms,
@@ -115,8 +123,7 @@ cross join lateral (
         where server_id = s.id order by scheduled_at desc limit 10) m
 ) r
 where s.id = any(%(ids)s::uuid[])
-order by s.id
-for update of s;
+order by s.id;
 
 -- name: server_stats
 -- 24 h success rate and latency from the rollup, and the p95 of the last 50 successful polls

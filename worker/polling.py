@@ -51,6 +51,8 @@ DB_DOWN = (psycopg.OperationalError, PoolTimeout)
 PROBLEM = ("offline", "degraded")
 TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings before reading them again
 CALLS = 2                # API calls of one poll (GET /version, GET /cluster/status)
+WRITE_GAP_S = 0.002      # group commit: how long the writer waits for one more caller …
+WRITE_WINDOW_S = 0.010   # … and for all of them together, before it writes (tests/bench/bench_ingest.py)
 BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
 
 
@@ -155,43 +157,47 @@ class Recorder:
     # -- group commit ---------------------------------------------------------------------------
     def record(self, result: PollResult, timeout: float = 120) -> int:
         """Queue one result and wait until it is committed; raises what the write raised."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
-                self._thread.start()
-        future: Future = Future()
-        self._queue.put((result, future))
-        return future.result(timeout)
+        return self.record_many([result], timeout)
 
     def record_many(self, results: list[PollResult], timeout: float = 120) -> int:
-        """Queue the results of a batch and wait until all of them are committed (usually in one
-        transaction with whatever else queued meanwhile); raises what a write raised."""
+        """Queue the results of a batch and wait until all of them are committed (in one transaction,
+        usually with whatever else queued meanwhile); raises what the write raised.
+
+        One queue entry and one future per call, not per result: with 16 threads handing over
+        16-result messages, the writer's wake-ups and the callers' hand-offs are a sixteenth."""
         if not results:
             return 0
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
                 self._thread.start()
-        futures = []
-        for result in results:
-            future: Future = Future()
-            self._queue.put((result, future))
-            futures.append(future)
-        deadline = time.monotonic() + timeout
-        for future in futures:
-            future.result(max(0.0, deadline - time.monotonic()))
+        future: Future = Future()
+        self._queue.put((results, future))
+        future.result(timeout)
         return len(results)
 
     def _writer(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
+            size = len(batch[0][0])
+            # Group commit: what has queued, then what keeps arriving (each within WRITE_GAP_S of the
+            # last, for WRITE_WINDOW_S at most) — the callers released by the previous commit.
+            window_end = time.monotonic() + WRITE_WINDOW_S
+            while size < self.max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    entry = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    wait = min(WRITE_GAP_S, window_end - time.monotonic())
+                    if wait <= 0:
+                        break
+                    try:
+                        entry = self._queue.get(timeout=wait)
+                    except queue.Empty:
+                        break
+                batch.append(entry)
+                size += len(entry[0])
             try:
-                written = self._write_retrying([r for r, _ in batch])
+                written = self._write_retrying([r for results, _ in batch for r in results])
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, fut in batch:
                     fut.set_exception(exc)
@@ -242,8 +248,9 @@ class Recorder:
 
     def _write(self, results: list[PollResult], now: datetime) -> int:
         with self.pool.connection() as conn, conn.pipeline():
-            # Pipeline mode: BEGIN, the insert and the status read go out in one round trip.
+            # Pipeline mode: BEGIN, the lock, the insert and the status read go out in one round trip.
             with conn.transaction():
+                conn.execute(db.q("lock_servers"), {"ids": sorted({r.server_id for r in results})})
                 inserted = conn.execute(db.q("insert_metrics"), {
                     "server_id": [r.server_id for r in results],
                     "scheduled_at": [r.scheduled_at for r in results],

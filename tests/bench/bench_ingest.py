@@ -16,9 +16,10 @@ statement of Recorder.write (the pool's cursors and transactions are timed; the 
 the one the worker makes: db.make_pool settings, 1..4 connections).
 Goal: worker path rate / COPY rate ≥ 0.5.
 
-Side by side: BENCH_BASELINE=<git revision> also runs that revision's Recorder (its worker/ and sql/
-extracted to a temporary directory; variants record and write), alternating with the current tree
-for BENCH_ROUNDS rounds (2); the summary gives medians.
+Side by side: BENCH_BASELINE=<git revision>[,<revision>…] also runs those revisions' Recorder (their
+worker/ and sql/ extracted to a temporary directory, against the current schema; variants record,
+write, and record_many where the revision has it), alternating with the current tree for BENCH_ROUNDS
+rounds (2); the summary gives medians.
 
 Run by hand (never part of `make test`):
 
@@ -26,7 +27,8 @@ Run by hand (never part of `make test`):
 
 Knobs (environment): BENCH_INGEST_SERVERS (1000), BENCH_INGEST_ROWS (100000 for COPY and write),
 BENCH_INGEST_RECORD_ROWS (50000 for each record / record_many variant), BENCH_INGEST_THREADS (16),
-BENCH_BASELINE (unset), BENCH_ROUNDS (2 with a baseline, else 1).
+BENCH_BASELINE (unset), BENCH_ROUNDS (2 with a baseline, else 1), BENCH_INGEST_AGE_H (0: the rows'
+ticks start at the current UTC hour; N: N hours earlier, every row a late poll — make_results).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ SERVERS = int(os.environ.get("BENCH_INGEST_SERVERS", "1000"))
 ROWS = int(os.environ.get("BENCH_INGEST_ROWS", "100000"))
 RECORD_ROWS = int(os.environ.get("BENCH_INGEST_RECORD_ROWS", "50000"))
 THREADS = int(os.environ.get("BENCH_INGEST_THREADS", "16"))
-BASELINE = os.environ.get("BENCH_BASELINE")
+BASELINES = [b for b in os.environ.get("BENCH_BASELINE", "").split(",") if b]
+BASELINE = ", ".join(BASELINES)
+AGE_H = int(os.environ.get("BENCH_INGEST_AGE_H", "0"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2")) if BASELINE else 1
 BATCH = 500
 COLUMNS = ("server_id", "tenant_id", "scheduled_at", "created_at", "success", "response_time_ms", "error_kind",
@@ -67,9 +71,14 @@ COLUMNS = ("server_id", "tenant_id", "scheduled_at", "created_at", "success", "r
 
 
 def make_results(servers: list[str], n: int, seed: int = 7) -> list[PollResult]:
-    """n results, tick by tick (every server once per 10 s tick), as the scheduler produces them."""
+    """n results, tick by tick (every server once per 10 s tick), as the scheduler produces them.
+
+    The ticks start at the beginning of the current UTC hour (AGE_H = 0: the worker's steady state,
+    polls of the hour it writes in, 100 ticks = 1,000 s fit in it), or AGE_H hours before it: every
+    row is then a late poll of a past hour, whose rollup rows also correct fleet_overview's summary
+    (the runs before 2026-11-30 evening used two days: AGE_H = 48)."""
     rnd = random.Random(seed)
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    base = datetime.now(timezone.utc).replace(microsecond=0, second=0, minute=0) - timedelta(hours=AGE_H)
     out = []
     for k in range((n + len(servers) - 1) // len(servers)):
         at = base + timedelta(seconds=10 * k)
@@ -89,7 +98,7 @@ def make_results(servers: list[str], n: int, seed: int = 7) -> list[PollResult]:
 
 def fresh_state(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate public.connection_metrics, public.connection_metrics_hourly")
+        conn.execute("truncate public.connection_metrics, public.connection_metrics_hourly, public.connection_metrics_daily")
         conn.execute("update public.proxmox_servers set connection_status = 'unknown', last_health_check_at = null,"
                      " last_connected_at = null, health_check_error = null, health_check_error_kind = null,"
                      " avg_response_time_ms = null, success_rate = null, learned_timeout_ms = null,"
@@ -279,9 +288,14 @@ def test_ingest(db_url, tmp_path):
     batch = settings.poll_batch
     configs = [("current", ROOT, [("record_many", THREADS, batch, RECORD_ROWS), ("record", THREADS, 1, RECORD_ROWS),
                                   ("write", 1, 500, ROWS), ("write", 1, 2000, ROWS)])]
-    if BASELINE:
-        configs.insert(0, (f"baseline {BASELINE}", baseline_tree(BASELINE, tmp_path / "baseline"),
-                           [("record", THREADS, 1, RECORD_ROWS), ("write", 1, 500, ROWS)]))
+    for rev in reversed(BASELINES):
+        # record(): what the actor did before poll batches; record_many(): what it does since (a
+        # revision without record_many is left out of that variant)
+        tree = baseline_tree(rev, tmp_path / f"baseline-{rev}")
+        variants = [("record", THREADS, 1, RECORD_ROWS), ("write", 1, 500, ROWS)]
+        if "def record_many" in (tree / "worker" / "polling.py").read_text():
+            variants.insert(0, ("record_many", THREADS, batch, RECORD_ROWS))
+        configs.insert(0, (f"baseline {rev}", tree, variants))
     measured = []   # (round, config, label, rows, seconds, notes)
     breakdowns = {}  # (config, label) -> (seconds, stats) of the last round
     copy_s = []
@@ -318,7 +332,8 @@ def test_ingest(db_url, tmp_path):
     # -- report -----------------------------------------------------------------------------------
     copy_rate = ROWS / statistics.median(copy_s)
     print(f"\n\n=== Ingest: rows/s into connection_metrics (3 indexes, 2 foreign keys, rollup trigger), "
-          f"{SERVERS} servers, product HEAD {head}" + (f", side by side with {BASELINE}" if BASELINE else "") + " ===")
+          f"{SERVERS} servers, ticks from " + (f"{AGE_H} h before the current hour" if AGE_H else "the current hour")
+          + f", product HEAD {head}" + (f", side by side with {BASELINE}" if BASELINE else "") + " ===")
     rows = [(rnd, name, label, f"{n:,}", f"{sec:.2f}", f"{n / sec:,.0f}", f"{n / sec / copy_rate:.3f}", notes)
             for rnd, name, label, n, sec, notes in measured]
     rows += [(i + 1, "reference", "COPY ... FROM STDIN, one statement", f"{ROWS:,}", f"{sec:.2f}",

@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 
+from tests.support.waiting import wait_until
 from worker.polling import Poller, utcnow
 
 
@@ -181,6 +182,96 @@ def test_group_commit_records_concurrent_polls_in_few_transactions(pve, add_serv
     assert count == 12
     online = conn.execute("select count(*) as n from proxmox_servers where connection_status = 'online'").fetchone()
     assert online["n"] == 12
+
+
+def test_record_many_returns_once_its_rows_are_committed_and_waiting_callers_share_one_transaction(
+        add_server, recorder, pool, conn):
+    import threading
+
+    from worker.polling import PollResult
+
+    servers = [str(add_server(f"pve{i}", f"https://pve{i}.example.test:8006")["id"]) for i in range(9)]
+    conn.commit()
+    at = utcnow().replace(microsecond=0)
+
+    def result(sid):
+        return PollResult(server_id=sid, scheduled_at=at, created_at=at, success=True, response_time_ms=40,
+                          pve_version="8.2.4", nodes_online=1, nodes_total=1, quorate=True)
+
+    transactions = []
+    write = recorder.write
+    recorder.write = lambda results, *a, **kw: transactions.append(len(results)) or write(results, *a, **kw)
+    committed_on_return = {}
+
+    def record(sids):
+        recorder.record_many([result(sid) for sid in sids])
+        with pool.connection() as c:  # another connection: sees committed rows only
+            committed_on_return[sids[0]] = c.execute(
+                "select count(*) as n from connection_metrics where server_id = any(%s::uuid[])", (sids,)).fetchone()["n"]
+
+    # Given the first server's row locked by another transaction, so the writer's first transaction waits
+    conn.execute("select 1 from proxmox_servers where id = %s for update", (servers[0],))
+    first = threading.Thread(target=record, args=([servers[0]],))
+    first.start()
+    wait_until(lambda: transactions, timeout=10)
+    # When four messages of two polls each are handed over meanwhile
+    others = [threading.Thread(target=record, args=(servers[1 + 2 * m:3 + 2 * m],)) for m in range(4)]
+    for t in others:
+        t.start()
+    wait_until(lambda: recorder._queue.qsize() == 4, timeout=10)
+    assert not committed_on_return, "nobody returns before its rows are committed"
+    conn.rollback()
+    for t in [first, *others]:
+        t.join(timeout=30)
+    # Then every caller saw its rows committed when it returned, and the four waiting messages went
+    # into one transaction
+    assert committed_on_return == {servers[0]: 1, **{servers[1 + 2 * m]: 2 for m in range(4)}}
+    assert transactions == [1, 8]
+
+
+def test_two_writers_of_one_server_each_see_the_others_committed_poll_when_deciding_its_status(
+        add_server, pool, settings, conn):
+    import threading
+
+    from worker.polling import PollResult, Recorder
+
+    sid = str(add_server("pve1", "https://pve1.example.test:8006")["id"])
+    conn.commit()
+    t0 = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+
+    def result(i, ok):
+        at = t0 + timedelta(seconds=10 * i)
+        return PollResult(server_id=sid, scheduled_at=at, created_at=at, success=ok,
+                          response_time_ms=40 if ok else None, error_kind=None if ok else "timeout",
+                          error_message=None if ok else "pve1 did not answer within 5000 ms",
+                          pve_version="8.2.4" if ok else None, nodes_online=1 if ok else None,
+                          nodes_total=1 if ok else None, quorate=True if ok else None)
+
+    Recorder(pool, settings).write([result(0, True)])
+    Recorder(pool, settings).write([result(1, False)])
+    assert server(conn, sid)["connection_status"] == "online"
+    # Given the server's status row held by another transaction, two workers each write one more
+    # failed poll (the second and third in a row) and wait for the status row
+    conn.execute("select 1 from proxmox_servers where id = %s for no key update", (sid,))
+    writers = [threading.Thread(target=Recorder(pool, settings).write, args=([result(i, False)],)) for i in (2, 3)]
+    for t in writers:
+        t.start()
+
+    def waiting():
+        with pool.connection() as c:
+            return c.execute("select count(*) as n from pg_stat_activity where wait_event_type = 'Lock'"
+                             " and datname = current_database()").fetchone()["n"] == 2
+    wait_until(waiting, timeout=10, what="both writers waiting for the status row")
+    # When the row is released, the writers decide one after the other
+    conn.rollback()
+    for t in writers:
+        t.join(timeout=30)
+    # Then the later one counted the earlier one's poll: three failures in a row make it offline
+    assert [m["success"] for m in metrics(conn, sid)] == [True, False, False, False]
+    assert server(conn, sid)["connection_status"] == "offline"
+    open_incidents = conn.execute("select status::text from incidents where server_id = %s and ended_at is null",
+                                  (sid,)).fetchall()
+    assert [i["status"] for i in open_incidents] == ["offline"]
 
 
 def test_verify_mode_trusts_a_known_ca_and_checks_the_hostname(pve, add_server, pool, box, settings, recorder,
