@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -189,17 +190,27 @@ class _PollSession(ProxmoxHttpSession):
     headers, timeouts and retries, and the same exceptions as requests raises (see
     HTTPAdapter.send), skipping requests' per-call merging of session settings, environment,
     cookies and hooks and its response object — about half of the worker's CPU per call
-    (tests/bench/bench_fleet_cycle.py). Any other request takes proxmoxer's normal path."""
+    (tests/bench/bench_fleet_cycle.py). Any other request takes proxmoxer's normal path.
+
+    The timeout is the calling thread's (`call.timeout`, set by PveClient for each call), not the
+    session's: a server's learned timeout changes as its response times do, and a session made
+    anew for each new timeout meant a new TLS handshake each time (all servers at once when their
+    timeouts were first learned)."""
 
     _fast: tuple | None = None  # (origin, pool, headers, {timeout: urllib3 Timeout})
 
+    def __init__(self):
+        super().__init__()
+        self.call = threading.local()
+
     def request(self, method, url, params=None, data=None, **kwargs):
         auth = self.auth
+        timeout = kwargs.pop("timeout", None) or getattr(self.call, "timeout", None) or auth.timeout
         if method != "GET" or params or data or kwargs or not isinstance(auth, ProxmoxHTTPApiTokenAuth):
-            return super().request(method, url, params=params, data=data, **kwargs)
+            return super().request(method, url, params=params, data=data, timeout=timeout, **kwargs)
         fast = self._fast
         if fast is not None and url.startswith(fast[0]):
-            return self._urlopen(fast, url[len(fast[0]):], auth.timeout)
+            return self._urlopen(fast, url[len(fast[0]):], timeout)
         prepared = requests.PreparedRequest()
         prepared.method = "GET"
         prepared.url = url
@@ -209,7 +220,7 @@ class _PollSession(ProxmoxHttpSession):
         prepared._cookies = None
         auth(prepared)
         adapter = self.get_adapter(url)
-        response = adapter.send(prepared, stream=False, timeout=auth.timeout, verify=auth.verify_ssl, cert=None,
+        response = adapter.send(prepared, stream=False, timeout=timeout, verify=auth.verify_ssl, cert=None,
                                 proxies={})
         parts = urlsplit(url)
         pool = adapter.get_connection_with_tls_context(prepared, auth.verify_ssl, proxies={}, cert=None)
@@ -330,16 +341,15 @@ class PveClient:
 
     def __init__(self, target: Target):
         self.target = target
-        self._apis: dict[tuple[str, float], ProxmoxResource] = {}
+        self._apis: dict[str, ProxmoxResource] = {}
 
     def _api(self, base_url: str, timeout_s: float) -> ProxmoxResource:
-        key = (base_url, timeout_s)
-        api = self._apis.get(key)
+        """The session of this address (one per address, kept across timeouts), with timeout_s set
+        for this thread's calls."""
+        api = self._apis.get(base_url)
         if api is None:
-            # One session per address; the timeout is part of the auth object, so it keys the cache.
-            for old in [k for k in self._apis if k[0] == base_url]:
-                self._apis.pop(old)._store["session"].close()
-            api = self._apis[key] = _session(self.target, base_url, timeout_s)
+            api = self._apis[base_url] = _session(self.target, base_url, timeout_s)
+        api._store["session"].call.timeout = timeout_s
         return api
 
     def close(self) -> None:
@@ -375,7 +385,7 @@ class PveClient:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             # A stale session (e.g. a closed keep-alive socket) must not poison the next poll.
-            self._apis.pop((base_url, timeout_s), None)
+            self._apis.pop(base_url, None)
             raise classify(exc, base_url, timeout_s) from exc
         return Probe(version=str(version["version"]), nodes_online=online, nodes_total=total,
                      quorate=bool(cluster.get("quorate")) if cluster else None,
@@ -398,7 +408,7 @@ class PveClient:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 if not isinstance(exc, ResourceException):
-                    self._apis.pop((base_url, timeout_s), None)
+                    self._apis.pop(base_url, None)
                 raise classify(exc, base_url, timeout_s) from exc
 
         with warnings.catch_warnings():
