@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import errno
 import functools
@@ -42,11 +43,6 @@ CONNECTION_LEVEL = {TIMEOUT, REFUSED, DNS, NETWORK}
 
 TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
 FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
-
-# Insecure mode (tls_mode "insecure") is a server's explicit setting, not something to warn about on
-# every call; a filter for that one warning, set once (a catch_warnings() around each poll cost ~2 %
-# of the worker's CPU and is not thread-safe).
-warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
 
 # One header line as the email parser takes it without remark: a name of printable characters other
 # than ':', the value after optional blanks, CRLF (or LF).
@@ -290,6 +286,18 @@ class _PollSession(ProxmoxHttpSession):
         return _Answer(r.status, r.reason, r.data)
 
 
+@contextlib.contextmanager
+def _quiet(target: Target):
+    """Insecure mode is the server's explicit setting, not a warning on every call: only then are
+    warnings caught (a catch_warnings() around every poll was ~2 % of the worker's CPU)."""
+    if target.tls_mode != "insecure":
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        yield
+
+
 def _verify_setting(target: Target):
     if target.tls_mode == "verify":
         return target.ca_file or True
@@ -379,6 +387,9 @@ class PveClient:
     def __init__(self, target: Target):
         self.target = target
         self._apis: dict[str, ProxmoxResource] = {}
+        # The resources a poll calls (api("version"), api("cluster/status")), made once per session:
+        # proxmoxer builds a new one, joining the URL, on every api(path).
+        self._polled: dict[str, tuple[ProxmoxResource, ProxmoxResource]] = {}  # path -> (api, resource)
 
     def _api(self, base_url: str, timeout_s: float) -> ProxmoxResource:
         """The session of this address (one per address, kept across timeouts), with timeout_s set
@@ -393,11 +404,15 @@ class PveClient:
         for api in self._apis.values():
             api._store["session"].close()
         self._apis.clear()
+        self._polled = {}
 
     def _timed(self, api: ProxmoxResource, path: str, timings: list[CallTiming]):
         start = time.perf_counter()
+        made = self._polled.get(path)
+        if made is None or made[0] is not api:
+            made = self._polled[path] = (api, api(path))
         try:
-            return api(path).get()
+            return made[1].get()
         finally:
             timings.append(CallTiming(path, (time.perf_counter() - start) * 1000))
 
@@ -448,6 +463,10 @@ class PveClient:
                     self._apis.pop(base_url, None)
                 raise classify(exc, base_url, timeout_s) from exc
 
+        with _quiet(self.target):
+            return self._request_or_fallback(once, verb)
+
+    def _request_or_fallback(self, once, verb: str):
         try:
             return once(self.target.base_url)
         except PveError as primary:
@@ -464,6 +483,10 @@ class PveClient:
         with a fallback_url set, try the fallback and mark the result used_fallback.
         """
         timeout_s = timeout_ms / 1000
+        with _quiet(self.target):
+            return self._probe_or_fallback(timeout_s)
+
+    def _probe_or_fallback(self, timeout_s: float) -> Probe:
         try:
             return self._probe_once(self.target.base_url, timeout_s, False)
         except PveError as primary:
