@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.parser
 import errno
 import functools
+import http.client
 import json
 import re
 import socket
 import ssl
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +43,36 @@ CONNECTION_LEVEL = {TIMEOUT, REFUSED, DNS, NETWORK}
 
 TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
 FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+# One header line as the email parser takes it without remark: a name of printable characters other
+# than ':', the value after optional blanks, CRLF (or LF).
+_HEADER_LINE = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
+_email_parse_headers = http.client.parse_headers
+
+
+def _parse_headers(fp, _class=http.client.HTTPMessage):
+    """http.client.parse_headers for the common case: every line a plain `Name: value` — the same
+    message (headers, values, empty payload, no defects) without the email package's parser, which
+    was ~8 % of the worker's CPU per poll (two answers, a few headers each). Anything else (folded
+    lines, a line without a colon, an answer cut short, another message class) goes to the email
+    parser as before, with the lines already read."""
+    lines = http.client._read_headers(fp)
+    if _class is http.client.HTTPMessage and lines[-1] in (b"\r\n", b"\n"):
+        fields = []
+        for line in lines[:-1]:
+            match = _HEADER_LINE.match(line)
+            if match is None:
+                break
+            fields.append((match[1].decode("iso-8859-1"), match[2].decode("iso-8859-1")))
+        else:
+            message = _class()
+            message._headers = fields
+            message.set_payload("")
+            return message
+    return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+http.client.parse_headers = _parse_headers
 
 
 class PveError(ProxwatchError):
@@ -189,17 +223,27 @@ class _PollSession(ProxmoxHttpSession):
     headers, timeouts and retries, and the same exceptions as requests raises (see
     HTTPAdapter.send), skipping requests' per-call merging of session settings, environment,
     cookies and hooks and its response object — about half of the worker's CPU per call
-    (tests/bench/bench_fleet_cycle.py). Any other request takes proxmoxer's normal path."""
+    (tests/bench/bench_fleet_cycle.py). Any other request takes proxmoxer's normal path.
+
+    The timeout is the calling thread's (`call.timeout`, set by PveClient for each call), not the
+    session's: a server's learned timeout changes as its response times do, and a session made
+    anew for each new timeout meant a new TLS handshake each time (all servers at once when their
+    timeouts were first learned)."""
 
     _fast: tuple | None = None  # (origin, pool, headers, {timeout: urllib3 Timeout})
 
+    def __init__(self):
+        super().__init__()
+        self.call = threading.local()
+
     def request(self, method, url, params=None, data=None, **kwargs):
         auth = self.auth
+        timeout = kwargs.pop("timeout", None) or getattr(self.call, "timeout", None) or auth.timeout
         if method != "GET" or params or data or kwargs or not isinstance(auth, ProxmoxHTTPApiTokenAuth):
-            return super().request(method, url, params=params, data=data, **kwargs)
+            return super().request(method, url, params=params, data=data, timeout=timeout, **kwargs)
         fast = self._fast
         if fast is not None and url.startswith(fast[0]):
-            return self._urlopen(fast, url[len(fast[0]):], auth.timeout)
+            return self._urlopen(fast, url[len(fast[0]):], timeout)
         prepared = requests.PreparedRequest()
         prepared.method = "GET"
         prepared.url = url
@@ -209,7 +253,7 @@ class _PollSession(ProxmoxHttpSession):
         prepared._cookies = None
         auth(prepared)
         adapter = self.get_adapter(url)
-        response = adapter.send(prepared, stream=False, timeout=auth.timeout, verify=auth.verify_ssl, cert=None,
+        response = adapter.send(prepared, stream=False, timeout=timeout, verify=auth.verify_ssl, cert=None,
                                 proxies={})
         parts = urlsplit(url)
         pool = adapter.get_connection_with_tls_context(prepared, auth.verify_ssl, proxies={}, cert=None)
@@ -240,6 +284,18 @@ class _PollSession(ProxmoxHttpSession):
         except ReadTimeoutError as e:
             raise requests.exceptions.ReadTimeout(e) from e
         return _Answer(r.status, r.reason, r.data)
+
+
+@contextlib.contextmanager
+def _quiet(target: Target):
+    """Insecure mode is the server's explicit setting, not a warning on every call: only then are
+    warnings caught (a catch_warnings() around every poll was ~2 % of the worker's CPU)."""
+    if target.tls_mode != "insecure":
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        yield
 
 
 def _verify_setting(target: Target):
@@ -330,27 +386,33 @@ class PveClient:
 
     def __init__(self, target: Target):
         self.target = target
-        self._apis: dict[tuple[str, float], ProxmoxResource] = {}
+        self._apis: dict[str, ProxmoxResource] = {}
+        # The resources a poll calls (api("version"), api("cluster/status")), made once per session:
+        # proxmoxer builds a new one, joining the URL, on every api(path).
+        self._polled: dict[str, tuple[ProxmoxResource, ProxmoxResource]] = {}  # path -> (api, resource)
 
     def _api(self, base_url: str, timeout_s: float) -> ProxmoxResource:
-        key = (base_url, timeout_s)
-        api = self._apis.get(key)
+        """The session of this address (one per address, kept across timeouts), with timeout_s set
+        for this thread's calls."""
+        api = self._apis.get(base_url)
         if api is None:
-            # One session per address; the timeout is part of the auth object, so it keys the cache.
-            for old in [k for k in self._apis if k[0] == base_url]:
-                self._apis.pop(old)._store["session"].close()
-            api = self._apis[key] = _session(self.target, base_url, timeout_s)
+            api = self._apis[base_url] = _session(self.target, base_url, timeout_s)
+        api._store["session"].call.timeout = timeout_s
         return api
 
     def close(self) -> None:
         for api in self._apis.values():
             api._store["session"].close()
         self._apis.clear()
+        self._polled = {}
 
     def _timed(self, api: ProxmoxResource, path: str, timings: list[CallTiming]):
         start = time.perf_counter()
+        made = self._polled.get(path)
+        if made is None or made[0] is not api:
+            made = self._polled[path] = (api, api(path))
         try:
-            return api(path).get()
+            return made[1].get()
         finally:
             timings.append(CallTiming(path, (time.perf_counter() - start) * 1000))
 
@@ -375,7 +437,7 @@ class PveClient:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             # A stale session (e.g. a closed keep-alive socket) must not poison the next poll.
-            self._apis.pop((base_url, timeout_s), None)
+            self._apis.pop(base_url, None)
             raise classify(exc, base_url, timeout_s) from exc
         return Probe(version=str(version["version"]), nodes_online=online, nodes_total=total,
                      quorate=bool(cluster.get("quorate")) if cluster else None,
@@ -398,19 +460,21 @@ class PveClient:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 if not isinstance(exc, ResourceException):
-                    self._apis.pop((base_url, timeout_s), None)
+                    self._apis.pop(base_url, None)
                 raise classify(exc, base_url, timeout_s) from exc
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            try:
-                return once(self.target.base_url)
-            except PveError as primary:
-                # A write that may have reached the server (timeout, reset) is not sent again.
-                retry_kinds = CONNECTION_LEVEL if verb == "get" else {REFUSED, DNS}
-                if primary.kind not in retry_kinds or not self.target.fallback_url:
-                    raise
-                return once(self.target.fallback_url)
+        with _quiet(self.target):
+            return self._request_or_fallback(once, verb)
+
+    def _request_or_fallback(self, once, verb: str):
+        try:
+            return once(self.target.base_url)
+        except PveError as primary:
+            # A write that may have reached the server (timeout, reset) is not sent again.
+            retry_kinds = CONNECTION_LEVEL if verb == "get" else {REFUSED, DNS}
+            if primary.kind not in retry_kinds or not self.target.fallback_url:
+                raise
+            return once(self.target.fallback_url)
 
     def probe(self, timeout_ms: int) -> Probe:
         """GET /version and GET /cluster/status, on the primary address or else the fallback.
@@ -419,15 +483,17 @@ class PveClient:
         with a fallback_url set, try the fallback and mark the result used_fallback.
         """
         timeout_s = timeout_ms / 1000
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        with _quiet(self.target):
+            return self._probe_or_fallback(timeout_s)
+
+    def _probe_or_fallback(self, timeout_s: float) -> Probe:
+        try:
+            return self._probe_once(self.target.base_url, timeout_s, False)
+        except PveError as primary:
+            if primary.kind not in CONNECTION_LEVEL or not self.target.fallback_url:
+                raise
             try:
-                return self._probe_once(self.target.base_url, timeout_s, False)
-            except PveError as primary:
-                if primary.kind not in CONNECTION_LEVEL or not self.target.fallback_url:
-                    raise
-                try:
-                    return self._probe_once(self.target.fallback_url, timeout_s, True)
-                except PveError as fallback:
-                    raise PveError(fallback.kind, f"{primary.message}; the fallback address failed too:"
-                                                  f" {fallback.message}") from fallback
+                return self._probe_once(self.target.fallback_url, timeout_s, True)
+            except PveError as fallback:
+                raise PveError(fallback.kind, f"{primary.message}; the fallback address failed too:"
+                                              f" {fallback.message}") from fallback

@@ -21,16 +21,21 @@ KEY_COLUMNS = ("base_url", "fallback_url", "tls_mode", "tls_fingerprint", "usern
 
 
 class PveClients:
-    """Thread-safe cache {server id: (settings key, client, target)}."""
+    """Thread-safe cache {server id: (settings key, client, target, row)}."""
 
     def __init__(self, box: Box, ca_file: str | None = None):
         self.box = box
         self.ca_file = ca_file
-        self._clients: dict[str, tuple[tuple, PveClient, Target]] = {}
+        self._clients: dict[str, tuple[tuple, PveClient, Target, dict]] = {}
         self._lock = threading.Lock()
 
     def get(self, row: dict) -> tuple[PveClient, Target]:
         """The server's client and the target it was made for (decrypting the secret once)."""
+        cached = self._clients.get(str(row["id"]))
+        if cached is not None and cached[3] is row:
+            # The very row the client was made for (a poller reuses its rows between reads): no
+            # key to compare, no lock — most polls.
+            return cached[1], cached[2]
         if row["secret_ciphertext"] is None:
             raise PveError(CONFIG, "this server has no credentials: its address or TLS settings changed, so they were"
                            " removed; enter them again with `proxwatch servers update NAME --token …`", permanent=True)
@@ -39,6 +44,7 @@ class PveClients:
         with self._lock:
             cached = self._clients.get(sid)
             if cached and cached[0] == key:
+                self._clients[sid] = (*cached[:3], row)
                 return cached[1], cached[2]
             if cached:
                 cached[1].close()
@@ -46,12 +52,12 @@ class PveClients:
                             fingerprint=row["tls_fingerprint"], username=row["username"], token_id=row["token_id"],
                             secret=self.box.open(row["secret_ciphertext"]), ca_file=self.ca_file)
             client = PveClient(target)
-            self._clients[sid] = (key, client, target)
+            self._clients[sid] = (key, client, target, row)
             return client, target
 
     def close(self) -> None:
         """Close every client (their HTTP sessions)."""
         with self._lock:
-            for _, client, _ in self._clients.values():
+            for _, client, _, _ in self._clients.values():
                 client.close()
             self._clients.clear()

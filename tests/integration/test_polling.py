@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-
+from tests.support.tcp import client_ports
 from tests.support.waiting import wait_until
 from worker.polling import Poller, utcnow
-
-
 
 
 def poll_and_record(poller, recorder, server_id, at=None):
@@ -293,3 +291,18 @@ def test_verify_mode_trusts_a_known_ca_and_checks_the_hostname(pve, add_server, 
         other.stop()
     # Then the hostname check refuses it
     assert result.error_kind == "tls"
+
+
+def test_a_newly_learned_timeout_keeps_the_servers_connection(pve, add_server, poller, recorder, conn, settings):
+    s = add_server("pve1", pve.url)
+    row = poller.target(s["id"])
+    assert poll_and_record(poller, recorder, s["id"]).success
+    first = client_ports(pve.url)
+    assert len(first) == 1
+    # When the server's learned timeout changes from poll to poll (it follows its response times)
+    at = utcnow().replace(microsecond=0)
+    for i, timeout_ms in enumerate((settings.timeout_min_ms, 2345, settings.timeout_max_ms)):
+        result = poller.poll(str(s["id"]), at + timedelta(seconds=i + 1), {**row, "learned_timeout_ms": timeout_ms})
+        assert result.success
+    # Then every poll went over the same keep-alive connection: no new TCP connection, no new TLS handshake
+    assert client_ports(pve.url) == first
