@@ -221,8 +221,10 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
     try:
         client = signed_in(home=home)
         if client is not None:
-            alerts_ui.banner(client)      # open problems, on every page
-            body(client)
+            banner = st.container()       # open problems, at the top of every page: drawn after
+            body(client)                  # the page's own data, so that it never holds it up
+            with banner:
+                alerts_ui.banner(client)
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
         st.error(f"The {what} hit an unexpected error: {plain(exc)}")
