@@ -8,6 +8,7 @@ has its own user and JWT. Sessions live in that client's memory only; no token i
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from dataclasses import dataclass
@@ -81,9 +82,22 @@ def config() -> Config:
 
 
 # ------------------------------------------------------------------------------- the client
+API_TIMEOUT_S = 15
+
+
+@functools.cache
+def _tls_context():
+    """One TLS context (the CA bundle read once) for every session's HTTP client: left to itself,
+    the supabase client builds one per client it makes, ~30-100 ms each, before a page's first read."""
+    return httpx.create_ssl_context()
+
+
 def new_client(cfg: Config) -> Client:
+    """A supabase client for one browser session, with an HTTP client of its own (the session's
+    headers and JWT are never another session's); only the TLS context is shared."""
+    http = httpx.Client(verify=_tls_context(), timeout=API_TIMEOUT_S, follow_redirects=True)
     return create_client(cfg.url, cfg.anon_key,
-                         ClientOptions(persist_session=False, auto_refresh_token=True, postgrest_client_timeout=15))
+                         ClientOptions(persist_session=False, auto_refresh_token=True, httpx_client=http))
 
 
 def session_client(state, cfg: Config) -> Client:

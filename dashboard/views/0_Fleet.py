@@ -287,6 +287,7 @@ def _fleet_view(client, feeds: list) -> None:
         _fleet_table(on_page, beats, q.uptime_range)
     else:
         st.info("No server matches the search and filters.")
+    _pager(q, page, len(found), len(rows), len(on_page))
     with controls:
         drawn = _fleet_query(rows)
     if drawn != q and not st.session_state.get("_pw_fleet_requery"):
@@ -297,7 +298,6 @@ def _fleet_view(client, feeds: list) -> None:
         _status_counts(rows)
     with marker:
         session.silenced_marker(client)   # the silenced servers (dashboard/alerts_ui.py)
-    _pager(q, page, len(found), len(rows), len(on_page))
     _announce(rows)
     # Outage periods of every server, opened and closed by the worker with the status change.
     feeds.append(live.watch(st.session_state, [("incidents", None)]))
