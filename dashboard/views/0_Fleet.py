@@ -47,12 +47,17 @@ session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css
 # The browser fetches and compiles a table's component (and the Arrow code under it) the first time
 # the page draws one: close to a second on a busy machine, after the table's data has arrived. An
 # empty, hidden table drawn first in a session's first run starts that while the data is being
-# read; the slot is emptied at the end of the run.
+# read; it is gone before the fleet table is drawn (never two tables on the page).
 WARMUP_KEY = "_pw_table_warm"
 _warmup = st.empty()
 if not st.session_state.get(WARMUP_KEY):
     with _warmup.container(key="pw_table_warmup"):
         st.table(pd.DataFrame())
+
+
+def _end_warmup() -> None:
+    _warmup.empty()
+    st.session_state[WARMUP_KEY] = True
 
 
 def _status_style(value: str) -> str:
@@ -282,6 +287,7 @@ def _fleet_view(client, feeds: list) -> None:
     marker, controls = st.container(), st.container()
     q = _held_query()
     found, on_page, page = fleet_table.select(rows, q)
+    _end_warmup()
     if on_page:
         beats = _last_good("pw_last_beats", lambda: data.heartbeats(client, [r["id"] for r in on_page], HEARTBEATS))
         _fleet_table(on_page, beats, q.uptime_range)
@@ -341,5 +347,4 @@ def page(client) -> None:
 
 session.run_page(page, what="dashboard", home=True)
 if not st.session_state.get(WARMUP_KEY):
-    st.session_state[WARMUP_KEY] = True
-    _warmup.empty()
+    _end_warmup()  # no fleet table in this run (the sign-in form, an error)
