@@ -10,16 +10,20 @@ signed in as a member of every tenant) runs against the embedded Supabase stand-
 Measured:
 1. SQL, as the signed-in user (RLS on), p50 / p95 of CALLS calls: fleet_overview(),
    fleet_heartbeats(30) for all 1,000 servers, and for one page of 50 (what the page asks);
-2. the page in Debian's Chromium: a fresh browser context per load, from navigation to the fleet
-   table visible with its 50 rows and heartbeat strips — one warm-up load, then LOADS timed loads;
-   median and max.
+2. the page in Debian's Chromium: a fresh browser context per load (nothing cached), from the
+   navigation's start to the frame where the fleet table's 50th row and the "Servers 1–50 of N"
+   caption under it are laid out (marked by the page itself: see MARKS) — one warm-up load per
+   dashboard process, then LOADS timed loads; median and max. In the same run and interleaved with
+   it: a 50-server user, the same two with the dashboard/ of BENCH_BASELINE (a git revision, e.g.
+   64aea57; unset: left out), and "hello", a bare Streamlit page with a title, a 50-row table and a
+   caption — what any Streamlit page costs on this machine at this moment (the floor).
 
 Run by hand (never part of `make test`):
 
-    PYTHONPATH=. python3 -m pytest tests/bench/bench_dashboard_fleet.py -s -q -p no:cacheprovider
+    BENCH_BASELINE=64aea57 PYTHONPATH=. python3 -m pytest tests/bench/bench_dashboard_fleet.py -s -q -p no:cacheprovider
 
 Knobs (environment): BENCH_FLEET_SERVERS (1000), BENCH_FLEET_POLLS (30), BENCH_FLEET_HISTORY_DAYS (1),
-BENCH_FLEET_LOADS (5), BENCH_FLEET_CALLS (50).
+BENCH_FLEET_LOADS (5), BENCH_FLEET_CALLS (50), BENCH_BASELINE (none).
 """
 
 from __future__ import annotations
