@@ -8,8 +8,11 @@ has its own user and JWT. Sessions live in that client's memory only; no token i
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -81,9 +84,61 @@ def config() -> Config:
 
 
 # ------------------------------------------------------------------------------- the client
+API_TIMEOUT_S = 15
+
+
+@functools.cache
+def _tls_context():
+    """One TLS context (the CA bundle read once) for every session's HTTP client: left to itself,
+    the supabase client builds one per client it makes, ~30-100 ms each, before a page's first read."""
+    return httpx.create_ssl_context()
+
+
 def new_client(cfg: Config) -> Client:
+    """A supabase client for one browser session, with an HTTP client of its own (the session's
+    headers and JWT are never another session's); only the TLS context is shared."""
+    http = httpx.Client(verify=_tls_context(), timeout=API_TIMEOUT_S, follow_redirects=True)
     return create_client(cfg.url, cfg.anon_key,
-                         ClientOptions(persist_session=False, auto_refresh_token=True, postgrest_client_timeout=15))
+                         ClientOptions(persist_session=False, auto_refresh_token=True, httpx_client=http))
+
+
+# ------------------------------------------------------------ the next session's sign-in, ahead
+# Embedded mode signs every browser on this machine in as the local admin, and a password sign-in
+# is a bcrypt check (~70 ms; several hundred on a busy machine) before a page can read anything. So
+# one client is signed in ahead, in the background, for the next browser session to take: a sign-in
+# of its own with tokens of its own (nothing of one session is handed to another), and only ever
+# for that configured identity (Config.auto_sign_in).
+_ahead_lock = threading.Lock()
+_ahead: dict[tuple, Future] = {}
+
+
+def _sign_in_ahead(cfg: Config) -> Future:
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            client = new_client(cfg)
+            sign_in(client, cfg.email, cfg.password)
+            future.set_result(client)
+        except BaseException as exc:  # noqa: BLE001 - the session that takes it signs in itself
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="proxwatch-sign-in-ahead", daemon=True).start()
+    return future
+
+
+def signed_in_ahead(cfg: Config) -> Client | None:
+    """A client signed in as the local admin ahead of time, or None (the caller signs in); either
+    way the next one is started."""
+    key = (cfg.url, cfg.anon_key, cfg.email, cfg.password)
+    with _ahead_lock:
+        ready = _ahead.get(key)
+        if ready is not None and not ready.done():
+            return None   # still signing in: this session signs in by itself
+        _ahead[key] = _sign_in_ahead(cfg)
+    if ready is None or ready.exception() is not None:
+        return None
+    return ready.result()
 
 
 def session_client(state, cfg: Config) -> Client:
@@ -190,6 +245,10 @@ def signed_in(*, home: bool = False) -> Client | None:
     except DataError as exc:
         st.error(plain(exc))
         return None
+    if SESSION_KEY not in st.session_state and cfg.auto_sign_in and not st.session_state.get(SIGNED_OUT_KEY):
+        ahead = signed_in_ahead(cfg)
+        if ahead is not None:
+            st.session_state[SESSION_KEY] = ahead
     client = session_client(st.session_state, cfg)
     email = signed_in_email(client)
     if email is None and cfg.auto_sign_in and not st.session_state.get(SIGNED_OUT_KEY):
@@ -221,8 +280,10 @@ def run_page(body, *, what: str = "page", home: bool = False) -> None:
     try:
         client = signed_in(home=home)
         if client is not None:
-            alerts_ui.banner(client)      # open problems, on every page
-            body(client)
+            banner = st.container()       # open problems, at the top of every page: drawn after
+            body(client)                  # the page's own data, so that it never holds it up
+            with banner:
+                alerts_ui.banner(client)
     except Exception as exc:  # shown, and logged with its traceback
         log.exception("%s failed", what)
         st.error(f"The {what} hit an unexpected error: {plain(exc)}")

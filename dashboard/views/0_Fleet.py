@@ -41,7 +41,23 @@ session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css
   .pw-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px; overflow: hidden;
            clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
   .pw-live { font-size: 0.88rem; }
+  .st-key-pw_table_warmup { display: none; }
 """)
+
+# The browser fetches and compiles a table's component (and the Arrow code under it) the first time
+# the page draws one: close to a second on a busy machine, after the table's data has arrived. An
+# empty, hidden table drawn first in a session's first run starts that while the data is being
+# read; it is gone before the fleet table is drawn (never two tables on the page).
+WARMUP_KEY = "_pw_table_warm"
+_warmup = st.empty()
+if not st.session_state.get(WARMUP_KEY):
+    with _warmup.container(key="pw_table_warmup"):
+        st.table(pd.DataFrame())
+
+
+def _end_warmup() -> None:
+    _warmup.empty()
+    st.session_state[WARMUP_KEY] = True
 
 
 def _status_style(value: str) -> str:
@@ -73,6 +89,22 @@ HEARTBEATS = 30  # polls in each server's strip
 
 def _reset_page() -> None:
     st.session_state["pw_fleet_page"] = 1
+
+
+def _held_query() -> fleet_table.Query:
+    """The query as this browser session's controls hold it before they are drawn in this run (the
+    widgets' values, or their defaults), so that the table can be drawn before them."""
+    state = st.session_state
+    q = fleet_table.Query()
+    q.search = state.get("pw_fleet_search") or ""
+    q.statuses = list(state.get("pw_fleet_status") or [])
+    q.tenants = list(state.get("pw_fleet_tenant") or [])
+    q.sort = state.get("pw_fleet_sort") or fleet_table.SORT_COLUMNS[0]
+    q.descending = bool(state.get("pw_fleet_desc"))
+    q.uptime_range = state.get("pw_fleet_uptime") or list(tables.UPTIME_RANGES)[0]
+    q.page_size = int(state.get("pw_fleet_page_size") or 50)
+    q.page = int(state.get("pw_fleet_page") or 1)
+    return q
 
 
 def _fleet_query(rows: list[dict]) -> fleet_table.Query:
@@ -242,22 +274,37 @@ def _fleet_view(client, feeds: list) -> None:
     except data.DataError as exc:
         st.error(plain(exc))
         return
-    _announce(rows)
     if not rows:
+        _announce(rows)
         st.info("No servers yet. Add a server with `proxwatch servers add NAME https://HOST:8006 "
                 "--token USER@REALM!TOKENID=SECRET` and it appears here after its first poll.")
         return
-    _status_counts(rows)
+    # The table is what a person opens the page for: it is drawn first, in its place under the
+    # figures and the controls (containers kept for them), and they follow — so the browser starts
+    # on the table (and fetches its component) while the rest of the page is still being made.
+    counts = st.container()
     st.subheader("Fleet")
-    session.silenced_marker(client)   # the silenced servers (dashboard/alerts_ui.py)
-    q = _fleet_query(rows)
+    marker, controls = st.container(), st.container()
+    q = _held_query()
     found, on_page, page = fleet_table.select(rows, q)
+    _end_warmup()
     if on_page:
         beats = _last_good("pw_last_beats", lambda: data.heartbeats(client, [r["id"] for r in on_page], HEARTBEATS))
         _fleet_table(on_page, beats, q.uptime_range)
     else:
         st.info("No server matches the search and filters.")
     _pager(q, page, len(found), len(rows), len(on_page))
+    with controls:
+        drawn = _fleet_query(rows)
+    if drawn != q and not st.session_state.get("_pw_fleet_requery"):
+        st.session_state["_pw_fleet_requery"] = True  # once: the controls said otherwise (never loops)
+        st.rerun()
+    st.session_state.pop("_pw_fleet_requery", None)
+    with counts:
+        _status_counts(rows)
+    with marker:
+        session.silenced_marker(client)   # the silenced servers (dashboard/alerts_ui.py)
+    _announce(rows)
     # Outage periods of every server, opened and closed by the worker with the status change.
     feeds.append(live.watch(st.session_state, [("incidents", None)]))
     _incidents(client, "Recent incidents")
@@ -285,7 +332,6 @@ def _fleet_view(client, feeds: list) -> None:
 
 
 def page(client) -> None:
-    connections_ui.sidebar(client)  # the top active connections, as on every page
     status_slot = st.container()    # the live indicator's line, above the figures
     feeds = [live.watch(st.session_state, [("proxmox_servers", None)])]
     try:
@@ -293,9 +339,12 @@ def page(client) -> None:
     except Exception as exc:  # a sentence on the page; the live indicator below still runs
         log.exception("dashboard failed")
         st.error(f"The dashboard hit an unexpected error: {plain(exc)}")
+    connections_ui.sidebar(client)  # the top active connections, as on every page (after the table)
     with status_slot:
         live.rerun_on_change(*feeds, fallback_s=session.config().refresh_s,
                              settle_s=fleet_table.settle_s(len(st.session_state.get("pw_last_fleet") or ())))
 
 
 session.run_page(page, what="dashboard", home=True)
+if not st.session_state.get(WARMUP_KEY):
+    _end_warmup()  # no fleet table in this run (the sign-in form, an error)

@@ -45,9 +45,10 @@ def sign_in_env(standin, who: tuple[str, str] | None, url: str | None = None) ->
 
 
 @contextlib.contextmanager
-def streamlit_server(standin, who: tuple[str, str], name: str):
-    """`streamlit run dashboard/app.py` on a free port, signed in as who, with its own HOME under
-    .home/<name> (its log: streamlit.log there). Yields the dashboard's URL once it answers."""
+def streamlit_server(standin, who: tuple[str, str], name: str, app=APP):
+    """`streamlit run dashboard/app.py` (or another `app` script: a benchmark's baseline) on a free
+    port, signed in as who, with its own HOME under .home/<name> (its log: streamlit.log there).
+    Yields the dashboard's URL once it answers."""
     home = ROOT / ".home" / name
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -57,7 +58,7 @@ def streamlit_server(standin, who: tuple[str, str], name: str):
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     with open(home / "streamlit.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
              "--client.toolbarMode", "minimal"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
