@@ -14,6 +14,7 @@ from supabase_auth.errors import AuthApiError
 
 from tests.support.seed import ALICE, BOB
 from tests.support.standin import signed_in
+from tests.support.waiting import wait_until
 from worker import admin, db
 from worker.embedded.standin import StandIn, make_keys, verify_jwt
 
@@ -177,20 +178,24 @@ def test_the_service_role_sees_every_tenant(standin, fleet):
 
 
 def test_an_access_token_expires_and_the_refresh_token_renews_it(db_url, pw_secrets, fleet):
-    short = StandIn(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=1).start()
+    # Two seconds: a token's exp is whole seconds after its (floored) iat, so a 1 s token could be
+    # valid for almost no time at all — the renewed one too, failing the call right after renewing.
+    short = StandIn(db_url, pw_secrets["jwt_secret"], access_token_ttl_s=2).start()
+
+    def overview(token: str) -> httpx.Response:
+        return httpx.post(f"{short.url}/rest/v1/rpc/fleet_overview", json={},
+                          headers={"apikey": short.anon_key, "Authorization": f"Bearer {token}"})
     try:
         # No background refresh: this test spends the refresh token itself (the client's own timer
         # would race it for the single-use token).
         client = create_client(short.url, short.anon_key, ClientOptions(auto_refresh_token=False))
         session = client.auth.sign_in_with_password({"email": ALICE[0], "password": ALICE[1]}).session
-        assert session.expires_in == 1
-        time.sleep(2)
-        raw = httpx.post(f"{short.url}/rest/v1/rpc/fleet_overview", json={},
-                         headers={"apikey": short.anon_key, "Authorization": f"Bearer {session.access_token}"})
+        assert session.expires_in == 2
+        assert wait_until(lambda: overview(session.access_token).status_code == 401, 10)
+        raw = overview(session.access_token)
         assert raw.status_code == 401 and raw.json()["message"] == "JWT expired"
         renewed = create_client(short.url, short.anon_key).auth.refresh_session(session.refresh_token).session
-        raw = httpx.post(f"{short.url}/rest/v1/rpc/fleet_overview", json={},
-                         headers={"apikey": short.anon_key, "Authorization": f"Bearer {renewed.access_token}"})
+        raw = overview(renewed.access_token)
         assert raw.status_code == 200 and [r["name"] for r in raw.json()] == ["pve-alpha", "pve-beta", "pve-delta"]
     finally:
         short.stop()
