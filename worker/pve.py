@@ -47,7 +47,7 @@ FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 # One header line as the email parser takes it without remark: a name of printable characters other
 # than ':', the value after optional blanks, CRLF (or LF).
 _HEADER_LINE = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
-_email_parse_headers = http.client.parse_headers
+_email_parse_headers = http.client.parse_headers   # the standard one (tests/unit/test_pve_headers.py)
 
 
 def _parse_headers(fp, _class=http.client.HTTPMessage):

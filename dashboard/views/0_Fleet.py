@@ -95,15 +95,15 @@ def _held_query() -> fleet_table.Query:
     """The query as this browser session's controls hold it before they are drawn in this run (the
     widgets' values, or their defaults), so that the table can be drawn before them."""
     state = st.session_state
-    q = fleet_table.Query()
-    q.search = state.get("pw_fleet_search") or ""
-    q.statuses = list(state.get("pw_fleet_status") or [])
-    q.tenants = list(state.get("pw_fleet_tenant") or [])
-    q.sort = state.get("pw_fleet_sort") or fleet_table.SORT_COLUMNS[0]
+    q = fleet_table.Query()   # its defaults are the widgets' defaults
+    q.search = state.get("pw_fleet_search") or q.search
+    q.statuses = list(state.get("pw_fleet_status") or q.statuses)
+    q.tenants = list(state.get("pw_fleet_tenant") or q.tenants)
+    q.sort = state.get("pw_fleet_sort") or q.sort
     q.descending = bool(state.get("pw_fleet_desc"))
-    q.uptime_range = state.get("pw_fleet_uptime") or list(tables.UPTIME_RANGES)[0]
-    q.page_size = int(state.get("pw_fleet_page_size") or 50)
-    q.page = int(state.get("pw_fleet_page") or 1)
+    q.uptime_range = state.get("pw_fleet_uptime") or q.uptime_range
+    q.page_size = int(state.get("pw_fleet_page_size") or q.page_size)
+    q.page = int(state.get("pw_fleet_page") or q.page)
     return q
 
 
@@ -111,7 +111,7 @@ def _fleet_query(rows: list[dict]) -> fleet_table.Query:
     """The search, filter, sort and page controls above the table (kept per browser session)."""
     tenants = sorted({row.get("tenant_name") or "" for row in rows})
     search, status, tenant, sort, order, uptime = st.columns([3, 3, 3, 2, 1.3, 1.3], vertical_alignment="bottom")
-    q = fleet_table.Query()
+    q = _held_query()   # the page and its size come from the pager under the table
     q.search = search.text_input("Search", key="pw_fleet_search", placeholder="Server name contains…",
                                  on_change=_reset_page)
     q.statuses = status.multiselect("Status", fleet_table.STATUSES, key="pw_fleet_status", placeholder="Any status",
@@ -122,8 +122,6 @@ def _fleet_query(rows: list[dict]) -> fleet_table.Query:
     q.descending = order.toggle("Descending", key="pw_fleet_desc", on_change=_reset_page)
     q.uptime_range = uptime.selectbox("Uptime over", list(tables.UPTIME_RANGES), key="pw_fleet_uptime",
                                       help="The range of the table's Uptime column (and of sorting by it).")
-    q.page_size = int(st.session_state.get("pw_fleet_page_size") or 50)
-    q.page = int(st.session_state.get("pw_fleet_page") or 1)
     return q
 
 
