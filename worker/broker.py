@@ -18,8 +18,27 @@ ENDPOINTS = runtime.endpoints(SETTINGS)
 # 15 s cannot mistake a busy worker for a dead one; maintenance is one cheap sorted-set range.
 HEARTBEAT_TIMEOUT_MS = 15_000
 MAINTENANCE_CHANCE = 50_000     # per million commands: about every 20th
-broker = RedisBroker(url=ENDPOINTS.redis_url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-                     maintenance_chance=MAINTENANCE_CHANCE)
+# An idle Dramatiq consumer asks Redis for messages with a growing pause, up to the worker timeout
+# (1 s by default): a scheduler step sent to idle workers started 0.5–1 s late, a quarter of a
+# 1,000-server cycle (tests/bench/bench_fleet_cycle.py). These queues pause at most
+# PROMPT_IDLE_MS: polls start on time and an operation someone started shows progress at once, for
+# about 20–40 cheap fetches a second per queue and worker process while idle. The other queues (guest
+# sync, alerts, periodic jobs, delayed retries) keep the default.
+PROMPT_QUEUES = frozenset({"polls", "operations"})
+PROMPT_IDLE_MS = 50
+
+
+class Broker(RedisBroker):
+    """Dramatiq's Redis broker; the queues in PROMPT_QUEUES idle-poll at most every PROMPT_IDLE_MS."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
+        if queue_name in PROMPT_QUEUES:
+            timeout = min(timeout, PROMPT_IDLE_MS)
+        return super().consume(queue_name, prefetch, timeout)
+
+
+broker = Broker(url=ENDPOINTS.redis_url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+                maintenance_chance=MAINTENANCE_CHANCE)
 dramatiq.set_broker(broker)
 
 if SETTINGS.metrics.worker_port:

@@ -5,7 +5,10 @@ a server whose poll cannot run is its own failure row, not a failed batch."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -99,3 +102,19 @@ def test_a_retried_batch_writes_each_poll_once_and_a_poison_server_does_not_fail
     assert attempts == len(good) + 1 + 1  # the batch once, plus the marker poll
     # And the batch was not failed and retried by Dramatiq
     assert "Retrying message" not in (tmp_path / "procs.log").read_text()
+
+
+def test_an_idle_worker_asks_for_polls_at_least_every_50_ms(services_env):
+    """A scheduler step sent to idle workers must start on time: Dramatiq's idle consumer pauses up to
+    its worker timeout (1 s) between fetches, which made every step start 0.5-1 s late. The broker the
+    worker imports (`dramatiq worker.broker …`) caps the pause of the poll and operation queues."""
+    probe = ("import json; from worker.broker import broker; "
+             "print(json.dumps({q: broker.consume(q, prefetch=1, timeout=1000).timeout "
+             "for q in ('polls', 'operations', 'inventory', 'alerts', 'polls.DQ')}))")
+    out = subprocess.run([sys.executable, "-c", probe], env=services_env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pauses = json.loads(out.stdout.strip().splitlines()[-1])
+    # Polls and operations: at most 50 ms idle between fetches; the rest keep the worker's timeout
+    assert pauses["polls"] <= 50 and pauses["operations"] <= 50
+    assert pauses["inventory"] == pauses["alerts"] == pauses["polls.DQ"] == 1000
