@@ -151,3 +151,23 @@ def heartbeat_css(cells: list[bool | None]) -> str:
     return ("background-image: linear-gradient(to right, " + ", ".join(stops) + "); "
             "background-size: 100% 14px; background-repeat: no-repeat; background-position: center; "
             "color: transparent; min-width: 150px; font-size: 0.7rem")
+
+
+FLEET_CSS = "  table.pw-fleet tbody td:nth-child(-n+5) { white-space: nowrap; }"  # status … last check
+
+
+def table_html(cells: list[dict], columns: list[str], strips: list[list[bool | None]],
+               headings: dict[str, str] | None = None) -> str:
+    """The page of servers as one HTML table (tables.html_table: literal text, no Markdown): the
+    status in its colour, an insecure connection in red, the heartbeat strip as its cell's background
+    with its words for screen readers (HEARTBEAT_COLUMN holds them)."""
+    def style(i: int, column: str, text: str) -> str | None:
+        if column == "Status":
+            status = text.replace("●", "").strip()
+            return f"color: {tables.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
+        if column == HEARTBEAT_COLUMN:
+            return heartbeat_css(strips[i])
+        if column == "Connection" and text.startswith("insecure"):
+            return "color: #b91c1c"
+        return None
+    return tables.html_table(cells, columns, style, headings, css_class="pw-fleet")

@@ -21,7 +21,7 @@ import streamlit as st
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError
 
-from dashboard import alerts_ui, live
+from dashboard import alerts_ui, live, tables
 from dashboard.data import DataError, unreachable
 from dashboard.text import plain
 from worker import settings
@@ -44,7 +44,7 @@ PAGES = {
 }
 FLEET_PAGE, GUESTS_PAGE, CONNECTIONS_PAGE, OPERATIONS_PAGE, ALERTS_PAGE = PAGES
 
-BASE_CSS = ".block-container { padding-top: 2.2rem; max-width: 1500px; }"
+BASE_CSS = ".block-container { padding-top: 2.2rem; max-width: 1500px; }" + tables.TABLE_CSS
 
 
 # ---------------------------------------------------------------------------- configuration

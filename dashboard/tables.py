@@ -3,6 +3,8 @@ person reads. Pure functions; the pages draw them. The operations table is in da
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from dashboard import timefmt
@@ -156,3 +158,39 @@ def guest_rows(rows: list[dict], now: datetime | None = None) -> list[dict]:
         "Up": timefmt.age(r["started_at"], now) if r["started_at"] and r["status"] == "running" else "—",
         "Tags": ", ".join(r["tags"] or []),
     } for r in rows]
+
+
+# The look of html_table (in every page's style sheet: dashboard/session.py): Streamlit's own table,
+# without its component.
+TABLE_CSS = """
+  .pw-table-wrap { overflow-x: auto; margin-bottom: 0.6rem; }
+  table.pw-table { border-collapse: collapse; width: 100%; font-size: 0.88rem; }
+  table.pw-table th, table.pw-table td { padding: 0.35rem 0.6rem; text-align: left; vertical-align: top;
+                                         border-bottom: 1px solid rgba(49, 51, 63, 0.1); }
+  table.pw-table th { white-space: nowrap; font-weight: 600; color: rgba(49, 51, 63, 0.6); }
+  table.pw-table tbody tr:hover { background: rgba(49, 51, 63, 0.03); }
+"""
+
+
+def html_table(cells: list[dict], columns: list[str], style: Callable[[int, str, str], str | None] | None = None,
+               headings: dict[str, str] | None = None, css_class: str = "") -> str:
+    """Table cells as one HTML table for st.html: every cell literal text (escaped, never Markdown),
+    with the inline style that style(row index, column, text) gives it; headings rename columns.
+
+    st.table renders each cell as Markdown — a server or guest named `[x](http://…)` became a link,
+    PVE's `**error**` bold — and loads its component on a page's first table: about 0.4 s of a
+    50-row page's load (tests/bench/bench_dashboard_fleet.py). The browser lays this out at once."""
+    headings = headings or {}
+    head = "".join(f'<th scope="col">{html.escape(headings.get(c, c))}</th>' for c in columns)
+    body = []
+    for i, cell in enumerate(cells):
+        tds = []
+        for column in columns:
+            text = str(cell.get(column, "") if cell.get(column) is not None else "")
+            css = style(i, column, text) if style else None
+            attr = f' style="{html.escape(css)}"' if css else ""
+            tds.append(f"<td{attr}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    classes = " ".join(filter(None, ("pw-table", css_class)))
+    return (f'<div class="pw-table-wrap"><table class="{classes}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')

@@ -32,38 +32,13 @@ STATUS_KEY = "proxwatch_fleet_status"
 
 session.page_header("proxwatch", tab_title="proxwatch", sidebar="collapsed", css="""
   h1 { padding-bottom: 0.1rem; }
-  [data-testid="stTable"] td, [data-testid="stTable"] th { font-size: 0.88rem; padding: 0.35rem 0.6rem; }
-  [data-testid="stTable"] th { white-space: nowrap; }
-  [data-testid="stTable"] th *, [data-testid="stTable"] tbody td:nth-child(-n+5) * { white-space: nowrap; }
   [data-testid="stMetricValue"] { font-size: 1.7rem; }
   .pw-server-line { color: #4b5563; font-size: 0.9rem; margin: -0.4rem 0 0.6rem 0; }
   .pw-status { font-weight: 600; }
   .pw-sr { position: absolute; width: 1px; height: 1px; padding: 0; margin: -1px; overflow: hidden;
            clip: rect(0, 0, 0, 0); white-space: nowrap; border: 0; }
   .pw-live { font-size: 0.88rem; }
-  .st-key-pw_table_warmup { display: none; }
-""")
-
-# The browser fetches and compiles a table's component (and the Arrow code under it) the first time
-# the page draws one: close to a second on a busy machine, after the table's data has arrived. An
-# empty, hidden table drawn first in a session's first run starts that while the data is being
-# read; it is gone before the fleet table is drawn (never two tables on the page).
-WARMUP_KEY = "_pw_table_warm"
-_warmup = st.empty()
-if not st.session_state.get(WARMUP_KEY):
-    with _warmup.container(key="pw_table_warmup"):
-        st.table(pd.DataFrame())
-
-
-def _end_warmup() -> None:
-    _warmup.empty()
-    st.session_state[WARMUP_KEY] = True
-
-
-def _status_style(value: str) -> str:
-    status = value.replace("●", "").strip()
-    return f"color: {tables.STATUS_COLOR.get(status, '#374151')}; font-weight: 600"
-
+""" + fleet_table.FLEET_CSS)
 
 def _fleet_table(rows: list[dict], beats: dict[str, list[dict]], uptime_range: str) -> None:
     """The page of servers on screen, with each one's heartbeat strip (a styled cell) and its uptime
@@ -73,12 +48,7 @@ def _fleet_table(rows: list[dict], beats: dict[str, list[dict]], uptime_range: s
     for cell, strip in zip(cells, strips):
         cell[fleet_table.HEARTBEAT_COLUMN] = fleet_table.heartbeat_text(strip)
     columns = tables.FLEET_COLUMNS[:1] + [fleet_table.HEARTBEAT_COLUMN] + tables.FLEET_COLUMNS[1:]
-    frame = pd.DataFrame(cells, columns=columns).rename(columns={"Uptime": f"Uptime {uptime_range}"})
-    css = [fleet_table.heartbeat_css(strip) for strip in strips]
-    styled = frame.style.map(_status_style, subset=["Status"]).map(
-        lambda v: "color: #b91c1c" if v.startswith("insecure") else "", subset=["Connection"]).apply(
-        lambda _column: css, subset=[fleet_table.HEARTBEAT_COLUMN])
-    st.table(styled, hide_index=True)
+    st.html(fleet_table.table_html(cells, columns, strips, {"Uptime": f"Uptime {uptime_range}"}))
     if any(tables.SIMULATED_MARK in cell["Uptime"] for cell in cells):
         st.caption(f"{tables.SIMULATED_MARK} The uptime over {uptime_range} counts simulated history "
                    "(the demo's backfill).")
@@ -278,14 +248,13 @@ def _fleet_view(client, feeds: list) -> None:
                 "--token USER@REALM!TOKENID=SECRET` and it appears here after its first poll.")
         return
     # The table is what a person opens the page for: it is drawn first, in its place under the
-    # figures and the controls (containers kept for them), and they follow — so the browser starts
-    # on the table (and fetches its component) while the rest of the page is still being made.
+    # figures and the controls (containers kept for them), and they follow — so the browser lays
+    # the table out while the rest of the page is still being made.
     counts = st.container()
     st.subheader("Fleet")
     marker, controls = st.container(), st.container()
     q = _held_query()
     found, on_page, page = fleet_table.select(rows, q)
-    _end_warmup()
     if on_page:
         beats = _last_good("pw_last_beats", lambda: data.heartbeats(client, [r["id"] for r in on_page], HEARTBEATS))
         _fleet_table(on_page, beats, q.uptime_range)
@@ -344,5 +313,3 @@ def page(client) -> None:
 
 
 session.run_page(page, what="dashboard", home=True)
-if not st.session_state.get(WARMUP_KEY):
-    _end_warmup()  # no fleet table in this run (the sign-in form, an error)

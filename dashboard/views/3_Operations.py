@@ -13,10 +13,9 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from dashboard import data, live, ops_ui, session  # noqa: E402
+from dashboard import data, live, ops_ui, session, tables  # noqa: E402
 from dashboard.text import plain  # noqa: E402
 
 session.page_header("Operations", icon=":material/build:", sidebar="collapsed")
@@ -28,10 +27,10 @@ STATUSES = {"Any status": None, "Running": "running", "Completed": "completed", 
 
 
 def _table(rows: list[dict]) -> None:
-    frame = pd.DataFrame(ops_ui.operation_rows(rows))
-    styled = frame.style.map(lambda v: f"color: {ops_ui.OPERATION_STATUS_COLOR.get(v, '#374151')}; font-weight: 600",
-                             subset=["Status"])
-    st.table(styled, hide_index=True)
+    """The operations, newest first: literal text (a guest's or a result's Markdown stays characters)."""
+    cells = ops_ui.operation_rows(rows)
+    st.html(tables.html_table(cells, list(cells[0]) if cells else [], lambda _i, column, text: (
+        f"color: {ops_ui.OPERATION_STATUS_COLOR.get(text, '#374151')}; font-weight: 600" if column == "Status" else None)))
 
 
 def _running(rows: list[dict]) -> None:

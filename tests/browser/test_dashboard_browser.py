@@ -31,7 +31,7 @@ def test_the_dashboard_shows_the_fleet_and_a_chart_in_chromium(dashboard):
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1700})
             page.goto(dashboard)
-            table = page.locator('[data-testid="stTable"]')
+            table = page.locator('table.pw-fleet')
             expect(table).to_be_visible(timeout=45_000)
             expect(table.get_by_text("pve-alpha", exact=True)).to_be_visible()
             expect(table.get_by_text("● online")).to_be_visible()
@@ -52,7 +52,7 @@ def _open(p, url):
     browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     page = browser.new_page(viewport={"width": 1440, "height": 1200})
     page.goto(url)
-    table = page.locator('[data-testid="stTable"]')
+    table = page.locator('table.pw-fleet')
     expect(table).to_be_visible(timeout=45_000)
     expect(page.get_by_text("● Live")).to_be_visible(timeout=30_000)
     return browser, page, table

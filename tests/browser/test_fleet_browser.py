@@ -54,7 +54,7 @@ def _choose(page, label: str, option: str) -> None:
 def test_a_large_fleet_is_searched_filtered_sorted_and_paged_in_chromium(dashboard, browser, fleet):
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
     page.goto(dashboard)
-    table = page.locator('[data-testid="stTable"]').first
+    table = page.locator('table.pw-fleet').first
     expect(table).to_be_visible(timeout=45_000)
     caption = page.get_by_text("Servers 1–50 of 120")
     expect(caption).to_be_visible(timeout=30_000)
@@ -100,7 +100,7 @@ def test_a_large_fleet_is_searched_filtered_sorted_and_paged_in_chromium(dashboa
     page.get_by_text("Descending", exact=True).click()
     expected = sorted(fleet, key=str.lower, reverse=True)[:50]
     page.wait_for_function("""(first) => {
-        const cells = [...document.querySelectorAll('[data-testid="stTable"] tbody tr')];
+        const cells = [...document.querySelectorAll('table.pw-fleet tbody tr')];
         return cells.length === 50 && cells[0].innerText.includes(first); }""", arg=expected[0], timeout=20_000)
     assert _names(table) == expected
     page.screenshot(path=str(SHOTS / "fleet-controls.png"), full_page=False)
@@ -109,7 +109,7 @@ def test_a_large_fleet_is_searched_filtered_sorted_and_paged_in_chromium(dashboa
     page.get_by_text("Descending", exact=True).click()
     _choose(page, "Sort by", "Avg latency")
     page.wait_for_function("""() => {
-        const rows = [...document.querySelectorAll('[data-testid="stTable"] tbody tr')];
+        const rows = [...document.querySelectorAll('table.pw-fleet tbody tr')];
         const ms = rows.map(r => [...r.querySelectorAll('td')].map(c => c.innerText))
                        .map(cells => cells.find(c => / ms$/.test(c))).filter(Boolean).map(c => parseInt(c));
         return ms.length === 50 && ms.every((v, i) => i === 0 || ms[i - 1] <= v); }""", timeout=20_000)
@@ -118,7 +118,7 @@ def test_a_large_fleet_is_searched_filtered_sorted_and_paged_in_chromium(dashboa
 def test_a_servers_last_hour_shows_every_poll_and_downloads_as_csv(dashboard, browser, fleet):
     page = browser.new_page(viewport={"width": 1440, "height": 2000})
     page.goto(dashboard)
-    expect(page.locator('[data-testid="stTable"]').first).to_be_visible(timeout=45_000)
+    expect(page.locator('table.pw-fleet').first).to_be_visible(timeout=45_000)
     # Given a degraded server (its every third poll failed)
     name = "ams-0021"
     assert large_fleet_status(21) == "degraded"
@@ -163,7 +163,7 @@ def test_uptime_and_the_30_day_and_year_charts_read_the_demos_backfill_in_day_bu
     until = backfill_simulated(db_url, [fleet[name]], days=30, ok=0.97)
     page = browser.new_page(viewport={"width": 1500, "height": 2200})
     page.goto(dashboard)
-    table = page.locator('[data-testid="stTable"]').first
+    table = page.locator('table.pw-fleet').first
     expect(table).to_be_visible(timeout=45_000)
     expect(page.get_by_text("Servers 1–50 of 120")).to_be_visible(timeout=30_000)
     # Then the uptime column shows the last 24 h: a figure for each polled server, "–" for the rest
@@ -176,9 +176,9 @@ def test_uptime_and_the_30_day_and_year_charts_read_the_demos_backfill_in_day_bu
     expect(table.locator("thead th").filter(has_text="Uptime 30 d")).to_have_count(1, timeout=20_000)
     _choose(page, "Sort by", "Uptime")
     page.wait_for_function("""() => {
-        const head = [...document.querySelectorAll('[data-testid="stTable"] thead th')].map(h => h.innerText.trim());
+        const head = [...document.querySelectorAll('table.pw-fleet thead th')].map(h => h.innerText.trim());
         const i = head.indexOf('Uptime 30 d');
-        const rows = [...document.querySelectorAll('[data-testid="stTable"] tbody tr')];
+        const rows = [...document.querySelectorAll('table.pw-fleet tbody tr')];
         const v = rows.map(r => r.querySelectorAll('td, th')[i].innerText.trim());
         const n = v.filter(c => c !== '–').map(c => parseFloat(c));
         return rows.length === 50 && n.length > 0 && v.slice(n.length).every(c => c === '–')

@@ -69,7 +69,7 @@ def test_a_restart_started_in_one_tab_is_seen_running_in_the_other(system, opspv
 
             # The Operations page lists it with its result
             second.goto(f"{system}/Operations")
-            history = second.locator('[data-testid="stTable"]')
+            history = second.locator('table.pw-table')
             expect(history).to_be_visible(timeout=45_000)
             expect(history.get_by_text("● completed")).to_be_visible()
             expect(history.get_by_text("pveproxy on pve1", exact=True)).to_be_visible()

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.support.seed import ALICE, BOB
 from tests.support.standin import running_standin
-from tests.support.streamlit import APP, app_test, sign_in_env
+from tests.support.streamlit import APP, app_test, html_tables, sign_in_env
 
 
 def run_as(monkeypatch, standin, who, url: str | None = None) -> AppTest:
@@ -17,8 +17,9 @@ def run_as(monkeypatch, standin, who, url: str | None = None) -> AppTest:
 
 
 def fleet_table(app: AppTest):
-    assert len(app.table) == 1, [e.value for e in app.error]
-    return app.table[0].value
+    tables = html_tables(app)
+    assert len(tables) == 1, [e.value for e in app.error]
+    return tables[0]
 
 
 def shown(markdown: str) -> str:
@@ -83,19 +84,19 @@ def test_the_empty_state_tells_how_to_add_a_server(monkeypatch, standin, db_url)
         admin.add_tenant(conn, "acme")
         admin.add_user(conn, ALICE[0], ALICE[1], "acme", "admin")
     app = run_as(monkeypatch, standin, ALICE)
-    assert not app.table
+    assert not html_tables(app)
     assert any("proxwatch servers add" in i.value for i in app.info)
 
 
 def test_a_wrong_password_is_a_sentence_not_a_traceback(monkeypatch, standin, fleet):
     app = run_as(monkeypatch, standin, (ALICE[0], "wrong-password"))
     assert [shown(e.value) for e in app.error] == ["Sign-in failed: Invalid login credentials."]
-    assert not app.table
+    assert not html_tables(app)
 
 
 def test_without_embedded_credentials_a_sign_in_form_is_shown(monkeypatch, standin, fleet):
     app = run_as(monkeypatch, standin, None)
-    assert not app.table
+    assert not html_tables(app)
     app.text_input[0].input(BOB[0])
     app.text_input[1].input(BOB[1])
     app.button[0].click().run()
@@ -116,7 +117,7 @@ def test_signing_out_shows_the_sign_in_form_even_in_embedded_mode(monkeypatch, s
     next(b for b in app.button if b.label == "Sign out").click().run()
     assert not app.exception
     # Not signed in again behind the user's back: the form, and a sentence saying why.
-    assert not app.table
+    assert not html_tables(app)
     assert [i.value for i in app.info] == ["You are signed out."]
     app.text_input[0].input(BOB[0])
     app.text_input[1].input(BOB[1])
@@ -130,7 +131,7 @@ def test_a_wrong_password_in_the_form_is_a_sentence(monkeypatch, standin, fleet)
     app.text_input[1].input("not-the-password")
     app.button[0].click().run()
     assert [shown(e.value) for e in app.error] == ["Sign-in failed: Invalid login credentials."]
-    assert not app.table
+    assert not html_tables(app)
 
 
 def test_an_expired_access_token_is_refreshed_without_signing_in_again(monkeypatch, db_url, pw_secrets, fleet):

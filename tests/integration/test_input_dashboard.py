@@ -15,6 +15,7 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from dashboard.text import plain
+from tests.support.streamlit import html_tables
 from worker import admin
 from worker.crypto import Box
 from worker.embedded.standin import StandIn
@@ -102,6 +103,12 @@ def test_a_server_named_like_a_link_is_shown_literally_on_the_fleet_page(monkeyp
     for t in shown:
         out, _ = rendered(t)
         assert "<a " not in out and "<strong>" not in out, t
+    # The fleet table (HTML, not Markdown: st.table would make the name a link and the error bold):
+    # the cells read exactly the name and PVE's message, and the HTML has no element of theirs.
+    [table] = html_tables(app)
+    assert table["Server"].tolist() == [EVIL_SERVER] and table["Last error"].tolist() == [EVIL_ERROR]
+    body = next(e.proto.body for e in app.get("html") if "pw-fleet" in e.proto.body)
+    assert "<a " not in body and "<strong>" not in body and "<code>" not in body
 
 
 def test_the_guests_page_shows_names_and_the_sync_error_and_skips_literally(monkeypatch, standin, seeded):
@@ -125,3 +132,19 @@ def test_the_guests_page_shows_a_failed_sync_of_a_server_without_guests(monkeypa
     app = run(monkeypatch, standin, "dashboard/views/1_Guests.py")
     assert any("the last guest sync failed" in w.value for w in app.warning)
     assert any("No guests yet" in i.value for i in app.info)
+
+
+def test_the_operations_table_shows_a_servers_name_and_a_result_literally(monkeypatch, standin, seeded, conn):
+    from worker import operations
+
+    # Given a failed operation of the server named like a link, whose error came with Markdown in it
+    op = operations.enqueue(conn, seeded, "service_restart", {"service": "pvedaemon"})["operationId"]
+    conn.execute("update active_operations set status = 'failed', completed_at = now(), error = %s where id = %s",
+                 (EVIL_ERROR, op))
+    conn.commit()
+    app = run(monkeypatch, standin, "dashboard/views/3_Operations.py")
+    # Then the history's cells read exactly those characters, and the HTML has no element of theirs
+    [history] = html_tables(app)
+    assert history["Server"].tolist() == [EVIL_SERVER] and history["Result"].tolist() == [EVIL_ERROR]
+    body = app.get("html")[0].proto.body
+    assert "<a " not in body and "<strong>" not in body and "<code>" not in body

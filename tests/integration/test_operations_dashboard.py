@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.support.seed import ALICE, BOB, seed_fleet
-from tests.support.streamlit import APP, DASHBOARD, app_test, sign_in_env
+from tests.support.streamlit import APP, DASHBOARD, app_test, html_tables, sign_in_env
 from worker import admin, operations
 
 PAGE = str(DASHBOARD / "views" / "3_Operations.py")
@@ -117,14 +117,14 @@ def test_the_operations_page_lists_running_and_past_operations_filterable(monkey
     page = run_as(monkeypatch, standin, ALICE, PAGE)
     assert page.title[0].value == "Operations"
     assert any(h.value == "Running now (1)" for h in page.subheader)
-    history = page.table[0].value
+    history = html_tables(page)[0]
     assert history["Operation"].tolist() == ["Renew Certificate", "Restart Service"]
     assert history["Status"].tolist() == ["○ waiting", "✕ failed"]
     assert history["Requested by"].tolist() == ["daily job", "person"]
     assert "unknown service command" in history["Result"].tolist()[1]
     # Filter: failed only
     page.selectbox(key="ops-filter-status").select("Failed").run()
-    assert page.table[0].value["Operation"].tolist() == ["Restart Service"]
+    assert html_tables(page)[0]["Operation"].tolist() == ["Restart Service"]
     # The buttons are here too, per server
     assert {"Test SSH", "Restart Service"} <= {b.label for b in page.button}
 

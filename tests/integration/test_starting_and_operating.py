@@ -142,10 +142,10 @@ def test_a_second_up_on_the_same_home_is_refused_with_a_sentence(new_home):
 # ---------------------------------------------- the dashboard signs in by itself on loopback only
 def test_on_loopback_the_local_admin_is_signed_in_and_the_page_says_why(monkeypatch, standin, fleet):
     from tests.support.seed import ALICE
-    from tests.support.streamlit import APP, app_test, sign_in_env
+    from tests.support.streamlit import APP, app_test, html_tables, sign_in_env
 
     app = app_test(monkeypatch, APP, sign_in_env(standin, ALICE), address="127.0.0.1")
-    assert len(app.table) == 1, [e.value for e in app.error]
+    assert len(html_tables(app)) == 1, [e.value for e in app.error]
     from dashboard.text import plain
 
     assert f"Signed in automatically as {plain(ALICE[0])} because the dashboard only listens on this machine " \
@@ -155,12 +155,12 @@ def test_on_loopback_the_local_admin_is_signed_in_and_the_page_says_why(monkeypa
 @pytest.mark.parametrize("address", ["0.0.0.0", "192.0.2.7", "::", None])
 def test_on_any_other_address_everyone_signs_in(monkeypatch, standin, fleet, address):
     from tests.support.seed import ALICE
-    from tests.support.streamlit import APP, app_test, sign_in_env
+    from tests.support.streamlit import APP, app_test, html_tables, sign_in_env
 
     # Given the local admin's credentials in the environment, and a dashboard reachable from elsewhere …
     app = app_test(monkeypatch, APP, sign_in_env(standin, ALICE), address=address)
     # … nobody is signed in: the sign-in form, and a sentence saying why.
-    assert not app.table
+    assert not html_tables(app)
     assert [b.label for b in app.button] == ["Sign in"]
     assert len(app.info) == 1 and "Nobody is signed in automatically" in app.info[0].value
     app.text_input[0].input(ALICE[0])
@@ -168,4 +168,4 @@ def test_on_any_other_address_everyone_signs_in(monkeypatch, standin, fleet, add
     app.button[0].click().run()
     from dashboard.text import plain
 
-    assert len(app.table) == 1 and f"Signed in as {plain(ALICE[0])}" in [c.value for c in app.caption]
+    assert len(html_tables(app)) == 1 and f"Signed in as {plain(ALICE[0])}" in [c.value for c in app.caption]

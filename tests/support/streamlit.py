@@ -7,7 +7,9 @@ import contextlib
 import os
 import subprocess
 import sys
+from html.parser import HTMLParser
 
+import pandas as pd
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
@@ -72,3 +74,48 @@ def streamlit_server(standin, who: tuple[str, str], name: str, app=APP):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class _TableText(HTMLParser):
+    """The header and body cells' text of each <table> in an HTML body, and each cell's style."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[dict] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append({"head": [], "rows": [], "styles": []})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+            self.tables[-1]["styles"].append([])
+        elif tag in ("th", "td") and self.tables:
+            self._cell = []
+            if tag == "td":
+                self.tables[-1]["styles"][-1].append(dict(attrs).get("style") or "")
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._cell is not None and self.tables:
+            text, table = "".join(self._cell), self.tables[-1]
+            (table["head"] if tag == "th" else table["rows"][-1]).append(text)
+            self._cell = None
+
+
+def html_tables(app: AppTest) -> list[pd.DataFrame]:
+    """The tables the page drew as HTML (st.html), each as a frame of its cells' text as a person
+    reads it (entities decoded); `frame.attrs["styles"]` holds each body cell's inline style."""
+    frames = []
+    for element in app.get("html"):
+        parser = _TableText()
+        parser.feed(element.proto.body)
+        for table in parser.tables:
+            rows = [r for r in table["rows"] if r]
+            frame = pd.DataFrame(rows, columns=table["head"])
+            frame.attrs["styles"] = [s for s in table["styles"] if s]
+            frames.append(frame)
+    return frames

@@ -62,6 +62,25 @@ def test_the_heartbeat_strip_is_oldest_first_and_grey_where_no_poll_was():
     assert ";" not in css.split("linear-gradient(")[1].split(")")[0]  # one CSS declaration
 
 
+def test_the_table_is_html_whose_cells_are_literal_text_with_status_colour_and_strip():
+    rows = [{**ROWS[0], "name": "[x](http://evil.example) <b>&", "health_check_error": "**boom** <script>x</script>"},
+            {**ROWS[1], "tls_mode": "insecure"}]
+    cells = tables.fleet_rows(rows)
+    strips = [[None, True, False], [True, True, True]]
+    for cell, strip in zip(cells, strips):
+        cell[fleet_table.HEARTBEAT_COLUMN] = fleet_table.heartbeat_text(strip)
+    columns = ["Status", fleet_table.HEARTBEAT_COLUMN, "Server", "Connection", "Last error", "Uptime"]
+    body = fleet_table.table_html(cells, columns, strips, {"Uptime": "Uptime 7 d"})
+    # Every cell is the text, escaped: no element of the name's or the error's
+    assert "<b>" not in body and "<script>" not in body and "<a " not in body
+    assert "[x](http://evil.example) &lt;b&gt;&amp;" in body and "**boom** &lt;script&gt;x&lt;/script&gt;" in body
+    assert '<th scope="col">Uptime 7 d</th>' in body and body.count("<tr>") == 3
+    # The status in its colour, the strip as its cell's background (its words stay, for screen readers)
+    assert f'color: {tables.STATUS_COLOR["offline"]}; font-weight: 600">● offline</td>' in body
+    assert fleet_table.heartbeat_css(strips[0]) in body and "last 2: 1 ok, 1 failed · latest failed" in body
+    assert cells[1]["Connection"].startswith("insecure") and 'style="color: #b91c1c">insecure' in body
+
+
 def test_the_csv_downloads_have_one_line_per_poll_or_hour_and_keep_unknown_hours_empty():
     polls = [{"scheduled_at": "2026-11-30T14:00:00Z", "success": True, "response_time_ms": 5, "error_kind": None},
              {"scheduled_at": "2026-11-30T14:00:10Z", "success": False, "response_time_ms": None,
