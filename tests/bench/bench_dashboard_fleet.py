@@ -47,7 +47,7 @@ from tests.bench.reporting import pct, table
 from tests.support.browser import SHOTS, chromium
 from tests.support.processes import ROOT
 from tests.support.seed import OPS, as_user, seed_large_fleet, seed_servers
-from tests.support.streamlit import APP, app_test, sign_in_env, streamlit_server
+from tests.support.streamlit import APP, app_test, html_tables, sign_in_env, streamlit_server
 from worker import retention
 
 SERVERS = int(os.environ.get("BENCH_FLEET_SERVERS", "1000"))
@@ -146,7 +146,7 @@ def _script_runs(monkeypatch, standin, who) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         app.run()
         reruns.append(time.perf_counter() - t0)
-        assert not app.exception and len(app.table[0].value) == 50
+        assert not app.exception and len(html_tables(app)[0]) == 50
     return first, reruns
 
 
