@@ -29,8 +29,10 @@ def test_a_poll_held_by_a_killed_worker_is_written_once_by_the_next_one(pve, add
     server = add_server("pve-slow", pve.url)
     scheduled_at = datetime.now(timezone.utc).replace(microsecond=0)
     log = open(tmp_path / "procs.log", "wb")
-    # Given a server that does not answer, so the worker holds its poll
-    pve.flaky_network(hang_rate=1.0, hang_secs=30)
+    # Given a server that does not answer, so the worker holds its poll (its calls time out after
+    # 5 s; the hang outlasts that — longer would only keep the simulator's handler, and the
+    # fixture's teardown, waiting)
+    pve.flaky_network(hang_rate=1.0, hang_secs=8)
     first = spawn(WORKER, services_env, log)
     second = None
     try:
