@@ -121,18 +121,22 @@ def test_an_answer_cut_short_is_a_network_failure_and_its_connection_is_not_used
     assert by_connection(rawpve) == [["version", "cluster/status"] * 2, ["version", "cluster/status"]]
 
 
-def test_headers_that_never_end_are_a_timeout_at_the_calls_timeout(rawpve, add_server, poller, recorder, conn,
-                                                                  settings):
+def test_headers_that_never_end_are_a_timeout_at_the_calls_timeout_and_end_the_connection(
+        rawpve, add_server, poller, recorder, conn, settings):
     s = add_server("stalls", rawpve.url)
     row = poller.target(s["id"])
-    assert settings.timeout_min_ms >= 1000
+    assert polls(poller, recorder, conn, s["id"])[-1]["success"]
     # Given a server that sends the status line and one header, then nothing more
     rawpve.reply = lambda path: (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", STALL)
     started = time.monotonic()
-    result = poller.poll(str(s["id"]), START, {**row, "learned_timeout_ms": 300})
+    result = poller.poll(str(s["id"]), START + timedelta(hours=1), {**row, "learned_timeout_ms": 300})
     # Then the poll ends at its timeout (300 ms for each read), not when the server gives up
     assert time.monotonic() - started < settings.timeout_min_ms / 1000
     assert result.error_kind == TIMEOUT and "did not answer within 300 ms" in result.error_message
+    # And the next poll goes over a new connection: nothing more was sent on that one
+    rawpve.reply = lambda path: (answer(BODIES[path]), KEEP)
+    assert polls(poller, recorder, conn, s["id"])[-1]["success"]
+    assert by_connection(rawpve) == [["version", "cluster/status", "version"], ["version", "cluster/status"]]
 
 
 @pytest.mark.parametrize("status, reason, body, kind, words", [

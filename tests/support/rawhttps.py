@@ -18,8 +18,9 @@ import ssl
 import threading
 from typing import Callable
 
-# After the answer: wait for the next request; close; hang; end the sending side only (FIN, as a server
-# that dies mid-answer) but still take requests, to see whether the client sends any on that connection.
+# After the answer: wait for the next request; close; hang (never send again); end the sending side only
+# (FIN, as a server that dies mid-answer). After the last two the server still takes requests on that
+# connection, to see whether the client sends any.
 KEEP, CLOSE, STALL, HALF = "keep", "close", "stall", "half-close"
 
 VERSION = b'{"data":{"version":"9.1.4","release":"9.1","repoid":"5f6e7d8c"}}'
@@ -121,7 +122,7 @@ class RawPve:
             sock.close()
 
     def _requests(self, sock: ssl.SSLSocket, number: int) -> None:
-        buf, sent_fin = b"", False
+        buf, mute = b"", False
         while True:
             with self._lock:
                 self._idle.add(sock)
@@ -141,14 +142,11 @@ class RawPve:
                 data, then = answer(DENIED, 401, "No ticket"), KEEP
             else:
                 data, then = self.reply(path)
-            if not sent_fin:
+            if not mute:
                 sock.sendall(data)
             if then == HALF:
-                sent_fin = True
                 socket.socket.shutdown(sock, socket.SHUT_WR)
-            if then == STALL:
-                self._stopped.wait()
-                return
+            mute = mute or then in (HALF, STALL)
             if then == CLOSE:
                 _shutdown(sock)
                 return
