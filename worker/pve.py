@@ -1,4 +1,5 @@
-"""The one HTTP layer to the Proxmox VE API: proxmoxer over requests, with
+"""The one HTTP layer to the Proxmox VE API: proxmoxer over requests (and, for a poll's GETs, over
+our own small HTTP/1.1 client on kept-alive TLS sockets), with
 
 - API-token auth (preferred) or password/ticket auth,
 - TLS verified by the system CAs, or pinned to the SHA-256 fingerprint of the server's

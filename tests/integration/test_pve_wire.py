@@ -144,13 +144,17 @@ def test_headers_that_never_end_are_a_timeout_at_the_calls_timeout_and_end_the_c
     (500, "hostname lookup 'pve1' failed", b'{"data":null,"message":"hostname lookup \'pve1\' failed"}',
      HTTP, "answered 500 hostname lookup 'pve1' failed"),
 ])
-def test_an_error_status_with_a_body_is_recorded_with_the_servers_reason(
+def test_an_error_status_with_a_body_is_recorded_with_the_servers_reason_and_keeps_the_connection(
         rawpve, add_server, poller, recorder, conn, status, reason, body, kind, words):
     rawpve.reply = lambda path: (answer(body, status, reason) if path.endswith("/cluster/status")
                                  else answer(BODIES[path]), KEEP)
     s = add_server("errors", rawpve.url)
     row = polls(poller, recorder, conn, s["id"])[-1]
     assert row["success"] is False and row["error_kind"] == kind and words in row["error_message"]
+    # And a complete answer, even an error, keeps its connection for the next poll
+    rawpve.reply = lambda path: (answer(BODIES[path]), KEEP)
+    assert polls(poller, recorder, conn, s["id"])[-1]["success"]
+    assert by_connection(rawpve) == [["version", "cluster/status"] * 2]
 
 
 def test_a_wrong_token_gets_the_servers_401(rawpve, add_server, poller, recorder, conn):
