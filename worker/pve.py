@@ -1,4 +1,5 @@
-"""The one HTTP layer to the Proxmox VE API: proxmoxer over requests, with
+"""The one HTTP layer to the Proxmox VE API: proxmoxer over requests (and, for a poll's GETs, over
+our own small HTTP/1.1 client on kept-alive TLS sockets), with
 
 - API-token auth (preferred) or password/ticket auth,
 - TLS verified by the system CAs, or pinned to the SHA-256 fingerprint of the server's
@@ -11,9 +12,10 @@
 from __future__ import annotations
 
 import contextlib
-import email.parser
 import errno
 import functools
+import hashlib
+import hmac
 import http.client
 import json
 import re
@@ -23,6 +25,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import requests
@@ -31,8 +34,8 @@ from worker.errors import ProxwatchError
 from proxmoxer.backends.https import JsonSerializer, ProxmoxHttpSession, ProxmoxHTTPApiTokenAuth, ProxmoxHTTPAuth
 from proxmoxer.core import AuthenticationError, ProxmoxResource, ResourceException
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import (ClosedPoolError, ConnectTimeoutError, MaxRetryError, NewConnectionError,
-                                ProtocolError, ReadTimeoutError)
+from requests.structures import CaseInsensitiveDict
+from requests.utils import requote_uri
 from urllib3.util.ssl_ import create_urllib3_context
 
 # The vocabulary of connection_metrics.error_kind.
@@ -43,36 +46,6 @@ CONNECTION_LEVEL = {TIMEOUT, REFUSED, DNS, NETWORK}
 
 TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
 FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
-
-# One header line as the email parser takes it without remark: a name of printable characters other
-# than ':', the value after optional blanks, CRLF (or LF).
-_HEADER_LINE = re.compile(rb"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n\Z")
-_email_parse_headers = http.client.parse_headers   # the standard one (tests/unit/test_pve_headers.py)
-
-
-def _parse_headers(fp, _class=http.client.HTTPMessage):
-    """http.client.parse_headers for the common case: every line a plain `Name: value` — the same
-    message (headers, values, empty payload, no defects) without the email package's parser, which
-    was ~8 % of the worker's CPU per poll (two answers, a few headers each). Anything else (folded
-    lines, a line without a colon, an answer cut short, another message class) goes to the email
-    parser as before, with the lines already read."""
-    lines = http.client._read_headers(fp)
-    if _class is http.client.HTTPMessage and lines[-1] in (b"\r\n", b"\n"):
-        fields = []
-        for line in lines[:-1]:
-            match = _HEADER_LINE.match(line)
-            if match is None:
-                break
-            fields.append((match[1].decode("iso-8859-1"), match[2].decode("iso-8859-1")))
-        else:
-            message = _class()
-            message._headers = fields
-            message.set_payload("")
-            return message
-    return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
-
-
-http.client.parse_headers = _parse_headers
 
 
 class PveError(ProxwatchError):
@@ -204,7 +177,7 @@ class _SessionTicketAuth(ProxmoxHTTPAuth):
 
 
 class _Answer:
-    """What proxmoxer reads of an answer (status_code, reason, content, text), from urllib3's."""
+    """What proxmoxer reads of an answer (status_code, reason, content, text)."""
 
     __slots__ = ("status_code", "reason", "content")
 
@@ -216,74 +189,315 @@ class _Answer:
         return self.content.decode("utf-8", "replace")
 
 
+_RECV = 32768             # bytes asked of the TLS socket at once (a TLS record holds at most 16 KiB)
+_MAX_HEAD = 65536         # status line and headers, as http.client allows per line
+_MAX_HEADERS = 100        # as http.client
+_IDLE_PER_ORIGIN = 4      # idle connections a session keeps (requests' pool_maxsize here)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class _Buffer:
+    """The bytes of one answer as they arrive on a socket: `pos` is where reading continues."""
+
+    __slots__ = ("sock", "buf", "pos")
+
+    def __init__(self, sock, first: bytes):
+        self.sock, self.buf, self.pos = sock, first, 0
+
+    def more(self) -> None:
+        data = self.sock.recv(_RECV)
+        if not data:
+            raise http.client.IncompleteRead(self.buf[self.pos:])
+        self.buf = self.buf[self.pos:] + data
+        self.pos = 0
+
+    def head(self) -> bytes:
+        while (end := _HEAD_END.search(self.buf, self.pos)) is None:
+            if len(self.buf) - self.pos > _MAX_HEAD:
+                raise http.client.LineTooLong("header block")
+            self.more()
+        head = self.buf[self.pos:end.start()]
+        self.pos = end.end()
+        return head
+
+    def line(self) -> bytes:
+        while (end := self.buf.find(b"\n", self.pos)) < 0:
+            if len(self.buf) - self.pos > _MAX_HEAD:
+                raise http.client.LineTooLong("chunk size line")
+            self.more()
+        line = self.buf[self.pos:end]
+        self.pos = end + 1
+        return line
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if len(self.buf) >= end:
+            data = self.buf[self.pos:end]
+            self.pos = end
+            return data
+        parts = [self.buf[self.pos:]]
+        got = len(parts[0])
+        while got < n:
+            data = self.sock.recv(min(n - got, _RECV))  # never past the answer's end
+            if not data:
+                raise http.client.IncompleteRead(b"".join(parts), n - got)
+            parts.append(data)
+            got += len(data)
+        self.buf, self.pos = b"", 0
+        return b"".join(parts)
+
+    def to_eof(self) -> bytes:
+        parts = [self.buf[self.pos:]]
+        while data := self.sock.recv(_RECV):
+            parts.append(data)
+        self.buf, self.pos = b"", 0
+        return b"".join(parts)
+
+    def chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = self.line().split(b";", 1)[0].strip()
+            try:
+                n = int(size, 16)
+            except ValueError:
+                raise http.client.HTTPException(f"a chunk size that is not a number ({size[:20]!r})") from None
+            if n == 0:
+                break
+            parts.append(self.take(n))
+            if self.line().strip():
+                raise http.client.HTTPException("a chunk longer than its size")
+        while self.line().strip():  # trailer fields, up to the blank line
+            pass
+        return b"".join(parts)
+
+
+def _read_answer(sock, first: bytes) -> tuple[int, str, bytes, bool]:
+    """(status, reason, body, whether the connection can carry another request) of the answer that
+    begins with `first`: status line, headers (Content-Length, chunked, Connection, HTTP/1.0), body."""
+    data = _Buffer(sock, first)
+    while True:
+        lines = data.head().split(b"\n")
+        version, _, rest = lines[0].rstrip(b"\r").partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+            raise http.client.BadStatusLine(lines[0][:100].decode("iso-8859-1"))
+        status = int(code)
+        if not 100 <= status < 200 or status == 101:
+            break  # else an interim answer (100 Continue): the real one follows
+    if len(lines) > _MAX_HEADERS + 1:
+        raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+    length, chunked, encoding = None, False, None
+    keep = version == b"HTTP/1.1"
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue  # a folded or broken line: nothing we read
+        name = name.strip().lower()
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise http.client.HTTPException(f"an invalid Content-Length ({value[:20]!r})")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value.strip().lower().endswith(b"chunked")
+        elif name == b"connection":
+            value = value.lower()
+            if b"close" in value:
+                keep = False
+            elif b"keep-alive" in value:
+                keep = True
+        elif name == b"content-encoding":
+            encoding = value.strip().lower()
+    if status in (101, 204, 304):
+        body = b""
+    elif chunked:
+        body = data.chunked()
+    elif length is not None:
+        body = data.take(length)
+    else:
+        body, keep = data.to_eof(), False
+    if data.pos < len(data.buf):
+        keep = False  # bytes after the answer: nothing a GET asked for
+    if encoding and encoding != b"identity":
+        body = _decoded(body, encoding)
+    return status, reason.rstrip(b"\r").decode("iso-8859-1"), body, keep
+
+
+def _decoded(body: bytes, encoding: bytes) -> bytes:
+    """A body compressed although the request said `Accept-Encoding: identity`."""
+    import zlib
+
+    try:
+        if encoding in (b"gzip", b"x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == b"deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+    except zlib.error as err:
+        raise http.client.HTTPException(f"a body that is not {encoding.decode('ascii', 'replace')} ({err})") from None
+    raise http.client.HTTPException(f"a body in an unknown encoding ({encoding[:20]!r})")
+
+
+def _closing(sock) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class _Wire:
+    """HTTP/1.1 GETs to one origin on kept-alive TLS sockets, with the same exceptions requests
+    raises (so classify() says what it says for requests' failures).
+
+    Steps of get(): take an idle socket of this origin (or connect: TCP, then TLS with the shared
+    context — CAs and hostname in verify mode, the SHA-256 pin in pinned mode); send the request's
+    bytes; read the answer; put the socket back only after a complete answer that allows another
+    request. A reused socket that the server had closed (EOF or reset before any byte of the
+    answer) is replaced by a new connection once: a GET is safe to repeat, and a server closes idle
+    keep-alive connections whenever it likes (pveproxy after a restart, proxies on a timer). The
+    timeout is for the connection and for each read, as in urllib3."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, pin: str | None):
+        self.host, self.port, self.context = host, port, context
+        self.pin = bytes.fromhex(pin.replace(":", "")) if pin else None
+        self.idle: list = []  # list.pop/append are atomic: the poll threads share it without a lock
+
+    def get(self, request: bytes, timeout: float) -> _Answer:
+        try:
+            sock = self.idle.pop()
+        except IndexError:
+            sock = None
+        if sock is not None:
+            if sock.gettimeout() != timeout:
+                sock.settimeout(timeout)
+            answer = self._exchange(sock, request, reused=True)
+            if answer is not None:
+                return answer
+        return self._exchange(self._connect(timeout), request, reused=False)
+
+    def close(self) -> None:
+        while self.idle:
+            with contextlib.suppress(IndexError):
+                _closing(self.idle.pop())
+
+    def _connect(self, timeout: float):
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout)
+        except TimeoutError as err:
+            raise requests.exceptions.ConnectTimeout(err) from err
+        except OSError as err:
+            raise requests.exceptions.ConnectionError(err) from err
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = self.context.wrap_socket(raw, server_hostname=self.host)
+        except TimeoutError as err:
+            _closing(raw)
+            raise requests.exceptions.ConnectTimeout(err) from err
+        except ssl.SSLError as err:
+            _closing(raw)
+            raise requests.exceptions.SSLError(err) from err
+        except OSError as err:
+            _closing(raw)
+            raise requests.exceptions.ConnectionError(err) from err
+        if self.pin is not None:
+            got = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").digest()
+            if not hmac.compare_digest(got, self.pin):
+                _closing(sock)
+                raise requests.exceptions.SSLError(
+                    f'Fingerprints did not match. Expected "{self.pin.hex()}", got "{got.hex()}"')
+        return sock
+
+    def _exchange(self, sock, request: bytes, reused: bool) -> _Answer | None:
+        """The answer to `request` on `sock`; None when `sock` was reused and turned out closed."""
+        try:
+            sock.sendall(request)
+            first = sock.recv(_RECV)
+        except TimeoutError as err:
+            _closing(sock)
+            raise requests.exceptions.ReadTimeout(err) from err
+        except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as err:
+            _closing(sock)
+            if reused:
+                return None
+            raise requests.exceptions.ConnectionError(err) from err
+        except ssl.SSLError as err:
+            _closing(sock)
+            raise requests.exceptions.SSLError(err) from err
+        except OSError as err:
+            _closing(sock)
+            raise requests.exceptions.ConnectionError(err) from err
+        if not first:
+            _closing(sock)
+            if reused:
+                return None
+            err = http.client.RemoteDisconnected("Remote end closed connection without response")
+            raise requests.exceptions.ConnectionError(err) from err
+        try:
+            status, reason, body, keep = _read_answer(sock, first)
+        except TimeoutError as err:
+            _closing(sock)
+            raise requests.exceptions.ReadTimeout(err) from err
+        except (http.client.HTTPException, OSError) as err:
+            _closing(sock)
+            raise requests.exceptions.ConnectionError(err) from err
+        if keep and len(self.idle) < _IDLE_PER_ORIGIN:
+            self.idle.append(sock)
+        else:
+            _closing(sock)
+        return _Answer(status, reason, body)
+
+
 class _PollSession(ProxmoxHttpSession):
     """proxmoxer's session with a short path for what a poll sends: a GET without parameters under
-    API-token auth. The first such call goes through requests (which sets up the connection pool
-    with the adapter's TLS pinning); later ones go straight to that pool's urlopen with the same
-    headers, timeouts and retries, and the same exceptions as requests raises (see
-    HTTPAdapter.send), skipping requests' per-call merging of session settings, environment,
-    cookies and hooks and its response object — about half of the worker's CPU per call
-    (tests/bench/bench_fleet_cycle.py). Any other request takes proxmoxer's normal path.
+    API-token auth goes to our own HTTP/1.1 client (_Wire) on kept-alive TLS sockets, with the
+    request's bytes prepared once per path — the same headers requests sends, but
+    `Accept-Encoding: identity` — and the exceptions requests raises. requests' per-call merging
+    of session settings, environment, cookies and hooks, urllib3's pool and http.client's answer
+    parsing were most of the worker's CPU per poll (tests/bench/bench_fleet_cycle.py). Any other
+    request (login, a POST, parameters) takes proxmoxer's normal path through requests.
 
     The timeout is the calling thread's (`call.timeout`, set by PveClient for each call), not the
     session's: a server's learned timeout changes as its response times do, and a session made
     anew for each new timeout meant a new TLS handshake each time (all servers at once when their
     timeouts were first learned)."""
 
-    _fast: tuple | None = None  # (origin, pool, headers, {timeout: urllib3 Timeout})
+    wire: _Wire | None = None
+    origin: str = ""
 
     def __init__(self):
         super().__init__()
         self.call = threading.local()
+        self._requests: dict[str, bytes | None] = {}  # url -> the GET's bytes (None: not for the wire)
 
     def request(self, method, url, params=None, data=None, **kwargs):
         auth = self.auth
         timeout = kwargs.pop("timeout", None) or getattr(self.call, "timeout", None) or auth.timeout
-        if method != "GET" or params or data or kwargs or not isinstance(auth, ProxmoxHTTPApiTokenAuth):
-            return super().request(method, url, params=params, data=data, timeout=timeout, **kwargs)
-        fast = self._fast
-        if fast is not None and url.startswith(fast[0]):
-            return self._urlopen(fast, url[len(fast[0]):], timeout)
-        prepared = requests.PreparedRequest()
-        prepared.method = "GET"
-        prepared.url = url
-        prepared.headers = requests.structures.CaseInsensitiveDict(self.headers)
-        prepared.body = None
-        prepared.hooks = {"response": []}
-        prepared._cookies = None
-        auth(prepared)
-        adapter = self.get_adapter(url)
-        response = adapter.send(prepared, stream=False, timeout=timeout, verify=auth.verify_ssl, cert=None,
-                                proxies={})
-        parts = urlsplit(url)
-        pool = adapter.get_connection_with_tls_context(prepared, auth.verify_ssl, proxies={}, cert=None)
-        self._fast = (f"{parts.scheme}://{parts.netloc}", pool, dict(prepared.headers), {})
-        return response
+        if method == "GET" and not params and not data and not kwargs and self.wire is not None:
+            raw = self._requests.get(url, False)
+            if raw is False:
+                raw = self._requests[url] = self._prepare(url)
+            if raw is not None:
+                return self.wire.get(raw, timeout)
+        return super().request(method, url, params=params, data=data, timeout=timeout, **kwargs)
 
-    def _urlopen(self, fast: tuple, path: str, timeout_s: float):
-        _, pool, headers, timeouts = fast
-        timeout = timeouts.get(timeout_s)
-        if timeout is None:
-            timeout = timeouts[timeout_s] = urllib3.Timeout(connect=timeout_s, read=timeout_s)
-        try:
-            r = pool.urlopen("GET", path, headers=headers, redirect=False, assert_same_host=False,
-                             preload_content=True, decode_content=True,
-                             retries=self.get_adapter(fast[0]).max_retries, timeout=timeout)
-        except (ProtocolError, OSError) as err:
-            raise requests.exceptions.ConnectionError(err) from err
-        except MaxRetryError as e:
-            if isinstance(e.reason, ConnectTimeoutError) and not isinstance(e.reason, NewConnectionError):
-                raise requests.exceptions.ConnectTimeout(e) from e
-            if isinstance(e.reason, urllib3.exceptions.SSLError):
-                raise requests.exceptions.SSLError(e) from e
-            raise requests.exceptions.ConnectionError(e) from e
-        except ClosedPoolError as e:
-            raise requests.exceptions.ConnectionError(e) from e
-        except urllib3.exceptions.SSLError as e:
-            raise requests.exceptions.SSLError(e) from e
-        except ReadTimeoutError as e:
-            raise requests.exceptions.ReadTimeout(e) from e
-        return _Answer(r.status, r.reason, r.data)
+    def _prepare(self, url: str) -> bytes | None:
+        """The bytes of a GET of `url` as requests would send it, or None for requests' own path."""
+        if not isinstance(self.auth, ProxmoxHTTPApiTokenAuth) or not url.startswith(self.origin + "/"):
+            return None
+        parts = urlsplit(url)
+        target = requote_uri(parts.path) + (f"?{parts.query}" if parts.query else "")
+        headers = CaseInsensitiveDict(self.headers)
+        self.auth(SimpleNamespace(headers=headers, cert=None))  # sets Authorization: PVEAPIToken=…
+        headers["Accept-Encoding"] = "identity"
+        headers["Connection"] = "keep-alive"
+        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
+
+    def close(self):
+        if self.wire is not None:
+            self.wire.close()
+        super().close()
 
 
 @contextlib.contextmanager
@@ -315,6 +529,12 @@ def _session(target: Target, base_url: str, timeout_s: float) -> ProxmoxResource
     if target.token_id:
         session.auth = ProxmoxHTTPApiTokenAuth(target.username, target.token_id, target.secret,
                                                verify_ssl=verify, timeout=timeout_s)
+        parts = urlsplit(api_url)
+        if parts.scheme == "https" and parts.hostname:
+            session.origin = f"https://{parts.netloc}"
+            session.wire = _Wire(parts.hostname, parts.port or 443,
+                                 _tls_context(target.tls_mode == "verify", target.ca_file),
+                                 target.fingerprint if target.tls_mode == "pinned" else None)
     else:
         login = requests.Session()
         login.trust_env = False
@@ -373,6 +593,10 @@ def classify(exc: BaseException, url: str, timeout_s: float) -> PveError:
             return PveError(REFUSED, f"{host} refused the connection (nothing listens on that port)")
         if "timed out" in text.lower():
             return PveError(TIMEOUT, f"{host} did not answer within {timeout_s * 1000:.0f} ms")
+        if isinstance(root, http.client.IncompleteRead):
+            return PveError(NETWORK, f"{host} closed the connection before the end of its answer")
+        if isinstance(root, http.client.HTTPException) and not isinstance(root, ConnectionResetError):
+            return PveError(BAD_RESPONSE, f"{host} answered with something that is not HTTP ({root})")
         if isinstance(root, ConnectionResetError) or "reset" in text.lower() or "aborted" in text.lower():
             return PveError(NETWORK, f"{host} closed the connection before answering")
         return PveError(NETWORK, f"{host} could not be reached: {root}")
@@ -399,6 +623,15 @@ class PveClient:
             api = self._apis[base_url] = _session(self.target, base_url, timeout_s)
         api._store["session"].call.timeout = timeout_s
         return api
+
+    def _drop(self, base_url: str) -> None:
+        """After a failure, forget the session of this address so that the next call starts afresh
+        (a new login, new connections) — unless its polls go over our own client (_Wire), which
+        never keeps a connection that failed and replaces a stale one by itself: its kept
+        connections spare the next poll a TLS handshake."""
+        api = self._apis.get(base_url)
+        if api is not None and api._store["session"].wire is None:
+            self._apis.pop(base_url, None)
 
     def close(self) -> None:
         for api in self._apis.values():
@@ -436,8 +669,8 @@ class PveClient:
         except Exception as exc:  # noqa: BLE001 - every failure becomes one PveError
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            # A stale session (e.g. a closed keep-alive socket) must not poison the next poll.
-            self._apis.pop(base_url, None)
+            # A stale session (e.g. an expired login) must not poison the next poll.
+            self._drop(base_url)
             raise classify(exc, base_url, timeout_s) from exc
         return Probe(version=str(version["version"]), nodes_online=online, nodes_total=total,
                      quorate=bool(cluster.get("quorate")) if cluster else None,
@@ -460,7 +693,7 @@ class PveClient:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 if not isinstance(exc, ResourceException):
-                    self._apis.pop(base_url, None)
+                    self._drop(base_url)
                 raise classify(exc, base_url, timeout_s) from exc
 
         with _quiet(self.target):

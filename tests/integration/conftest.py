@@ -40,6 +40,19 @@ def recorder(pool, settings):
 
 
 @pytest.fixture
+def rawpve(_fakepve_pki):
+    """A PVE peer over real TLS whose answers a test scripts byte by byte (tests/support/rawhttps.py),
+    with fakepve's certificate (the `fingerprint` servers pin) and the seeded API token."""
+    from tests.support.rawhttps import RawPve
+
+    server = RawPve(*_fakepve_pki, TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def webhook():
     """A real HTTP receiver for Apprise's json:// (tests/support/receivers.py)."""
     from tests.support.receivers import WebhookReceiver
