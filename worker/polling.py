@@ -57,6 +57,9 @@ WRITE_WINDOW_S = 0.010   # … and for all of them together, before it writes (t
 # rollup_pending): as soon as the writer has been idle for ROLLUP_IDLE_S after a write, and at least
 # every ROLLUP_FOLD_S while writes keep coming (a backlog: then one upsert covers many polls per server).
 ROLLUP_IDLE_S = 0.002
+# Writer threads per process: while one commits, the next gathers and writes (the database and the
+# Python side of a write overlap); polls of one server still serialize on lock_servers.
+WRITER_THREADS = 2
 ROLLUP_FOLD_S = 1.0
 BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
 
@@ -156,9 +159,10 @@ class Recorder:
         self.settings = settings
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._unfolded = False               # the writer thread committed rows it has not folded yet
+        self._threads: list[threading.Thread] = []
+        self._writing = 0                    # writer threads gathering or writing a batch
+        self._unfolded = False               # they committed rows not folded since
         self._last_fold = time.monotonic()
         # What the folds did in this process (tests/bench/bench_ingest.py reports them).
         self.fold_stats = {"folds": 0, "seconds": 0.0, "pending_rows": 0, "polls": 0, "max_lag_s": 0.0}
@@ -177,9 +181,10 @@ class Recorder:
         if not results:
             return 0
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < WRITER_THREADS:
+                self._threads.append(threading.Thread(target=self._writer, name="metric-writer", daemon=True))
+                self._threads[-1].start()
         future: Future = Future()
         self._queue.put((results, future))
         future.result(timeout)
@@ -188,11 +193,15 @@ class Recorder:
     def _writer(self) -> None:
         while True:
             try:
-                # With rows not folded yet, wait only a moment for more: idle, the writer folds.
+                # With rows not folded yet, wait only a moment for more: when no writer is writing
+                # then, the recorder is idle and folds.
                 first = self._queue.get(timeout=ROLLUP_IDLE_S if self._unfolded else None)
             except queue.Empty:
-                self._fold_quietly()
+                if self._writing == 0:
+                    self._fold_quietly()
                 continue
+            with self._lock:
+                self._writing += 1  # from the first entry taken to the write's end: not idle
             batch = [first]
             size = len(batch[0][0])
             # Group commit: what has queued, then what keeps arriving (each within WRITE_GAP_S of the
@@ -220,6 +229,9 @@ class Recorder:
                 self._unfolded = self._unfolded or written > 0
                 for _, fut in batch:
                     fut.set_result(written)
+            finally:
+                with self._lock:
+                    self._writing -= 1
             if self._unfolded and time.monotonic() - self._last_fold >= ROLLUP_FOLD_S:
                 self._fold_quietly()
 
