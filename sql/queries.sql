@@ -86,9 +86,10 @@ where s.id = any(%(ids)s::uuid[]);
 
 -- name: lock_servers
 -- The first statement of a write: the status rows of the batch's servers, locked in id order, so two
--- workers writing polls of one server serialize from the start — the rollup rows, the status and
--- the incident of a server are touched only under its lock, and the status read that follows (a
--- statement of its own, with its own snapshot) sees the other writer's committed polls. NO KEY
+-- workers writing polls of one server serialize from the start — the status and the incident of a
+-- server are touched only under its lock (its rollup rows by the fold, migration rollup_pending),
+-- and the status read that follows (a statement of its own, with its own snapshot) sees the other
+-- writer's committed polls. NO KEY
 -- UPDATE: the foreign key checks of other inserts (KEY SHARE) do not wait for it.
 select id from public.proxmox_servers where id = any(%(ids)s::uuid[]) order by id for no key update;
 
@@ -130,13 +131,11 @@ order by s.id;
 -- own, in this transaction, and any other committed since the last fold), and the p95 of the last 50
 -- successful polls (what the timeout is learned from).
 with pending as (
-  select u.server_id, sum(u.attempts) as attempts, sum(u.successes) as successes,
-         sum(u.response_sum_ms) as response_sum_ms, sum(u.response_count) as response_count
+  select p.server_id, sum(p.attempts) as attempts, sum(p.successes) as successes,
+         sum(p.response_sum_ms) as response_sum_ms, sum(p.response_count) as response_count
   from public.connection_metrics_rollup_pending p
-  cross join lateral unnest(p.server_id, p.hour, p.attempts, p.successes, p.response_sum_ms, p.response_count)
-    as u(server_id, hour, attempts, successes, response_sum_ms, response_count)
-  where u.server_id = any(%(ids)s::uuid[]) and u.hour > now() - interval '24 hours'
-  group by u.server_id
+  where p.server_id = any(%(ids)s::uuid[]) and p.hour > now() - interval '24 hours'
+  group by p.server_id
 )
 select s.id,
        round(100.0 * (coalesce(h.successes, 0) + coalesce(p.successes, 0))
@@ -161,7 +160,7 @@ where s.id = any(%(ids)s::uuid[]);
 
 -- name: defer_rollup
 -- The worker's write transaction: its insert's rollup deltas go to connection_metrics_rollup_pending
--- (one row per statement) instead of being upserted row by row; fold_rollup adds them up later.
+-- (plain rows, one per server and hour) instead of being upserted; fold_rollup adds them up later.
 select set_config('proxwatch.rollup_deferred', 'on', true);
 
 -- name: fold_rollup

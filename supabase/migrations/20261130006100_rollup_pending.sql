@@ -4,8 +4,8 @@
 -- rollup statement trigger upserted one hourly and one daily row per inserted poll: two thirds of
 -- the time of a worker's insert. Now the worker's writer marks its transaction
 -- (`set_config('proxwatch.rollup_deferred', 'on', true)`) and the trigger then appends the
--- statement's per-(server, hour) deltas as ONE row of arrays to connection_metrics_rollup_pending,
--- in the same transaction as the polls (durable with them). fold_connection_metrics_rollup()
+-- statement's per-(server, hour) deltas to connection_metrics_rollup_pending (a plain insert, no
+-- upsert), in the same transaction as the polls (durable with them). fold_connection_metrics_rollup()
 -- deletes the pending rows (each row is deleted, so counted, once; folds are also serialized by
 -- an advisory lock), sums them per (server, hour) and (server, day) and upserts both rollups in
 -- key order: one upsert per server and hour for every poll that queued meanwhile. The worker folds
@@ -17,16 +17,18 @@
 create table public.connection_metrics_rollup_pending (
   id bigint generated always as identity primary key,
   queued_at timestamptz not null default clock_timestamp(),
-  server_id uuid[] not null,
-  tenant_id uuid[] not null,
-  hour timestamptz[] not null,
-  attempts integer[] not null,
-  successes integer[] not null,
-  response_sum_ms bigint[] not null,
-  response_count integer[] not null
+  server_id uuid not null,
+  tenant_id uuid not null,
+  hour timestamptz not null,
+  attempts integer not null,
+  successes integer not null,
+  response_sum_ms bigint not null,
+  response_count integer not null
 );
+-- server_stats (sql/queries.sql) adds a server's unfolded deltas to its 24 h figures.
+create index connection_metrics_rollup_pending_server_idx on public.connection_metrics_rollup_pending (server_id);
 comment on table public.connection_metrics_rollup_pending is
-  'Rollup deltas of the worker''s writes not yet folded into connection_metrics_hourly/daily (one row per insert statement; fold_connection_metrics_rollup()).';
+  'Rollup deltas of the worker''s writes not yet folded into connection_metrics_hourly/daily (per insert statement, one row per server and hour; fold_connection_metrics_rollup()).';
 
 -- Nobody but the worker (service role) and the functions below: RLS on, no policy, no API grant.
 alter table public.connection_metrics_rollup_pending enable row level security;
@@ -39,17 +41,12 @@ begin
   if current_setting('proxwatch.rollup_deferred', true) = 'on' then
     insert into public.connection_metrics_rollup_pending
       (server_id, tenant_id, hour, attempts, successes, response_sum_ms, response_count)
-    select array_agg(server_id order by server_id, hour), array_agg(tenant_id order by server_id, hour),
-           array_agg(hour order by server_id, hour), array_agg(attempts order by server_id, hour),
-           array_agg(successes order by server_id, hour), array_agg(response_sum_ms order by server_id, hour),
-           array_agg(response_count order by server_id, hour)
-    from (select server_id, min(tenant_id::text)::uuid as tenant_id, date_trunc('hour', scheduled_at, 'UTC') as hour,
-                 count(*)::integer as attempts, (count(*) filter (where success))::integer as successes,
-                 coalesce(sum(response_time_ms) filter (where success), 0)::bigint as response_sum_ms,
-                 (count(response_time_ms) filter (where success))::integer as response_count
-          from new_rows
-          group by server_id, date_trunc('hour', scheduled_at, 'UTC')) g
-    having count(*) > 0;
+    select server_id, min(tenant_id::text)::uuid, date_trunc('hour', scheduled_at, 'UTC'),
+           count(*), count(*) filter (where success),
+           coalesce(sum(response_time_ms) filter (where success), 0),
+           count(response_time_ms) filter (where success)
+    from new_rows
+    group by server_id, date_trunc('hour', scheduled_at, 'UTC');
     return null;
   end if;
   insert into public.connection_metrics_hourly as h
@@ -94,17 +91,12 @@ begin
   perform pg_advisory_xact_lock(hashtext('public.fold_connection_metrics_rollup'));
   with taken as (
     delete from public.connection_metrics_rollup_pending returning *
-  ), flat as (
-    select u.* from taken t
-    cross join lateral unnest(t.server_id, t.tenant_id, t.hour, t.attempts, t.successes, t.response_sum_ms,
-                              t.response_count) as u(server_id, tenant_id, hour, attempts, successes, response_sum_ms,
-                                                     response_count)
   ), hourly as (
     insert into public.connection_metrics_hourly as h
       (server_id, tenant_id, hour, attempts, successes, response_sum_ms, response_count)
     select server_id, min(tenant_id::text)::uuid, hour, sum(attempts), sum(successes), sum(response_sum_ms),
            sum(response_count)
-    from flat
+    from taken
     group by server_id, hour
     order by 1, 3
     on conflict (server_id, hour) do update set
@@ -118,7 +110,7 @@ begin
       (server_id, tenant_id, day, attempts, successes, response_sum_ms, response_count)
     select server_id, min(tenant_id::text)::uuid, (hour at time zone 'UTC')::date, sum(attempts), sum(successes),
            sum(response_sum_ms), sum(response_count)
-    from flat
+    from taken
     group by server_id, (hour at time zone 'UTC')::date
     order by 1, 3
     on conflict (server_id, day) do update set
@@ -128,7 +120,7 @@ begin
       response_count = d.response_count + excluded.response_count
     returning 1
   )
-  select (select count(*) from taken)::integer, (select coalesce(sum(attempts), 0) from flat)::bigint,
+  select (select count(*) from taken)::integer, (select coalesce(sum(attempts), 0) from taken)::bigint,
          extract(epoch from clock_timestamp() - (select min(queued_at) from taken))::double precision
   into pending, polls, lag_s;
 end
