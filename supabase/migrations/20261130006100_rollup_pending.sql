@@ -9,8 +9,9 @@
 -- deletes the pending rows (each row is deleted, so counted, once; folds are also serialized by
 -- an advisory lock), sums them per (server, hour) and (server, day) and upserts both rollups in
 -- key order: one upsert per server and hour for every poll that queued meanwhile. The worker folds
--- as soon as its write queue is empty and at least every ROLLUP_FOLD_S (worker/polling.py, 1 s) under a backlog;
--- the periodic job fold_rollup folds what a dead worker left. A fold of a past hour or day goes
+-- as soon as its writers are idle (ROLLUP_IDLE_S, worker/polling.py) and at least every
+-- ROLLUP_FOLD_S (1 s) under a backlog; the periodic job fold_rollup (every 10 s) folds what a dead
+-- worker left. A fold of a past hour or day goes
 -- through the rollups' row triggers (fleet_uptime_correct), like a late poll.
 -- Every other writer (COPY, SQL, the demo's backfill) keeps the direct upsert.
 
