@@ -86,9 +86,10 @@ where s.id = any(%(ids)s::uuid[]);
 
 -- name: lock_servers
 -- The first statement of a write: the status rows of the batch's servers, locked in id order, so two
--- workers writing polls of one server serialize from the start — the rollup rows, the status and
--- the incident of a server are touched only under its lock, and the status read that follows (a
--- statement of its own, with its own snapshot) sees the other writer's committed polls. NO KEY
+-- workers writing polls of one server serialize from the start — the status and the incident of a
+-- server are touched only under its lock (its rollup rows by the fold, migration rollup_pending),
+-- and the status read that follows (a statement of its own, with its own snapshot) sees the other
+-- writer's committed polls. NO KEY
 -- UPDATE: the foreign key checks of other inserts (KEY SHARE) do not wait for it.
 select id from public.proxmox_servers where id = any(%(ids)s::uuid[]) order by id for no key update;
 
@@ -126,22 +127,45 @@ where s.id = any(%(ids)s::uuid[])
 order by s.id;
 
 -- name: server_stats
--- 24 h success rate and latency from the rollup, and the p95 of the last 50 successful polls
--- (what the timeout is learned from).
+-- 24 h success rate and latency from the rollup plus the deltas not folded into it yet (the writer's
+-- own, in this transaction, and any other committed since the last fold), and the p95 of the last 50
+-- successful polls (what the timeout is learned from).
+with pending as (
+  select p.server_id, sum(p.attempts) as attempts, sum(p.successes) as successes,
+         sum(p.response_sum_ms) as response_sum_ms, sum(p.response_count) as response_count
+  from public.connection_metrics_rollup_pending p
+  where p.server_id = any(%(ids)s::uuid[]) and p.hour > now() - interval '24 hours'
+  group by p.server_id
+)
 select s.id,
-       (select round(100.0 * sum(h.successes) / nullif(sum(h.attempts), 0), 1)
-          from public.connection_metrics_hourly h
-         where h.server_id = s.id and h.hour > now() - interval '24 hours') as success_rate,
-       (select (sum(h.response_sum_ms) / nullif(sum(h.response_count), 0))::integer
-          from public.connection_metrics_hourly h
-         where h.server_id = s.id and h.hour > now() - interval '24 hours') as avg_response_time_ms,
+       round(100.0 * (coalesce(h.successes, 0) + coalesce(p.successes, 0))
+             / nullif(coalesce(h.attempts, 0) + coalesce(p.attempts, 0), 0), 1) as success_rate,
+       ((coalesce(h.response_sum_ms, 0) + coalesce(p.response_sum_ms, 0))
+             / nullif(coalesce(h.response_count, 0) + coalesce(p.response_count, 0), 0))::integer
+         as avg_response_time_ms,
        (select percentile_cont(0.95) within group (order by m.response_time_ms)
           from (select response_time_ms from public.connection_metrics
                  where server_id = s.id and success order by scheduled_at desc limit 50) m) as p95_ms,
        (select count(*) from (select 1 from public.connection_metrics
                  where server_id = s.id and success order by scheduled_at desc limit 50) c) as samples
 from public.proxmox_servers s
+cross join lateral (
+  select sum(r.attempts) as attempts, sum(r.successes) as successes, sum(r.response_sum_ms) as response_sum_ms,
+         sum(r.response_count) as response_count
+  from public.connection_metrics_hourly r
+  where r.server_id = s.id and r.hour > now() - interval '24 hours'
+) h
+left join pending p on p.server_id = s.id
 where s.id = any(%(ids)s::uuid[]);
+
+-- name: defer_rollup
+-- The worker's write transaction: its insert's rollup deltas go to connection_metrics_rollup_pending
+-- (plain rows, one per server and hour) instead of being upserted; fold_rollup adds them up later.
+select set_config('proxwatch.rollup_deferred', 'on', true);
+
+-- name: fold_rollup
+-- The pending rollup deltas into connection_metrics_hourly/daily (migration rollup_pending).
+select pending, polls, lag_s from public.fold_connection_metrics_rollup();
 
 -- name: update_status
 update public.proxmox_servers set

@@ -56,6 +56,12 @@ def poll_batch(polls: list) -> None:
     svc.recorder.record_many(results)
 
 
+@dramatiq.actor(queue_name="polls", retry_when=retries(2), min_backoff=1000, max_age=60_000)
+def fold_rollup(scheduled_at: str) -> None:
+    """Fold the rollup deltas a worker committed but did not fold (it died, or its fold failed)."""
+    _services().recorder.fold()
+
+
 # ---- guests and sessions (worker/inventory.py, worker/sessions.py) ----
 @dramatiq.actor(queue_name="inventory", retry_when=retries(3), min_backoff=1000, max_backoff=15_000, time_limit=120_000,
                 max_age=60_000)

@@ -53,6 +53,14 @@ TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings bef
 CALLS = 2                # API calls of one poll (GET /version, GET /cluster/status)
 WRITE_GAP_S = 0.002      # group commit: how long the writer waits for one more caller …
 WRITE_WINDOW_S = 0.010   # … and for all of them together, before it writes (tests/bench/bench_ingest.py)
+# The rollups (hourly, daily) of the worker's writes are folded from a pending table (migration
+# rollup_pending): as soon as the writer has been idle for ROLLUP_IDLE_S after a write, and at least
+# every ROLLUP_FOLD_S while writes keep coming (a backlog: then one upsert covers many polls per server).
+ROLLUP_IDLE_S = 0.002
+# Writer threads per process: while one commits, the next gathers and writes (the database and the
+# Python side of a write overlap); polls of one server still serialize on lock_servers.
+WRITER_THREADS = 2
+ROLLUP_FOLD_S = 1.0
 BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
 
 
@@ -151,8 +159,13 @@ class Recorder:
         self.settings = settings
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._writing = 0                    # writer threads gathering or writing a batch
+        self._unfolded = False               # they committed rows not folded since
+        self._last_fold = time.monotonic()
+        # What the folds did in this process (tests/bench/bench_ingest.py reports them).
+        self.fold_stats = {"folds": 0, "seconds": 0.0, "pending_rows": 0, "polls": 0, "max_lag_s": 0.0}
 
     # -- group commit ---------------------------------------------------------------------------
     def record(self, result: PollResult, timeout: float = 120) -> int:
@@ -168,9 +181,10 @@ class Recorder:
         if not results:
             return 0
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._writer, name="metric-writer", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < WRITER_THREADS:
+                self._threads.append(threading.Thread(target=self._writer, name="metric-writer", daemon=True))
+                self._threads[-1].start()
         future: Future = Future()
         self._queue.put((results, future))
         future.result(timeout)
@@ -178,7 +192,17 @@ class Recorder:
 
     def _writer(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            try:
+                # With rows not folded yet, wait only a moment for more: when no writer is writing
+                # then, the recorder is idle and folds.
+                first = self._queue.get(timeout=ROLLUP_IDLE_S if self._unfolded else None)
+            except queue.Empty:
+                if self._writing == 0:
+                    self._fold_quietly()
+                continue
+            with self._lock:
+                self._writing += 1  # from the first entry taken to the write's end: not idle
+            batch = [first]
             size = len(batch[0][0])
             # Group commit: what has queued, then what keeps arriving (each within WRITE_GAP_S of the
             # last, for WRITE_WINDOW_S at most) — the callers released by the previous commit.
@@ -202,8 +226,41 @@ class Recorder:
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
+                self._unfolded = self._unfolded or written > 0
                 for _, fut in batch:
                     fut.set_result(written)
+            finally:
+                with self._lock:
+                    self._writing -= 1
+            if self._unfolded and time.monotonic() - self._last_fold >= ROLLUP_FOLD_S:
+                self._fold_quietly()
+
+    def _fold_quietly(self) -> None:
+        """The writer thread's fold: a failure is logged, not raised (the rows stay pending, durable,
+        for the next fold or the periodic fold_rollup job)."""
+        self._unfolded = False
+        self._last_fold = time.monotonic()
+        try:
+            self.fold()
+        except Exception as exc:  # noqa: BLE001 - the pending rows wait for the next fold
+            log.warning("folding the rollups failed (%s); the periodic job will",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+    def fold(self) -> dict:
+        """Add the pending rollup deltas (of every worker's committed writes) to the hourly and daily
+        rollups, in one transaction; returns the pending rows taken, their polls and the oldest's age."""
+        started = time.perf_counter()
+        with self.pool.connection() as conn:
+            row = dict(conn.execute(db.q("fold_rollup")).fetchone())
+            conn.commit()
+        st = self.fold_stats
+        st["folds"] += 1
+        st["seconds"] += time.perf_counter() - started
+        st["pending_rows"] += row["pending"]
+        st["polls"] += row["polls"]
+        if row["lag_s"] is not None:
+            st["max_lag_s"] = max(st["max_lag_s"], row["lag_s"])
+        return row
 
     def _write_retrying(self, results: list[PollResult]) -> int:
         """write(), retried with backoff while the database is unreachable (up to WRITE_RETRY_S)."""
@@ -211,7 +268,7 @@ class Recorder:
         delay = 0.2
         while True:
             try:
-                return self.write(results)
+                return self.write(results, fold=False)
             except DB_DOWN as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -222,8 +279,10 @@ class Recorder:
                 delay = min(delay * 2, 5)
 
     # -- the write ------------------------------------------------------------------------------
-    def write(self, results: list[PollResult], now: datetime | None = None) -> int:
-        """Insert the metric rows and apply status transitions; returns the number of new rows."""
+    def write(self, results: list[PollResult], now: datetime | None = None, fold: bool = True) -> int:
+        """Insert the metric rows and apply status transitions; returns the number of new rows.
+        The rollups of the rows are folded before it returns, unless `fold` is false (the writer
+        thread folds on its own schedule)."""
         if not results:
             return 0
         started = time.perf_counter()
@@ -237,6 +296,8 @@ class Recorder:
             self._make_partitions(min(r.scheduled_at for r in results))
             written = self._write(results, now or utcnow())
         metrics.observe_db_write(time.perf_counter() - started)
+        if fold and written:
+            self.fold()
         return written
 
     def _make_partitions(self, earliest: datetime) -> None:
@@ -250,6 +311,8 @@ class Recorder:
         with self.pool.connection() as conn, conn.pipeline():
             # Pipeline mode: BEGIN, the lock, the insert and the status read go out in one round trip.
             with conn.transaction():
+                # The rollup trigger queues this transaction's deltas for the fold (durable with the rows).
+                conn.execute(db.q("defer_rollup"))
                 conn.execute(db.q("lock_servers"), {"ids": sorted({r.server_id for r in results})})
                 inserted = conn.execute(db.q("insert_metrics"), {
                     "server_id": [r.server_id for r in results],

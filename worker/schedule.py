@@ -29,6 +29,7 @@ def jobs(s: Settings) -> list[Job]:
     return [
         # each server, its own interval; PROXWATCH_POLL_BATCH of them per message (1: one each)
         Job("poll_batch", batch=s.poll_batch) if s.poll_batch > 1 else Job("poll"),
+        Job("fold_rollup", per_server=False, interval_s=10),               # rollup deltas a dead worker left
         Job("sync_guests", per_server=True, interval_s=s.inventory.interval_s),
         Job("expire_sessions", per_server=False, interval_s=s.sessions.sweep_s),
         Job("dispatch_operations", per_server=False, interval_s=1),        # rows the dashboard requested

@@ -14,6 +14,9 @@ Reference: COPY of all the rows in one statement. Diagnostic: COPY in batches of
 ANALYZE of one 500-row insert_metrics (its triggers' share), and for each variant the time of each
 statement of Recorder.write (the pool's cursors and transactions are timed; the pool is otherwise
 the one the worker makes: db.make_pool settings, 1..4 connections).
+The worker path's rollups are folded (migration rollup_pending): its rate includes the folds up to
+the last row (a final fold inside the time), and its notes give the folds' count, time, polls per
+fold and the rollups' largest lag (the oldest pending row's age when a fold took it).
 Goal: worker path rate / COPY rate ≥ 0.5.
 
 Side by side: BENCH_BASELINE=<git revision>[,<revision>…] also runs those revisions' Recorder (their
@@ -98,7 +101,8 @@ def make_results(servers: list[str], n: int, seed: int = 7) -> list[PollResult]:
 
 def fresh_state(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("truncate public.connection_metrics, public.connection_metrics_hourly, public.connection_metrics_daily")
+        conn.execute("truncate public.connection_metrics, public.connection_metrics_hourly, public.connection_metrics_daily,"
+                     " public.connection_metrics_rollup_pending")
         conn.execute("update public.proxmox_servers set connection_status = 'unknown', last_health_check_at = null,"
                      " last_connected_at = null, health_check_error = null, health_check_error_kind = null,"
                      " avg_response_time_ms = null, success_rate = null, learned_timeout_ms = null,"
@@ -203,7 +207,7 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
         if variant == "write":
             start = time.perf_counter()
             for i in range(0, n, batch):
-                recorder.write(results[i:i + batch])
+                recorder.write(results[i:i + batch])  # folds before it returns (where the revision folds)
             elapsed = time.perf_counter() - start
         else:
             work: queue.SimpleQueue = queue.SimpleQueue()
@@ -232,6 +236,10 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
                 t.start()
             for t in threads:
                 t.join()
+            if hasattr(recorder, "fold"):
+                # the rollups of the last commits, inside the time (the writer thread would fold them
+                # once idle; a concurrent fold of its own waits for this one or finds nothing)
+                recorder.fold()
             elapsed = time.perf_counter() - start
             assert not errors, errors[0]
     finally:
@@ -239,7 +247,8 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
     written, rolled = count_rows(url)
     assert written == n and rolled == n, (written, rolled)
     return {"rows": written, "seconds": elapsed, "commits": len(sizes.sizes),
-            "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats}
+            "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats,
+            "fold": getattr(recorder, "fold_stats", None)}
 
 
 def run_in_process(tree: Path, url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
@@ -306,8 +315,15 @@ def test_ingest(db_url, tmp_path):
                          "record": f"record(), {nthreads} threads x 1 per message",
                          "write": f"write(), batches of {size}"}[variant]
                 r = run_in_process(tree, db_url, variant, nthreads, size, n)
-                measured.append((rnd + 1, name, label, r["rows"], r["seconds"],
-                                 f"{r['commits']} commits, {r['mean_batch']:.1f} rows each"))
+                fold = r.get("fold")
+                notes = f"{r['commits']} commits, {r['mean_batch']:.1f} rows each"
+                if fold and fold["folds"]:
+                    # the fold (migration rollup_pending): its share of the time, the polls one fold
+                    # covers, and the rollups' largest lag (the oldest pending row's age when folded)
+                    notes += (f"; {fold['folds']} folds, {fold['seconds']:.2f} s"
+                              f" ({100 * fold['seconds'] / r['seconds']:.0f}%), {fold['polls'] / fold['folds']:.0f}"
+                              f" polls each, lag <= {fold['max_lag_s']:.2f} s")
+                measured.append((rnd + 1, name, label, r["rows"], r["seconds"], notes))
                 breakdowns[(name, label)] = (r["seconds"], r["stats"])
         # the reference, in every round
         copy_s.append(copy_rows(db_url, ROWS))

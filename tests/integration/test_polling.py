@@ -186,9 +186,10 @@ def test_record_many_returns_once_its_rows_are_committed_and_waiting_callers_sha
         add_server, recorder, pool, conn):
     import threading
 
-    from worker.polling import PollResult
+    from worker.polling import WRITER_THREADS, PollResult
 
-    servers = [str(add_server(f"pve{i}", f"https://pve{i}.example.test:8006")["id"]) for i in range(9)]
+    busy = WRITER_THREADS  # one blocked message per writer thread
+    servers = [str(add_server(f"pve{i}", f"https://pve{i}.example.test:8006")["id"]) for i in range(busy + 8)]
     conn.commit()
     at = utcnow().replace(microsecond=0)
 
@@ -207,24 +208,27 @@ def test_record_many_returns_once_its_rows_are_committed_and_waiting_callers_sha
             committed_on_return[sids[0]] = c.execute(
                 "select count(*) as n from connection_metrics where server_id = any(%s::uuid[])", (sids,)).fetchone()["n"]
 
-    # Given the first server's row locked by another transaction, so the writer's first transaction waits
-    conn.execute("select 1 from proxmox_servers where id = %s for update", (servers[0],))
-    first = threading.Thread(target=record, args=([servers[0]],))
-    first.start()
-    wait_until(lambda: transactions, timeout=10)
+    # Given a server row locked by another transaction per writer thread, and one message for each of
+    # them, so every writer's transaction waits
+    conn.execute("select 1 from proxmox_servers where id = any(%s::uuid[]) for update", (servers[:busy],))
+    first = [threading.Thread(target=record, args=([sid],)) for sid in servers[:busy]]
+    for n, t in enumerate(first, 1):
+        t.start()
+        wait_until(lambda n=n: len(transactions) == n, timeout=10)
     # When four messages of two polls each are handed over meanwhile
-    others = [threading.Thread(target=record, args=(servers[1 + 2 * m:3 + 2 * m],)) for m in range(4)]
+    others = [threading.Thread(target=record, args=(servers[busy + 2 * m:busy + 2 + 2 * m],)) for m in range(4)]
     for t in others:
         t.start()
     wait_until(lambda: recorder._queue.qsize() == 4, timeout=10)
     assert not committed_on_return, "nobody returns before its rows are committed"
     conn.rollback()
-    for t in [first, *others]:
+    for t in [*first, *others]:
         t.join(timeout=30)
     # Then every caller saw its rows committed when it returned, and the four waiting messages went
     # into one transaction
-    assert committed_on_return == {servers[0]: 1, **{servers[1 + 2 * m]: 2 for m in range(4)}}
-    assert transactions == [1, 8]
+    assert committed_on_return == {**{sid: 1 for sid in servers[:busy]},
+                                   **{servers[busy + 2 * m]: 2 for m in range(4)}}
+    assert transactions == [1] * busy + [8]
 
 
 def test_two_writers_of_one_server_each_see_the_others_committed_poll_when_deciding_its_status(
