@@ -187,7 +187,10 @@ def page_header(title: str, *, tab_title: str | None = None, icon: str = ":mater
                 sidebar: str = "auto", css: str = "") -> None:
     st.set_page_config(page_title=tab_title or f"{title} · proxwatch", page_icon=icon, layout="wide",
                        initial_sidebar_state=sidebar)
-    st.markdown(f"<style>{BASE_CSS}{css}</style>", unsafe_allow_html=True)
+    # The style sheet through st.html (a style-only body takes no room): its first use starts the
+    # browser loading st.html's code while the page's data is read, so the fleet table (st.html) is
+    # laid out as soon as it arrives.
+    st.html(f"<style>{BASE_CSS}{css}</style>")
     st.title(title)
 
 
