@@ -39,6 +39,18 @@ class Broker(RedisBroker):
 
 broker = Broker(url=ENDPOINTS.redis_url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
                 maintenance_chance=MAINTENANCE_CHANCE)
+
+
+class FoldOnShutdown(dramatiq.Middleware):
+    """A worker process's last act once its actors are done: fold the rollups of what it wrote."""
+
+    def after_worker_shutdown(self, broker, worker):
+        from worker import services  # the process's services, if it made them
+
+        services.fold_on_exit()
+
+
+broker.add_middleware(FoldOnShutdown())
 dramatiq.set_broker(broker)
 
 if SETTINGS.metrics.worker_port:

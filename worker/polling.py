@@ -248,11 +248,12 @@ class Recorder:
             log.warning("folding the rollups failed (%s); the periodic job will",
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
-    def fold(self) -> dict:
+    def fold(self, timeout: float | None = None) -> dict:
         """Add the pending rollup deltas (of every worker's committed writes) to the hourly and daily
-        rollups, in one transaction; returns the pending rows taken, their polls and the oldest's age."""
+        rollups, in one transaction; returns the pending rows taken, their polls and the oldest's age.
+        `timeout`: how long to wait for a database connection (the pool's default when None)."""
         started = time.perf_counter()
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=timeout) as conn:
             row = dict(conn.execute(db.q("fold_rollup")).fetchone())
             conn.commit()
         st = self.fold_stats

@@ -6,6 +6,8 @@ a server whose poll cannot run is its own failure row, not a failed batch."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,6 +89,10 @@ def test_a_retried_batch_writes_each_poll_once_and_a_poison_server_does_not_fail
             conn.commit()
             return conn.execute("select 1 from connection_metrics where scheduled_at = %s", (marker_at,)).fetchone()
         assert wait_for(marker, 60), (tmp_path / "procs.log").read_text()[-3000:]
+        # And the worker stopped as a process manager stops it (SIGTERM to its main process): a
+        # clean stop folds the rollup deltas of what it wrote (broker.FoldOnShutdown)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.wait(60)
     finally:
         stop(worker)
         log.close()
