@@ -4,10 +4,12 @@ Steps of a poll:
 1. read the server's address, TLS settings, credentials and learned timeout (poll_target);
 2. GET /version and GET /cluster/status through worker.pve (fallback address on a
    connection-level failure), timing each call;
-3. hand the result to the Recorder, which writes the metric row and rewrites the server row
-   only when something a person sees changes (or "last checked" is older than
-   PROXWATCH_STATUS_REFRESH, five minutes by default) — and, in the same transaction, opens,
-   raises or closes the server's incident when its status moves to or from offline/degraded.
+3. hand the result to the Recorder, which writes the metric row (acknowledged once committed);
+4. the Recorder's fold, within a second (migrations rollup_pending, status_fold), adds the row to the
+   hourly and daily rollups and decides the server's status from its newest polls: it rewrites the
+   server row only when something a person sees changes (or "last checked" is older than
+   PROXWATCH_STATUS_REFRESH, five minutes by default) and, in the same transaction, opens, raises or
+   closes the server's incident when its status moves to or from offline/degraded.
 
 A failed poll is a result, not an error: it becomes a metric row with error_kind and a sentence.
 Database errors propagate, so the actor retries them.
@@ -36,31 +38,27 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Fields of proxmox_servers a person sees change; a difference in any of them is a transition.
-VISIBLE = ("connection_status", "health_check_error", "health_check_error_kind", "pve_version",
-           "nodes_online", "nodes_total", "used_fallback")
-WINDOW = 10              # recent polls considered for "degraded"
-DEGRADED_FAILURES = 2    # failures among the last WINDOW polls that make an answering server degraded
-MIN_TIMEOUT_SAMPLES = 5  # successful polls needed before the timeout is learned
 # While the database is unreachable (a restart), measured results wait and are written when it is
 # back: the measurement keeps its moment instead of being redone late.
 WRITE_RETRY_S = 90
 # The errors of an unreachable database (as opposed to a bad statement).
 DB_DOWN = (psycopg.OperationalError, PoolTimeout)
-# The statuses an incident is open for (worst first); see the migration `incidents`.
-PROBLEM = ("offline", "degraded")
 TARGET_TTL_S = 15        # how long a worker reuses a server's poll settings before reading them again
 CALLS = 2                # API calls of one poll (GET /version, GET /cluster/status)
-WRITE_GAP_S = 0.002      # group commit: how long the writer waits for one more caller …
-WRITE_WINDOW_S = 0.010   # … and for all of them together, before it writes (tests/bench/bench_ingest.py)
+WRITE_GAP_S = 0.0005     # group commit: how long the writer waits for one more caller …
+WRITE_WINDOW_S = 0.002    # … and for all of them together, before it writes: with the status in the fold a
+# write is short, and waiting longer only left the database idle (10 ms: 0.29 x COPY, 2 ms: 0.35 x;
+# tests/bench/bench_ingest.py)
 # The rollups (hourly, daily) of the worker's writes are folded from a pending table (migration
-# rollup_pending): once the writer has been idle for ROLLUP_IDLE_S after a write, and at least every
-# ROLLUP_FOLD_S while writes keep coming (a backlog: then one upsert covers many polls per server).
+# rollup_pending), and the status of their servers decided (migration status_fold): once the writers
+# have been idle for ROLLUP_IDLE_S after a write, and at least every ROLLUP_FOLD_S while writes keep
+# coming (a backlog: then one upsert and one status decision cover many polls per server).
 # Not at every pause between a cycle's batches: a fold per few batches cost the steady cycle 25 % more
 # Postgres CPU per poll (0.24 vs 0.19 ms with 2 ms here; tests/bench/bench_fleet_cycle.py).
 ROLLUP_IDLE_S = 0.25
 # Writer threads per process: while one commits, the next gathers and writes (the database and the
-# Python side of a write overlap); polls of one server still serialize on lock_servers.
+# Python side of a write overlap; 3 or 4 were slower: more, smaller transactions). The fold has a
+# thread of its own, so writes go on while it runs.
 WRITER_THREADS = 2
 ROLLUP_FOLD_S = 1.0
 BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
@@ -87,62 +85,28 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def learned_timeout(p95_ms: float | None, samples: int, settings: Settings) -> int | None:
-    """Four times the p95 of recent successful response times, within [min, max]; None until
-    enough polls have succeeded (the default timeout applies then)."""
-    if p95_ms is None or samples < MIN_TIMEOUT_SAMPLES:
-        return None
-    return int(min(settings.timeout_max_ms, max(settings.timeout_min_ms, round(p95_ms * 4))))
-
-
-def next_status(current: dict, flags: list[bool], latest: PollResult | None, offline_after: int) -> dict:
-    """The visible status fields after the newest polls.
-
-    current: the server row; flags: outcomes of the last polls, newest first (from the table);
-    latest: the newest result, when it is the newest poll of the server (else None).
-    Going offline takes `offline_after` consecutive failures; a single lost poll changes nothing.
-    """
-    status = {k: current.get(k) for k in VISIBLE}
-    if not flags:
-        return status
-    if latest is not None and latest.success:
-        status.update(pve_version=latest.pve_version, nodes_online=latest.nodes_online,
-                      nodes_total=latest.nodes_total, used_fallback=latest.used_fallback)
-    if flags[0]:
-        failures = sum(1 for ok in flags[:WINDOW] if not ok)
-        reasons = []
-        nodes_online, nodes_total = status["nodes_online"], status["nodes_total"]
-        if status["used_fallback"]:
-            reasons.append("answers only on its fallback address")
-        if nodes_online is not None and nodes_total and nodes_online < nodes_total:
-            reasons.append(f"{nodes_total - nodes_online} of {nodes_total} cluster nodes offline")
-        if latest is not None and latest.quorate is False:
-            reasons.append("the cluster has lost quorum")
-        if failures >= DEGRADED_FAILURES:
-            reasons.append(f"{DEGRADED_FAILURES} or more of the last {WINDOW} polls failed")
-        status.update(connection_status="degraded" if reasons else "online",
-                      health_check_error="; ".join(reasons) or None, health_check_error_kind=None)
-        return status
-    consecutive = next((i for i, ok in enumerate(flags) if ok), len(flags))
-    if consecutive >= offline_after:
-        status["connection_status"] = "offline"
-        if latest is not None and not latest.success:
-            status.update(health_check_error=latest.error_message, health_check_error_kind=latest.error_kind)
-    return status
-
-
-def incident_arrays(changes: list[tuple]) -> dict:
-    """The parameters of `record_incidents` for (server id, new status, poll time) changes: an
-    offline server's incident carries the poll's error kind and message, a degraded one its reasons."""
+def metric_params(results: list[PollResult]) -> dict:
+    """The parameters of `insert_metrics` (sql/queries.sql) for a batch of results: one array per field."""
     return {
-        "server_id": [sid for sid, _, _ in changes],
-        "status": [status["connection_status"] for _, status, _ in changes],
-        "at": [at for _, _, at in changes],
-        "error_kind": [status["health_check_error_kind"] if status["connection_status"] == "offline" else None
-                       for _, status, _ in changes],
-        "error_message": [status["health_check_error"] if status["connection_status"] in PROBLEM else None
-                          for _, status, _ in changes],
+        "server_id": [r.server_id for r in results],
+        "scheduled_at": [r.scheduled_at for r in results],
+        "created_at": [r.created_at for r in results],
+        "success": [r.success for r in results],
+        "response_time_ms": [r.response_time_ms for r in results],
+        "error_kind": [r.error_kind for r in results],
+        "error_message": [r.error_message for r in results],
+        "used_fallback": [r.used_fallback for r in results],
+        "pve_version": [r.pve_version for r in results],
+        "nodes_online": [r.nodes_online for r in results],
+        "nodes_total": [r.nodes_total for r in results],
+        "quorate": [r.quorate for r in results],
     }
+
+
+def fold_params(settings: Settings) -> dict:
+    """The parameters of `fold_rollup` (sql/queries.sql): the status rules' settings."""
+    return {"offline_after": settings.offline_after, "refresh_s": float(settings.status_refresh_s),
+            "timeout_min_ms": settings.timeout_min_ms, "timeout_max_ms": settings.timeout_max_ms}
 
 
 class Recorder:
@@ -162,10 +126,11 @@ class Recorder:
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a write began or ended (the fold thread waits on it)
         self._threads: list[threading.Thread] = []
         self._writing = 0                    # writer threads gathering or writing a batch
-        self._unfolded = False               # they committed rows not folded since
-        self._last_fold = time.monotonic()
+        self._unfolded_since: float | None = None  # when rows not folded yet were first committed
+        self._last_write = time.monotonic()  # when the last write ended
         # What the folds did in this process (tests/bench/bench_ingest.py reports them).
         self.fold_stats = {"folds": 0, "seconds": 0.0, "pending_rows": 0, "polls": 0, "max_lag_s": 0.0}
 
@@ -184,7 +149,10 @@ class Recorder:
             return 0
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
-            while len(self._threads) < WRITER_THREADS:
+            if not any(t.name == "metric-fold" for t in self._threads):
+                self._threads.append(threading.Thread(target=self._folder, name="metric-fold", daemon=True))
+                self._threads[-1].start()
+            while sum(t.name == "metric-writer" for t in self._threads) < WRITER_THREADS:
                 self._threads.append(threading.Thread(target=self._writer, name="metric-writer", daemon=True))
                 self._threads[-1].start()
         future: Future = Future()
@@ -194,14 +162,7 @@ class Recorder:
 
     def _writer(self) -> None:
         while True:
-            try:
-                # With rows not folded yet, wait only a moment for more: when no writer is writing
-                # then, the recorder is idle and folds.
-                first = self._queue.get(timeout=ROLLUP_IDLE_S if self._unfolded else None)
-            except queue.Empty:
-                if self._writing == 0:
-                    self._fold_quietly()
-                continue
+            first = self._queue.get()
             with self._lock:
                 self._writing += 1  # from the first entry taken to the write's end: not idle
             batch = [first]
@@ -222,26 +183,45 @@ class Recorder:
                         break
                 batch.append(entry)
                 size += len(entry[0])
+            written = 0
             try:
                 written = self._write_retrying([r for results, _ in batch for r in results])
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
-                self._unfolded = self._unfolded or written > 0
                 for _, fut in batch:
                     fut.set_result(written)
             finally:
-                with self._lock:
+                with self._changed:
                     self._writing -= 1
-            if self._unfolded and time.monotonic() - self._last_fold >= ROLLUP_FOLD_S:
-                self._fold_quietly()
+                    self._last_write = time.monotonic()
+                    if written and self._unfolded_since is None:
+                        self._unfolded_since = self._last_write
+                    self._changed.notify_all()
+
+    def _folder(self) -> None:
+        """The fold thread: folds what the writers committed once they have been idle for ROLLUP_IDLE_S,
+        and at least every ROLLUP_FOLD_S while writes keep coming — beside the writers, which go on
+        writing meanwhile. A write committed after the fold's snapshot marks the rows unfolded again."""
+        while True:
+            with self._changed:
+                while True:
+                    now = time.monotonic()
+                    if self._unfolded_since is None:
+                        wait = None
+                    else:
+                        idle = now - self._last_write if self._writing == 0 else 0.0
+                        if idle >= ROLLUP_IDLE_S or now - self._unfolded_since >= ROLLUP_FOLD_S:
+                            break
+                        wait = min(ROLLUP_IDLE_S - idle, ROLLUP_FOLD_S - (now - self._unfolded_since))
+                    self._changed.wait(wait)
+                self._unfolded_since = None
+            self._fold_quietly()
 
     def _fold_quietly(self) -> None:
-        """The writer thread's fold: a failure is logged, not raised (the rows stay pending, durable,
+        """The fold thread's fold: a failure is logged, not raised (the rows stay pending, durable,
         for the next fold or the periodic fold_rollup job)."""
-        self._unfolded = False
-        self._last_fold = time.monotonic()
         try:
             self.fold()
         except Exception as exc:  # noqa: BLE001 - the pending rows wait for the next fold
@@ -250,11 +230,13 @@ class Recorder:
 
     def fold(self, timeout: float | None = None) -> dict:
         """Add the pending rollup deltas (of every worker's committed writes) to the hourly and daily
-        rollups, in one transaction; returns the pending rows taken, their polls and the oldest's age.
+        rollups and decide the status of their servers (rewriting the rows that change, with their
+        incidents), in one transaction (migration status_fold); returns the pending rows taken, their
+        polls, the oldest's age, the servers looked at, the rows rewritten and the incidents touched.
         `timeout`: how long to wait for a database connection (the pool's default when None)."""
         started = time.perf_counter()
         with self.pool.connection(timeout=timeout) as conn:
-            row = dict(conn.execute(db.q("fold_rollup")).fetchone())
+            row = dict(conn.execute(db.q("fold_rollup"), fold_params(self.settings)).fetchone())
             conn.commit()
         st = self.fold_stats
         st["folds"] += 1
@@ -282,22 +264,22 @@ class Recorder:
                 delay = min(delay * 2, 5)
 
     # -- the write ------------------------------------------------------------------------------
-    def write(self, results: list[PollResult], now: datetime | None = None, fold: bool = True) -> int:
-        """Insert the metric rows and apply status transitions; returns the number of new rows.
-        The rollups of the rows are folded before it returns, unless `fold` is false (the writer
-        thread folds on its own schedule)."""
+    def write(self, results: list[PollResult], fold: bool = True) -> int:
+        """Insert the metric rows; returns the number of new rows. The fold (rollups, then the status
+        of the servers and their incidents) runs before it returns, unless `fold` is false (the
+        writer thread folds on its own schedule)."""
         if not results:
             return 0
         started = time.perf_counter()
         try:
-            written = self._write(results, now or utcnow())
+            written = self._write(results)
         except psycopg.errors.CheckViolation as exc:
             if "no partition of relation" not in str(exc):
                 raise
             # The day's raw partition is missing (the hourly job that makes them a week ahead did
             # not run for that long): make it and write again, rather than lose the polls.
             self._make_partitions(min(r.scheduled_at for r in results))
-            written = self._write(results, now or utcnow())
+            written = self._write(results)
         metrics.observe_db_write(time.perf_counter() - started)
         if fold and written:
             self.fold()
@@ -310,68 +292,16 @@ class Recorder:
             conn.commit()
         log.warning("made %d missing partitions of connection_metrics from %s", len(made), earliest.date())
 
-    def _write(self, results: list[PollResult], now: datetime) -> int:
-        with self.pool.connection() as conn, conn.pipeline():
-            # Pipeline mode: BEGIN, the lock, the insert and the status read go out in one round trip.
-            with conn.transaction():
-                # The rollup trigger queues this transaction's deltas for the fold (durable with the rows).
+    def _write(self, results: list[PollResult]) -> int:
+        # BEGIN, the mark, the insert and COMMIT in one round trip (pipeline mode); the rollup deltas
+        # are queued for the fold in the same transaction, durable with the rows.
+        params = metric_params(results)  # before the transaction begins: its backend does not wait for it
+        with self.pool.connection() as conn:
+            with conn.pipeline():
                 conn.execute(db.q("defer_rollup"))
-                conn.execute(db.q("lock_servers"), {"ids": sorted({r.server_id for r in results})})
-                inserted = conn.execute(db.q("insert_metrics"), {
-                    "server_id": [r.server_id for r in results],
-                    "scheduled_at": [r.scheduled_at for r in results],
-                    "created_at": [r.created_at for r in results],
-                    "success": [r.success for r in results],
-                    "response_time_ms": [r.response_time_ms for r in results],
-                    "error_kind": [r.error_kind for r in results],
-                    "error_message": [r.error_message for r in results],
-                    "used_fallback": [r.used_fallback for r in results],
-                }).fetchall()
-                if not inserted:
-                    return 0
-                written = {str(row["server_id"]) for row in inserted}
-                ids = sorted(written)
-                newest: dict[str, PollResult] = {}
-                for r in results:
-                    if r.server_id in written and (r.server_id not in newest or r.scheduled_at > newest[r.server_id].scheduled_at):
-                        newest[r.server_id] = r
-                rows = conn.execute(db.q("status_inputs"), {"ids": ids}).fetchall()
-                updates = []
-                refresh_due = []
-                incidents = []  # (server id, new status, the time of the poll that made it so)
-                for row in rows:
-                    sid = str(row["id"])
-                    latest = newest.get(sid)
-                    if latest is not None and row["newest"] is not None and latest.scheduled_at < row["newest"]:
-                        latest = None  # a late retry of an older poll: it counts, but does not set the status
-                    status = next_status(row, row["flags"] or [], latest, self.settings.offline_after)
-                    changed = any(status[k] != row[k] for k in VISIBLE)
-                    stale = row["last_health_check_at"] is None or \
-                        now - row["last_health_check_at"] >= timedelta(seconds=self.settings.status_refresh_s)
-                    if changed and (status["connection_status"] in PROBLEM or row["connection_status"] in PROBLEM):
-                        incidents.append((row["id"], status, row["newest"]))
-                    if changed or stale:
-                        connected = row["last_connected_at"]
-                        if (row["flags"] or [False])[0]:
-                            connected = max(filter(None, [connected, latest.created_at if latest else None]),
-                                            default=now)
-                        updates.append({**row, **status, "id": row["id"], "last_health_check_at": now,
-                                        "last_connected_at": connected})
-                        refresh_due.append(row["id"])
-                if refresh_due:
-                    stats = {s["id"]: s for s in conn.execute(db.q("server_stats"), {"ids": refresh_due}).fetchall()}
-                    for u in updates:
-                        s = stats.get(u["id"])
-                        if s:
-                            u["success_rate"] = s["success_rate"]
-                            u["avg_response_time_ms"] = s["avg_response_time_ms"]
-                            u["learned_timeout_ms"] = learned_timeout(s["p95_ms"], s["samples"], self.settings)
-                    with conn.cursor() as cur:
-                        cur.executemany(db.q("update_status"), updates)
-                if incidents:
-                    # The incident rows of these status changes, in the same transaction.
-                    conn.execute(db.q("record_incidents"), incident_arrays(incidents))
-                return len(inserted)
+                cur = conn.execute(db.q("insert_metrics"), params)
+                conn.commit()
+            return cur.rowcount
 
 
 class Poller:

@@ -10,8 +10,9 @@ run in its own process (so a baseline revision's Recorder can run the same way):
                  committed (group commit across messages: one writer thread, one transaction);
   record       — what the one-poll-per-message actor does: T threads, Recorder.record() per result;
   write        — Recorder.write() in batches of B, one thread (the writer with a backlog).
-Reference: COPY of all the rows in one statement. Diagnostic: COPY in batches of 500, EXPLAIN
-ANALYZE of one 500-row insert_metrics (its triggers' share), and for each variant the time of each
+Reference: COPY of all the rows in one statement. Diagnostic: COPY in batches of 500, the plans of
+the statements of one 500-row write and of its fold (auto_explain: each statement's time, its triggers'
+share), and for each variant the time of each
 statement of Recorder.write (the pool's cursors and transactions are timed; the pool is otherwise
 the one the worker makes: db.make_pool settings, 1..4 connections).
 The worker path's rollups are folded (migration rollup_pending): its rate includes the folds up to
@@ -56,7 +57,7 @@ from psycopg_pool import ConnectionPool
 
 from tests.bench.reporting import baseline_tree, table
 from worker import db
-from worker.polling import PollResult, Recorder
+from worker.polling import PollResult, Recorder, fold_params, metric_params
 from worker.settings import load as load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +192,18 @@ class BatchSizes:
         recorder.write = write
 
 
+def cpu_split(before: tuple | None = None):
+    """CPU seconds of this process and of everything else on the machine (Postgres, on a quiet
+    machine: the bench runs nothing else meanwhile), from /proc/stat; with `before`, the difference."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+    mine = time.process_time()
+    if before is None:
+        return busy, mine
+    return {"client_s": mine - before[1], "other_s": busy - before[0] - (mine - before[1])}
+
+
 def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
     """One worker-path variant on a fresh table state, in this process: rows, seconds, commits and
     their mean size, and the time per statement."""
@@ -205,10 +218,12 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
         recorder = Recorder(pool, settings)
         sizes = BatchSizes(recorder)
         if variant == "write":
+            cpu = cpu_split()
             start = time.perf_counter()
             for i in range(0, n, batch):
                 recorder.write(results[i:i + batch])  # folds before it returns (where the revision folds)
             elapsed = time.perf_counter() - start
+            cpu = cpu_split(cpu)
         else:
             work: queue.SimpleQueue = queue.SimpleQueue()
             step = batch if variant == "record_many" else 1
@@ -230,6 +245,7 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
                 except BaseException as exc:  # noqa: BLE001
                     errors.append(repr(exc))
 
+            cpu = cpu_split()
             threads = [threading.Thread(target=worker) for _ in range(nthreads)]
             start = time.perf_counter()
             for t in threads:
@@ -241,12 +257,13 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
                 # once idle; a concurrent fold of its own waits for this one or finds nothing)
                 recorder.fold()
             elapsed = time.perf_counter() - start
+            cpu = cpu_split(cpu)
             assert not errors, errors[0]
     finally:
         pool.close()
     written, rolled = count_rows(url)
     assert written == n and rolled == n, (written, rolled)
-    return {"rows": written, "seconds": elapsed, "commits": len(sizes.sizes),
+    return {"rows": written, "seconds": elapsed, "commits": len(sizes.sizes), "cpu": cpu,
             "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats,
             "fold": getattr(recorder, "fold_stats", None)}
 
@@ -317,6 +334,9 @@ def test_ingest(db_url, tmp_path):
                 r = run_in_process(tree, db_url, variant, nthreads, size, n)
                 fold = r.get("fold")
                 notes = f"{r['commits']} commits, {r['mean_batch']:.1f} rows each"
+                if r.get("cpu"):  # CPU per row: this process (the client) and the rest (Postgres)
+                    notes += (f"; CPU/row: client {1e6 * r['cpu']['client_s'] / r['rows']:.0f} us,"
+                              f" Postgres {1e6 * r['cpu']['other_s'] / r['rows']:.0f} us")
                 if fold and fold["folds"]:
                     # the fold (migration rollup_pending): its share of the time, the polls one fold
                     # covers, and the rollups' largest lag (the oldest pending row's age when folded)
@@ -329,21 +349,39 @@ def test_ingest(db_url, tmp_path):
         copy_s.append(copy_rows(db_url, ROWS))
     diag_copy_500 = copy_rows(db_url, ROWS, 500)
 
-    # -- diagnostic: where one 500-row insert_metrics spends its time (on the table as it is now) --
-    def params(chunk):
-        return {"server_id": [r.server_id for r in chunk], "scheduled_at": [r.scheduled_at for r in chunk],
-                "created_at": [r.created_at for r in chunk], "success": [r.success for r in chunk],
-                "response_time_ms": [r.response_time_ms for r in chunk], "error_kind": [r.error_kind for r in chunk],
-                "error_message": [r.error_message for r in chunk], "used_fallback": [r.used_fallback for r in chunk]}
-
+    # -- diagnostic: where one 500-row write and the fold of it spend their time (on the table as it is
+    # now): the plans of their statements, from auto_explain (nested statements, with triggers) --
     extra = make_results(servers, BATCH, seed=99)
     for r in extra:  # ticks after every row above
         r.scheduled_at += timedelta(days=1)
+        r.created_at += timedelta(days=1)
+    notices: list[str] = []
     with psycopg.connect(db_url) as conn:
-        plan = [r[0] for r in conn.execute("explain (analyze, buffers off) " + db.q("insert_metrics"),
-                                           params(extra)).fetchall()]
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("load 'auto_explain'")
+        for key, value in {"auto_explain.log_min_duration": "0", "auto_explain.log_analyze": "on",
+                           "auto_explain.log_nested_statements": "on", "auto_explain.log_triggers": "on",
+                           "auto_explain.log_timing": "on", "client_min_messages": "log"}.items():
+            conn.execute("select set_config(%s, %s, false)", (key, value))
+        conn.execute(db.q("defer_rollup"))
+        conn.execute(db.q("insert_metrics"), metric_params(extra))
+        conn.execute(db.q("fold_rollup"), fold_params(settings))
         conn.rollback()
-    plan_lines = [line for line in plan if line.startswith(("Insert on", "Trigger", "Execution Time", "Planning Time"))]
+    plan_rows = []
+    ri = [0, 0.0]  # the foreign keys' checks (one nested statement per row): counted, not listed
+    for note in notices:
+        if not note.startswith("duration:"):
+            continue
+        if 'SELECT 1 FROM ONLY' in note:
+            ri[0] += 1
+            ri[1] += float(note.split()[1])
+            continue
+        lines = note.splitlines()
+        text = next((ln.split("Query Text:", 1)[1].strip() for ln in lines if "Query Text:" in ln), "")
+        top = next((ln.strip() for ln in lines[2:] if ln.strip() and not ln.strip().startswith("Query Text")), "")
+        triggers = "; ".join(ln.strip() for ln in lines if ln.strip().startswith("Trigger"))
+        plan_rows.append((lines[0].split()[1], " ".join(text.split())[:70], top.split("  (")[0][:40], triggers))
+    plan_rows.append((f"{ri[1]:.3f}", f"foreign key checks ({ri[0]} statements, inside the triggers above)", "", ""))
 
     # -- report -----------------------------------------------------------------------------------
     copy_rate = ROWS / statistics.median(copy_s)
@@ -374,8 +412,9 @@ def test_ingest(db_url, tmp_path):
                for k, v in items] +
               [("(python, pool, queue hand-off)", "", f"{elapsed - accounted:.2f}", "",
                 f"{100 * (elapsed - accounted) / elapsed:.0f}%")])
-    print(f"\nEXPLAIN ANALYZE of one {BATCH}-row insert_metrics (500 servers, one tick) after the runs:")
-    print("\n".join("   " + line for line in plan_lines))
+    table(f"one {BATCH}-row write (500 servers, one tick) and its fold after the runs: their statements (auto_explain)",
+          ("ms", "statement", "top plan node", "triggers"), plan_rows)
+    print("   (auto_explain's timing inflates these times; the shares are what they are for)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ certificates with their days left, a new problem arriving live. Leaves tests/bro
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -12,7 +14,8 @@ from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
 from tests.support.seed import ALICE
 from tests.support.streamlit import streamlit_server
 from worker import db
-from worker.polling import incident_arrays, utcnow
+from worker.polling import PollResult, Recorder, utcnow
+from worker.settings import load as load_settings
 
 
 @pytest.fixture
@@ -37,11 +40,17 @@ def test_the_alerts_page_in_chromium(dashboard, db_url, fleet):
             assert DASH_PASSWORD not in page.content()
             page.screenshot(path=str(SHOTS / "alerts.png"), full_page=True)
             # When pve-delta goes offline (the incident and its alert row), the page follows live
-            with db.connect(db_url) as conn:
-                conn.execute(db.q("record_incidents"), incident_arrays([(fleet.servers["pve-delta"], {
-                    "connection_status": "offline", "health_check_error": "timed out",
-                    "health_check_error_kind": "timeout"}, utcnow())]))
-                conn.commit()
+            # (its polls time out, written as the worker writes them)
+            settings = load_settings()
+            pool = db.make_pool(db_url, max_size=2)
+            try:
+                at = utcnow()
+                Recorder(pool, settings).write([PollResult(
+                    server_id=str(fleet.servers["pve-delta"]), scheduled_at=at + timedelta(seconds=i),
+                    created_at=at + timedelta(seconds=i), success=False, response_time_ms=None,
+                    error_kind="timeout", error_message="timed out") for i in range(settings.offline_after)])
+            finally:
+                pool.close()
             expect(page.get_by_text("3 open problems:")).to_be_visible(timeout=15_000)
             # The banner is on every page: the fleet too, with the silenced server marked
             page.goto(dashboard)

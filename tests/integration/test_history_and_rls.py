@@ -19,6 +19,9 @@ def hour_start(hours_ago: int) -> datetime:
 
 
 def insert_metric(conn, server, at, success, ms=None):
+    # A poll of two days ago (30 hours before 06:00 UTC) needs the day's partition, which the migration
+    # made only from yesterday on: make it as `proxwatch db` would for old data
+    conn.execute("select public.ensure_metric_partitions(7, %s)", (at.astimezone(timezone.utc).date(),))
     conn.execute(
         "insert into connection_metrics (server_id, tenant_id, scheduled_at, success, response_time_ms, error_kind,"
         " error_message) select id, tenant_id, %s, %s, %s, %s, %s from proxmox_servers where id = %s",

@@ -10,10 +10,11 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from tests.support.incidents import incident_arrays
 from tests.support.processes import run_cli, service_env
 from tests.support.seed import call
 from worker import db
-from worker.polling import PollResult, incident_arrays, utcnow
+from worker.polling import PollResult, utcnow
 
 STEP = timedelta(seconds=10)
 

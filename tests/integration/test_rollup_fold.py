@@ -13,6 +13,7 @@ import sys
 import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -21,7 +22,7 @@ from tests.support.processes import ROOT, spawn, stop
 from tests.support.rollup_writer import results as killed_writer_results
 from tests.support.waiting import wait_until
 from worker import db
-from worker.polling import PollResult, Recorder, utcnow
+from worker.polling import PollResult, Recorder, fold_params, utcnow
 
 RAW_HOURLY = """
 select server_id, date_trunc('hour', scheduled_at, 'UTC') as hour, count(*)::integer as attempts,
@@ -128,6 +129,19 @@ def test_two_writers_and_two_folds_count_each_poll_once_retries_and_late_polls_i
     assert conn.execute("select count(*) as n from connection_metrics").fetchone()["n"] == 150 * len(servers)
     assert_rollups_equal_the_raw_rows(conn)
     assert conn.execute("select sum(attempts) as n from connection_metrics_daily").fetchone()["n"] == 150 * len(servers)
+    # And each server's status was decided from its newest polls (whichever writer and fold saw them):
+    # answering (online or degraded) when the newest succeeded, offline after OFFLINE_AFTER failures
+    outcomes: dict[str, list[bool]] = {}
+    for r in conn.execute("select server_id, success from connection_metrics order by server_id, scheduled_at desc"):
+        outcomes.setdefault(str(r["server_id"]), []).append(r["success"])
+    status = {str(r["id"]): r["status"] for r in conn.execute(
+        "select id, connection_status::text as status from proxmox_servers")}
+    conn.rollback()
+    for sid, flags in outcomes.items():
+        if flags[0]:
+            assert status[sid] in ("online", "degraded"), (sid, status[sid], flags[:10])
+        elif not any(flags[:settings.offline_after]):
+            assert status[sid] == "offline", (sid, status[sid], flags[:10])
 
 
 def test_a_second_fold_waits_for_the_first_and_takes_only_what_it_left(pool, settings, conn, uconn, db_url, servers):
@@ -137,7 +151,7 @@ def test_a_second_fold_waits_for_the_first_and_takes_only_what_it_left(pool, set
     recorder.write(second_batch, fold=False)
     with db.connect(db_url) as a:
         # Given a fold that took both pending rows and has not committed yet
-        first = a.execute(db.q("fold_rollup")).fetchone()
+        first = a.execute(db.q("fold_rollup"), fold_params(settings)).fetchone()
         assert (first["pending"], first["polls"]) == (2 * len(servers), 2 * len(servers))
         # And a writer that commits meanwhile (writers never wait for a fold)
         recorder.write(third_batch, fold=False)
@@ -156,20 +170,27 @@ def test_a_second_fold_waits_for_the_first_and_takes_only_what_it_left(pool, set
     assert_rollups_equal_the_raw_rows(conn)
 
 
-def test_the_writer_folds_when_idle_and_the_status_counts_what_is_not_folded_yet(pool, settings, conn, servers):
+def test_the_writer_folds_when_idle_and_the_status_follows(pool, settings, conn, servers):
     recorder = Recorder(pool, settings)
     [batch] = polls(servers, ticks=1, every=timedelta(minutes=1), seed=5)
-    # When a message's polls are recorded (the writer thread commits them)
+    # When a message's polls are recorded (acknowledged once the writer thread commits them)
     recorder.record_many(batch)
-    # Then each server's 24 h success rate already counts its poll (the rollup plus the pending deltas)
-    rates = {str(r["id"]): r["success_rate"] for r in conn.execute("select id, success_rate from proxmox_servers")}
+    assert conn.execute("select count(*) as n from connection_metrics").fetchone()["n"] == len(batch)
     conn.rollback()
-    assert rates == {r.server_id: (100 if r.success else 0) for r in batch}
-    # And the idle writer folds them by itself, without a further call
+    # Then the idle writer folds them by itself, without a further call …
     wait_until(lambda: (conn.rollback(), conn.execute(
         "select coalesce(sum(attempts), 0) as n from connection_metrics_hourly").fetchone()["n"])[1] == len(batch),
         5, what="the idle writer folds")
     assert_rollups_equal_the_raw_rows(conn)
+    # … and in the same transaction each server's status and 24 h success rate follow its poll
+    rows = {str(r["id"]): r for r in conn.execute(
+        "select id, connection_status::text as status, success_rate, last_health_check_at from proxmox_servers")}
+    conn.rollback()
+    assert {sid: r["success_rate"] for sid, r in rows.items()} == {r.server_id: (100 if r.success else 0) for r in batch}
+    assert all(r["last_health_check_at"] is not None for r in rows.values())
+    # (a single failed poll is not enough to go offline: that server stays as it was, unknown)
+    assert {sid: r["status"] for sid, r in rows.items()} == {r.server_id: ("online" if r.success else "unknown")
+                                                            for r in batch}
 
 
 def test_a_writer_killed_between_commit_and_fold_loses_nothing_the_job_folds_it(conn, servers, services_env,
@@ -214,3 +235,33 @@ def test_other_writers_keep_the_direct_rollup(conn, servers):
     conn.commit()
     assert conn.execute("select count(*) as n from connection_metrics_rollup_pending").fetchone()["n"] == 0
     assert_rollups_equal_the_raw_rows(conn)
+
+
+def test_a_worker_of_the_previous_release_folds_with_the_default_rules(pool, settings, conn, servers):
+    # Given polls written and not folded (as a new worker leaves them)
+    recorder = Recorder(pool, settings)
+    [batch] = polls(servers, ticks=1, every=timedelta(minutes=1), seed=3)
+    recorder.write(batch, fold=False)
+    # When a worker of the previous release folds the old way (no arguments, three columns)
+    row = conn.execute("select pending, polls, lag_s from public.fold_connection_metrics_rollup()").fetchone()
+    conn.commit()
+    # Then the rollups and the servers' status are as a current fold leaves them
+    assert (row["pending"], row["polls"]) == (len(batch), len(batch))
+    assert_rollups_equal_the_raw_rows(conn)
+    status = {str(r["id"]): r["status"] for r in conn.execute(
+        "select id, connection_status::text as status from proxmox_servers")}
+    conn.rollback()
+    assert status == {r.server_id: ("online" if r.success else "unknown") for r in batch}
+
+
+def test_a_fold_with_impossible_rules_is_refused_and_takes_nothing(pool, settings, conn, servers):
+    recorder = Recorder(pool, settings)
+    [batch] = polls(servers, ticks=1, every=timedelta(minutes=1), seed=4)
+    recorder.write(batch, fold=False)
+    for bad in ({**fold_params(settings), "offline_after": 0},
+                {**fold_params(settings), "timeout_min_ms": 5000, "timeout_max_ms": 1000}):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="offline_after >= 1"):
+            conn.execute(db.q("fold_rollup"), bad)
+        conn.rollback()
+    assert conn.execute("select count(*) as n from connection_metrics_rollup_pending").fetchone()["n"] == len(batch)
+    conn.rollback()

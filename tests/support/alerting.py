@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from tests.support.incidents import incident_arrays
 from worker import alerts, certificates, db
 from worker.crypto import Box
-from worker.polling import PollResult, incident_arrays, utcnow
+from worker.polling import PollResult, utcnow
 
 STEP = timedelta(seconds=10)
 DASH_PASSWORD = "dash-S3cret-pw"
