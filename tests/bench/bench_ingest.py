@@ -15,9 +15,11 @@ the statements of one 500-row write and of its fold (auto_explain: each statemen
 share), and for each variant the time of each
 statement of Recorder.write (the pool's cursors and transactions are timed; the pool is otherwise
 the one the worker makes: db.make_pool settings, 1..4 connections).
-The worker path's rollups are folded (migration rollup_pending): its rate includes the folds up to
-the last row (a final fold inside the time), and its notes give the folds' count, time, polls per
-fold and the rollups' largest lag (the oldest pending row's age when a fold took it).
+The worker path's rollups are folded and its servers' status decided by the fold (migrations
+rollup_pending, status_fold): its rate includes the folds up to the last row (a final fold inside
+the time), and its notes give the folds' count, time, polls per fold, the rollups' largest lag (the
+oldest pending row's age when a fold took it), and the CPU per row of the client (this process) and
+of the rest of the machine (Postgres: nothing else runs meanwhile).
 Goal: worker path rate / COPY rate ≥ 0.5.
 
 Side by side: BENCH_BASELINE=<git revision>[,<revision>…] also runs those revisions' Recorder (their
