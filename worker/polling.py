@@ -32,7 +32,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from worker import db
 from worker.crypto import Box
 from worker.metrics import process as metrics
-from worker.pve import CONFIG, TIMEOUT, PveClient, PveError
+from worker.pg_arrays import BoolArray, Int4Array, TextArray, TimestamptzArray, UuidArray
+from worker.pve import CONFIG, MAX_VERSION, TIMEOUT, PveClient, PveError
 from worker.pve_clients import PveClients
 from worker.settings import Settings
 
@@ -62,6 +63,7 @@ ROLLUP_IDLE_S = 0.25
 WRITER_THREADS = 2
 ROLLUP_FOLD_S = 1.0
 BATCH_MARGIN_S = 2.0     # a batched poll's deadline beyond its calls' timeouts (connect, TLS, the queue)
+MAX_MESSAGE = 1000       # characters of an error sentence kept in a metric row
 
 
 @dataclass
@@ -86,21 +88,32 @@ def utcnow() -> datetime:
 
 
 def metric_params(results: list[PollResult]) -> dict:
-    """The parameters of `insert_metrics` (sql/queries.sql) for a batch of results: one array per field."""
+    """The parameters of `insert_metrics` (sql/queries.sql) for a batch of results: one array per field,
+    dumped whole (worker.pg_arrays). Text that came from a server goes through `printable`."""
     return {
-        "server_id": [r.server_id for r in results],
-        "scheduled_at": [r.scheduled_at for r in results],
-        "created_at": [r.created_at for r in results],
-        "success": [r.success for r in results],
-        "response_time_ms": [r.response_time_ms for r in results],
-        "error_kind": [r.error_kind for r in results],
-        "error_message": [r.error_message for r in results],
-        "used_fallback": [r.used_fallback for r in results],
-        "pve_version": [r.pve_version for r in results],
-        "nodes_online": [r.nodes_online for r in results],
-        "nodes_total": [r.nodes_total for r in results],
-        "quorate": [r.quorate for r in results],
+        "server_id": UuidArray([r.server_id for r in results]),
+        "scheduled_at": TimestamptzArray([r.scheduled_at for r in results]),
+        "created_at": TimestamptzArray([r.created_at for r in results]),
+        "success": BoolArray([r.success for r in results]),
+        "response_time_ms": Int4Array([r.response_time_ms for r in results]),
+        "error_kind": TextArray([r.error_kind for r in results]),
+        "error_message": TextArray([printable(r.error_message, MAX_MESSAGE) for r in results]),
+        "used_fallback": BoolArray([r.used_fallback for r in results]),
+        "pve_version": TextArray([printable(r.pve_version, MAX_VERSION) for r in results]),
+        "nodes_online": Int4Array([r.nodes_online for r in results]),
+        "nodes_total": Int4Array([r.nodes_total for r in results]),
+        "quorate": BoolArray([r.quorate for r in results]),
     }
+
+
+def printable(text: str | None, limit: int) -> str | None:
+    """Text a server had a say in (an error's reason phrase, a version), as Postgres takes it and a
+    person reads it: every character that is not printable (NUL, which Postgres refuses, control
+    characters, a lone surrogate, which cannot be encoded) becomes a space; at most `limit` characters.
+    One server's odd answer must not fail the insert of the whole batch it shares with others."""
+    if text is None or (len(text) <= limit and text.isprintable()):
+        return text
+    return "".join(ch if ch.isprintable() else " " for ch in text[:limit])
 
 
 def fold_params(settings: Settings) -> dict:

@@ -42,6 +42,7 @@ TIMEOUT, REFUSED, DNS, NETWORK, TLS, AUTH, HTTP, BAD_RESPONSE, CONFIG = (
     "timeout", "refused", "dns", "network", "tls", "auth", "http", "bad_response", "config")
 # Failures at the connection level: the only ones for which the fallback address is tried.
 CONNECTION_LEVEL = {TIMEOUT, REFUSED, DNS, NETWORK}
+MAX_VERSION = 64  # characters of a reported PVE version (real ones: "8.2.4", "9.1.4")
 
 TOKEN_RE = re.compile(r"^(?P<user>[^@!\s=]+@[^@!\s=]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
 FINGERPRINT_RE = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
@@ -285,6 +286,18 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
+def _version_text(value) -> str:
+    """The version a server reported ("8.2.4"; "4.4" on old releases), as text: a number is taken as
+    written; anything else (a list, an empty or non-printable string, one longer than a version could
+    be) is not the PVE API (ValueError, so bad_response)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("the version is not text")
+    text = str(value).strip()
+    if not text or len(text) > MAX_VERSION or not text.isprintable():
+        raise ValueError("the version is not a version")
+    return text
+
+
 def classify(exc: BaseException, url: str, timeout_s: float) -> PveError:
     """Any failure of a call → PveError(kind, plain sentence)."""
     host = url.split("://", 1)[-1].rstrip("/")
@@ -387,6 +400,7 @@ class PveClient:
             status = self._timed(api, "cluster/status", timings)
             if not isinstance(version, dict) or "version" not in version or not isinstance(status, list):
                 raise ValueError("unexpected shape")
+            version_text = _version_text(version["version"])
             nodes = [e for e in status if isinstance(e, dict) and e.get("type") == "node"]
             cluster = next((e for e in status if isinstance(e, dict) and e.get("type") == "cluster"), None)
             online = sum(1 for n in nodes if int(n.get("online", 0) or 0) == 1)
@@ -400,7 +414,7 @@ class PveClient:
             # A stale session (e.g. an expired login) must not poison the next poll.
             self._drop(base_url)
             raise classify(exc, base_url, timeout_s) from exc
-        return Probe(version=str(version["version"]), nodes_online=online, nodes_total=total,
+        return Probe(version=version_text, nodes_online=online, nodes_total=total,
                      quorate=bool(cluster.get("quorate")) if cluster else None,
                      response_time_ms=round(sum(t.ms for t in timings)), used_fallback=used_fallback,
                      timings=timings)

@@ -58,7 +58,9 @@ HTML = (b'<!DOCTYPE html><html><head><title>Sign in</title></head>'
         b'<body><form action="/login">Please sign in to continue.</form></body></html>')
 GARBAGE = b'{"data":{"version":"8.2.4","rel\x00\xff\xfe garbage'
 HANG_S = 60.0
-MODES = ("ok", "401", "500", "595", "hang", "tls", "html", "garbage")
+# A version no PVE reports (a NUL inside, then far too long), in well-formed JSON.
+ODD_VERSION = b'{"data":{"version":"8.2\\u0000.4' + b"9" * 300 + b'","release":"8.2"}}'
+MODES = ("ok", "401", "500", "595", "hang", "tls", "html", "garbage", "oddversion")
 
 
 class Faults:
@@ -141,6 +143,8 @@ def make_app(token: str, latency: float, faults: Faults, connections: dict[int, 
                 reason = "Errors during connection establishment, proxy handshake: No route to host"
                 return web.Response(status=595, reason=reason, body=b'{"data":null}',
                                     content_type="application/json")
+            if mode == "oddversion" and request.path.endswith("/version"):
+                return web.Response(body=ODD_VERSION, content_type="application/json")
             if mode == "html":
                 return web.Response(body=HTML, content_type="text/html")
             if mode == "garbage":

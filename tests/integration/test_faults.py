@@ -89,6 +89,7 @@ CASES = {
     "595": (HTTP, "answered 595 Errors during connection establishment"),
     "html": (BAD_RESPONSE, "something that is not the PVE API"),
     "garbage": (BAD_RESPONSE, "something that is not the PVE API"),
+    "oddversion": (BAD_RESPONSE, "something that is not the PVE API"),
     "tls": (TLS, "fingerprint does not match the pinned one"),
     "hang": (TIMEOUT, "did not answer within 300 ms"),
 }

@@ -143,6 +143,9 @@ def test_headers_that_never_end_are_a_timeout_at_the_calls_timeout_and_end_the_c
     (401, "authentication failure", DENIED, AUTH, "refused the credentials (401 authentication failure)"),
     (500, "hostname lookup 'pve1' failed", b'{"data":null,"message":"hostname lookup \'pve1\' failed"}',
      HTTP, "answered 500 hostname lookup 'pve1' failed"),
+    # control characters in the reason phrase (HTTP allows them, NUL included; Postgres refuses NUL):
+    # stored as spaces, and the poll's batch-mates are not lost with it
+    (500, "Boom\x00\x01\x7f tail", b'{"data":null}', HTTP, "answered 500 Boom    tail"),
 ])
 def test_an_error_status_with_a_body_is_recorded_with_the_servers_reason_and_keeps_the_connection(
         rawpve, add_server, poller, recorder, conn, status, reason, body, kind, words):
@@ -151,6 +154,7 @@ def test_an_error_status_with_a_body_is_recorded_with_the_servers_reason_and_kee
     s = add_server("errors", rawpve.url)
     row = polls(poller, recorder, conn, s["id"])[-1]
     assert row["success"] is False and row["error_kind"] == kind and words in row["error_message"]
+    assert row["error_message"].isprintable()
     # And a complete answer, even an error, keeps its connection for the next poll
     rawpve.reply = lambda path: (answer(BODIES[path]), KEEP)
     assert polls(poller, recorder, conn, s["id"])[-1]["success"]
