@@ -7,10 +7,14 @@ Worker path variants, PollResult objects prepared in advance (no PVE involved), 
 run in its own process (so a baseline revision's Recorder can run the same way):
   record_many  — what the poll_batch actor does: T threads (the worker's 16) each hand a message's
                  PROXWATCH_POLL_BATCH results to Recorder.record_many() and wait until they are
-                 committed (group commit across messages: one writer thread, one transaction);
+                 committed (group commit across messages: the writer threads, one transaction each);
+  record_many in W processes — the default worker (PROXWATCH_WORKER_PROCESSES, 2, as `proxwatch up`
+                 and the Procfile start it): W processes at once, each its own Recorder, pool and T
+                 threads, the messages dealt round-robin (as the processes take them from one queue);
+                 the time runs from the start signal until every process has committed and folded;
   record       — what the one-poll-per-message actor does: T threads, Recorder.record() per result;
   write        — Recorder.write() in batches of B, one thread (the writer with a backlog).
-Reference: COPY of all the rows in one statement. Diagnostic: COPY in batches of 500, the plans of
+Reference: COPY of all the rows (every column the worker writes) in one statement. Diagnostic: COPY in batches of 500, the plans of
 the statements of one 500-row write and of its fold (auto_explain: each statement's time, its triggers'
 share), and for each variant the time of each
 statement of Recorder.write (the pool's cursors and transactions are timed; the pool is otherwise
@@ -73,7 +77,7 @@ AGE_H = int(os.environ.get("BENCH_INGEST_AGE_H", "0"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2")) if BASELINE else 1
 BATCH = 500
 COLUMNS = ("server_id", "tenant_id", "scheduled_at", "created_at", "success", "response_time_ms", "error_kind",
-           "error_message", "used_fallback")
+           "error_message", "used_fallback", "pve_version", "nodes_online", "nodes_total", "quorate")
 
 
 def make_results(servers: list[str], n: int, seed: int = 7) -> list[PollResult]:
@@ -206,14 +210,17 @@ def cpu_split(before: tuple | None = None):
     return {"client_s": mine - before[1], "other_s": busy - before[0] - (mine - before[1])}
 
 
-def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
+def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int, part: tuple[int, int] | None = None) -> dict:
     """One worker-path variant on a fresh table state, in this process: rows, seconds, commits and
-    their mean size, and the time per statement."""
+    their mean size, and the time per statement. With `part` (k, W): this process is worker process k
+    of W — it takes every W-th message from the k-th, leaves the table state to the parent, says
+    "ready" and starts on the parent's "go" line (run_processes)."""
     settings = load_settings()
     with psycopg.connect(url) as conn:
         servers = [str(r[0]) for r in conn.execute("select id from proxmox_servers order by name")]
     results = make_results(servers, n)
-    fresh_state(url)
+    if part is None:
+        fresh_state(url)
     timings = Timings()
     pool = timings.pool(url)  # as the worker makes it (db.make_pool, 1..4), plus timers
     try:
@@ -229,8 +236,9 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
         else:
             work: queue.SimpleQueue = queue.SimpleQueue()
             step = batch if variant == "record_many" else 1
-            for i in range(0, n, step):
-                work.put(results[i:i + step])
+            messages = [results[i:i + step] for i in range(0, n, step)]
+            for message in messages[part[0]::part[1]] if part else messages:
+                work.put(message)
             errors = []
 
             def worker():
@@ -247,6 +255,9 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
                 except BaseException as exc:  # noqa: BLE001
                     errors.append(repr(exc))
 
+            if part:
+                print("ready", flush=True)
+                sys.stdin.readline()
             cpu = cpu_split()
             threads = [threading.Thread(target=worker) for _ in range(nthreads)]
             start = time.perf_counter()
@@ -263,11 +274,13 @@ def run_variant(url: str, variant: str, nthreads: int, batch: int, n: int) -> di
             assert not errors, errors[0]
     finally:
         pool.close()
-    written, rolled = count_rows(url)
-    assert written == n and rolled == n, (written, rolled)
-    return {"rows": written, "seconds": elapsed, "commits": len(sizes.sizes), "cpu": cpu,
-            "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats,
-            "fold": getattr(recorder, "fold_stats", None)}
+    out = {"rows": n, "seconds": elapsed, "commits": len(sizes.sizes), "cpu": cpu,
+           "mean_batch": sum(sizes.sizes) / max(1, len(sizes.sizes)), "stats": timings.stats,
+           "fold": getattr(recorder, "fold_stats", None)}
+    if part is None:
+        written, rolled = count_rows(url)
+        assert written == n and rolled == n, (written, rolled)
+    return out
 
 
 def run_in_process(tree: Path, url: str, variant: str, nthreads: int, batch: int, n: int) -> dict:
@@ -277,6 +290,57 @@ def run_in_process(tree: Path, url: str, variant: str, nthreads: int, batch: int
                           str(n)], cwd=tree, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_processes(tree: Path, url: str, nproc: int, nthreads: int, batch: int, n: int) -> dict:
+    """record_many in `nproc` worker processes at once (run_variant with part k of nproc): each
+    prepares its messages, then all start together; the time runs until the last one has committed
+    and folded. CPU: the processes' own (client) and the rest of the machine (Postgres)."""
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
+    fresh_state(url)
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), url, "record_many", str(nthreads),
+                               str(batch), str(n), str(k), str(nproc)], cwd=tree, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(nproc)]
+    try:
+        for p in procs:
+            line = p.stdout.readline().strip()
+            assert line == "ready", (line, p.stderr.read()[-3000:] if p.poll() is not None else "")
+        busy = cpu_split()
+        start = time.perf_counter()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            line = p.stdout.readline()
+            assert line.strip(), p.stderr.read()[-3000:]
+            outs.append(json.loads(line))
+        elapsed = time.perf_counter() - start
+        busy = cpu_split(busy)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    written, rolled = count_rows(url)
+    assert written == n and rolled == n, (written, rolled)
+    client = sum(o["cpu"]["client_s"] for o in outs)
+    stats: dict[str, list] = {}
+    for o in outs:
+        for name, (calls, sec) in o["stats"].items():
+            stats.setdefault(name, [0, 0.0])
+            stats[name][0] += calls
+            stats[name][1] += sec
+    folds = [o["fold"] for o in outs if o.get("fold")]
+    fold = {"folds": sum(f["folds"] for f in folds), "seconds": sum(f["seconds"] for f in folds),
+            "polls": sum(f["polls"] for f in folds),
+            "max_lag_s": max(f["max_lag_s"] for f in folds)} if folds else None
+    commits = sum(o["commits"] for o in outs)
+    return {"rows": n, "seconds": elapsed, "commits": commits, "mean_batch": n / max(1, commits), "stats": stats,
+            "processes": nproc,
+            "cpu": {"client_s": client, "other_s": busy["other_s"] + busy["client_s"] - client}, "fold": fold}
 
 
 def copy_rows(url: str, n: int, batch: int | None = None) -> float:
@@ -294,7 +358,8 @@ def copy_rows(url: str, n: int, batch: int | None = None) -> float:
                 with cur.copy(f"copy public.connection_metrics ({', '.join(COLUMNS)}) from stdin") as copy:
                     for r in results[i:i + batch]:
                         copy.write_row((r.server_id, tenant, r.scheduled_at, r.created_at, r.success,
-                                        r.response_time_ms, r.error_kind, r.error_message, r.used_fallback))
+                                        r.response_time_ms, r.error_kind, r.error_message, r.used_fallback,
+                                        r.pve_version, r.nodes_online, r.nodes_total, r.quorate))
             conn.commit()
         elapsed = time.perf_counter() - start
     written, rolled = count_rows(url)
@@ -314,7 +379,10 @@ def test_ingest(db_url, tmp_path):
                      " from generate_series(1, %s) n", (tenant, SERVERS))
         servers = [str(r[0]) for r in conn.execute("select id from proxmox_servers order by name")]
     batch = settings.poll_batch
-    configs = [("current", ROOT, [("record_many", THREADS, batch, RECORD_ROWS), ("record", THREADS, 1, RECORD_ROWS),
+    procs = settings.worker_processes  # the default worker's processes (PROXWATCH_WORKER_PROCESSES)
+    configs = [("current", ROOT, [("record_many", THREADS, batch, RECORD_ROWS),
+                                  ("record_many_procs", THREADS, batch, RECORD_ROWS),
+                                  ("record", THREADS, 1, RECORD_ROWS),
                                   ("write", 1, 500, ROWS), ("write", 1, 2000, ROWS)])]
     for rev in reversed(BASELINES):
         # record(): what the actor did before poll batches; record_many(): what it does since (a
@@ -322,7 +390,7 @@ def test_ingest(db_url, tmp_path):
         tree = baseline_tree(rev, tmp_path / f"baseline-{rev}")
         variants = [("record", THREADS, 1, RECORD_ROWS), ("write", 1, 500, ROWS)]
         if "def record_many" in (tree / "worker" / "polling.py").read_text():
-            variants.insert(0, ("record_many", THREADS, batch, RECORD_ROWS))
+            variants[:0] = [("record_many", THREADS, batch, RECORD_ROWS), ("record_many_procs", THREADS, batch, RECORD_ROWS)]
         configs.insert(0, (f"baseline {rev}", tree, variants))
     measured = []   # (round, config, label, rows, seconds, notes)
     breakdowns = {}  # (config, label) -> (seconds, stats) of the last round
@@ -331,9 +399,14 @@ def test_ingest(db_url, tmp_path):
         for name, tree, variants in configs:
             for variant, nthreads, size, n in variants:
                 label = {"record_many": f"record_many(), {nthreads} threads x {size} per message",
+                         "record_many_procs": f"record_many(), {procs} processes x {nthreads} threads x {size}"
+                                              f" per message (the default worker)",
                          "record": f"record(), {nthreads} threads x 1 per message",
                          "write": f"write(), batches of {size}"}[variant]
-                r = run_in_process(tree, db_url, variant, nthreads, size, n)
+                if variant == "record_many_procs":
+                    r = run_processes(tree, db_url, procs, nthreads, size, n)
+                else:
+                    r = run_in_process(tree, db_url, variant, nthreads, size, n)
                 fold = r.get("fold")
                 notes = f"{r['commits']} commits, {r['mean_batch']:.1f} rows each"
                 if r.get("cpu"):  # CPU per row: this process (the client) and the rest (Postgres)
@@ -343,10 +416,11 @@ def test_ingest(db_url, tmp_path):
                     # the fold (migration rollup_pending): its share of the time, the polls one fold
                     # covers, and the rollups' largest lag (the oldest pending row's age when folded)
                     notes += (f"; {fold['folds']} folds, {fold['seconds']:.2f} s"
-                              f" ({100 * fold['seconds'] / r['seconds']:.0f}%), {fold['polls'] / fold['folds']:.0f}"
+                              f" ({100 * fold['seconds'] / (r['seconds'] * r.get('processes', 1)):.0f}%), {fold['polls'] / fold['folds']:.0f}"
                               f" polls each, lag <= {fold['max_lag_s']:.2f} s")
                 measured.append((rnd + 1, name, label, r["rows"], r["seconds"], notes))
-                breakdowns[(name, label)] = (r["seconds"], r["stats"])
+                # (several processes: their statement times add up, against as many times the wall time)
+                breakdowns[(name, label)] = (r["seconds"] * r.get("processes", 1), r["stats"])
         # the reference, in every round
         copy_s.append(copy_rows(db_url, ROWS))
     diag_copy_500 = copy_rows(db_url, ROWS, 500)
@@ -408,7 +482,8 @@ def test_ingest(db_url, tmp_path):
     for (name, label), (elapsed, stats) in breakdowns.items():
         accounted = sum(v[1] for v in stats.values())
         items = sorted(stats.items(), key=lambda kv: -kv[1][1])
-        table(f"{name}, {label}: where the writer's time went (client-side wall time per statement, incl. round trip)",
+        table(f"{name}, {label}: where the writer's time went (client-side wall time per statement, incl. round trip;"
+              f" several processes: the sum of theirs, shares of the sum of their times)",
               ("statement", "calls", "total_s", "mean_ms", "share"),
               [(k, v[0], f"{v[1]:.2f}", f"{1000 * v[1] / max(1, v[0]):.2f}", f"{100 * v[1] / elapsed:.0f}%")
                for k, v in items] +
@@ -420,6 +495,8 @@ def test_ingest(db_url, tmp_path):
 
 
 if __name__ == "__main__":
-    # run_in_process: URL VARIANT THREADS BATCH ROWS -> one JSON line
+    # run_in_process: URL VARIANT THREADS BATCH ROWS -> one JSON line;
+    # run_processes: URL record_many THREADS BATCH ROWS K W -> "ready", then (after "go") one JSON line
     url, variant, nthreads, size, n = sys.argv[1:6]
-    print(json.dumps(run_variant(url, variant, int(nthreads), int(size), int(n))))
+    part = (int(sys.argv[6]), int(sys.argv[7])) if len(sys.argv) > 7 else None
+    print(json.dumps(run_variant(url, variant, int(nthreads), int(size), int(n), part)), flush=True)
