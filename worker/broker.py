@@ -26,14 +26,23 @@ MAINTENANCE_CHANCE = 50_000     # per million commands: about every 20th
 # sync, alerts, periodic jobs, delayed retries) keep the default.
 PROMPT_QUEUES = frozenset({"polls", "operations"})
 PROMPT_IDLE_MS = 50
+# A worker process takes at most as many poll messages from Redis as it has threads (Dramatiq's
+# default is twice as many): a message holds up to PROXWATCH_POLL_BATCH (32) polls, and a burst —
+# a cycle of 1,000 servers due at once is 32 messages — must be shared by the worker processes, not
+# taken whole by the first one to ask (then a 1,000-server cycle took 2.1 x its ideal instead of
+# 1.08 x; tests/bench/bench_fleet_cycle.py). A process that dies also holds fewer polls.
+POLL_QUEUE = "polls"
 
 
 class Broker(RedisBroker):
-    """Dramatiq's Redis broker; the queues in PROMPT_QUEUES idle-poll at most every PROMPT_IDLE_MS."""
+    """Dramatiq's Redis broker; the queues in PROMPT_QUEUES idle-poll at most every PROMPT_IDLE_MS, and a
+    process prefetches at most PROXWATCH_WORKER_THREADS poll messages."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
         if queue_name in PROMPT_QUEUES:
             timeout = min(timeout, PROMPT_IDLE_MS)
+        if queue_name == POLL_QUEUE:
+            prefetch = min(prefetch, SETTINGS.worker_threads)
         return super().consume(queue_name, prefetch, timeout)
 
 

@@ -166,7 +166,7 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("PROXWATCH_WORKER_DB_POOL", 8, "Most Postgres connections one worker process keeps (metric writer, "
         "target reads, operations share them); count machines × processes × this against the database's "
         "connection limit.", _integer(2, 100)),
-    Var("PROXWATCH_POLL_BATCH", 16, "Most polls the scheduler puts in one message (servers due in the same "
+    Var("PROXWATCH_POLL_BATCH", 32, "Most polls the scheduler puts in one message (servers due in the same "
         "scheduler step); the worker polls them concurrently, each with its own timeout, and writes them in one "
         "transaction. 1: one message per poll.", _integer(1, 500)),
     Var("PROXWATCH_PVE_CA_FILE", None, "Extra CA bundle for servers whose TLS mode is `verify`.", _text),

@@ -447,11 +447,13 @@ def measure(tmp: Path, cleanup: Cleanup) -> dict:
     for w in dead:
         for mid in held[w]:
             body = r.hget("dramatiq:polls.msgs", mid)
-            if body is not None:
-                sid, at = json.loads(body)["args"]
-                held_ticks.add((sid, round(datetime.fromisoformat(at).timestamp(), 3)))
+            if body is not None:  # poll(sid, at), or poll_batch([[sid, at], …]) (PROXWATCH_POLL_BATCH)
+                message = json.loads(body)
+                pairs = message["args"][0] if message.get("actor_name") == "poll_batch" else [message["args"]]
+                for sid, at in pairs:
+                    held_ticks.add((sid, round(datetime.fromisoformat(at).timestamp(), 3)))
     print(f"{time.strftime('%H:%M:%S')} killed {leader.name} (the lock holder): {killed} processes, its worker "
-          f"holding {sum(len(held[w]) for w in dead)} poll messages", flush=True)
+          f"holding {sum(len(held[w]) for w in dead)} poll messages ({len(held_ticks)} polls)", flush=True)
     others = [h for h in hosts if h is not leader]
     new_leader = wait_for(lambda: next((h for h in others if h.leads()), None), 30, 0.1)
     assert new_leader, logs()

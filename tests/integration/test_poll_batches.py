@@ -124,3 +124,18 @@ def test_an_idle_worker_asks_for_polls_at_least_every_50_ms(services_env):
     # Polls and operations: at most 50 ms idle between fetches; the rest keep the worker's timeout
     assert pauses["polls"] <= 50 and pauses["operations"] <= 50
     assert pauses["inventory"] == pauses["alerts"] == pauses["polls.DQ"] == 1000
+
+
+def test_a_worker_process_takes_at_most_as_many_poll_messages_as_it_has_threads(services_env):
+    """A poll message holds up to PROXWATCH_POLL_BATCH (32) polls; with Dramatiq's prefetch (twice the
+    threads) the first process to ask took a whole 1,000-server burst (32 messages) and the cycle took
+    2.1 x its ideal. The broker caps the poll queue's prefetch at the process's threads; the other
+    queues keep Dramatiq's."""
+    probe = ("import json; from worker.broker import broker; "
+             "print(json.dumps({q: broker.consume(q, prefetch=8, timeout=1000).prefetch "
+             "for q in ('polls', 'operations', 'inventory', 'polls.DQ')}))")
+    out = subprocess.run([sys.executable, "-c", probe], env=dict(services_env, PROXWATCH_WORKER_THREADS="3"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"polls": 3, "operations": 8, "inventory": 8,
+                                                                 "polls.DQ": 8}
