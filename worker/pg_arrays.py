@@ -6,7 +6,7 @@ per element), and does it while the write's transaction is open: 3.2 µs of CPU 
 insert's 12 arrays, plus 0.3 µs to gather them (batches of 112 rows; a loop over metric_params and
 psycopg's PostgresQuery.dump). A list wrapped in one of these types (`UuidArray(ids)`) is encoded
 whole when it is made — header, dimension, then each element as length + bytes (-1 for NULL), the
-layout of Postgres' array_send() — and its dumper returns those bytes: 2.3 µs per row for the whole
+layout of Postgres' array_send() — and its dumper returns those bytes: 2.5 µs per row for the whole
 parameter set, spent before the transaction begins, so the backend does not wait inside it for the
 client to encode them.
 
@@ -85,68 +85,50 @@ def _text(v) -> bytes:
     return _LEN(len(raw)) + raw
 
 
+def _bool(v) -> bytes:
+    return _TRUE if v else _FALSE
+
+
 class _Array:
     """An array of one element type, encoded when it is made (so a write's parameters cost nothing more
     once its transaction has begun): `data` is what psycopg sends."""
     __slots__ = ("data",)
-    oid = 0       # the array type
-    element = 0   # its element type
+    oid = 0            # the array type
+    element = 0        # its element type
+    encode = None      # one element (not None) -> length + bytes
 
     def __init__(self, values) -> None:
-        items = self._items(values if isinstance(values, list) else list(values))
+        encode = type(self).encode
+        items = [_NULL if v is None else encode(v) for v in values]
         if not items:
             self.data = _EMPTY.pack(0, 0, self.element)
         else:
             self.data = _HEADER.pack(1, 1 if _NULL in items else 0, self.element, len(items), 1) + b"".join(items)
 
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        raise NotImplementedError
-
 
 class UuidArray(_Array):
     """uuid[]: str or uuid.UUID elements."""
-    oid, element = 2951, 2950
-
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        return [_NULL if v is None else _uuid(v) for v in values]
+    oid, element, encode = 2951, 2950, staticmethod(_uuid)
 
 
 class TimestamptzArray(_Array):
     """timestamptz[]: timezone-aware datetimes."""
-    oid, element = 1185, 1184
-
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        return [_NULL if v is None else _timestamptz(v) for v in values]
+    oid, element, encode = 1185, 1184, staticmethod(_timestamptz)
 
 
 class BoolArray(_Array):
     """boolean[]."""
-    oid, element = 1000, 16
-
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        return [_NULL if v is None else _TRUE if v else _FALSE for v in values]
+    oid, element, encode = 1000, 16, staticmethod(_bool)
 
 
 class Int4Array(_Array):
     """integer[]."""
-    oid, element = 1007, 23
-
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        return [_NULL if v is None else _int4(v) for v in values]
+    oid, element, encode = 1007, 23, staticmethod(_int4)
 
 
 class TextArray(_Array):
     """text[]."""
-    oid, element = 1009, 25
-
-    @staticmethod
-    def _items(values: list) -> list[bytes]:
-        return [_NULL if v is None else _text(v) for v in values]
+    oid, element, encode = 1009, 25, staticmethod(_text)
 
 
 def register(adapters=None) -> None:
