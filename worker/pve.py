@@ -16,6 +16,7 @@ import errno
 import functools
 import http.client
 import json
+import math
 import re
 import socket
 import ssl
@@ -290,7 +291,8 @@ def _version_text(value) -> str:
     """The version a server reported ("8.2.4"; "4.4" on old releases), as text: a number is taken as
     written; anything else (a list, an empty or non-printable string, one longer than a version could
     be) is not the PVE API (ValueError, so bad_response)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) \
+            or isinstance(value, float) and not math.isfinite(value):
         raise ValueError("the version is not text")
     text = str(value).strip()
     if not text or len(text) > MAX_VERSION or not text.isprintable():

@@ -115,3 +115,31 @@ FAILURES = st.one_of(
 def test_any_failure_of_a_call_is_one_error_of_a_known_kind(exc, url, timeout_s):
     error = pve.classify(exc, url, timeout_s)
     assert isinstance(error, pve.PveError) and error.kind in KINDS and a_sentence(error)
+
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                           max_leaves=5)
+
+
+@FAST
+@given(JSON_VALUES)
+def test_a_reported_version_is_printable_text_or_not_the_pve_api(value):
+    # whatever a server puts in /version's "version": a version to store, or ValueError (bad_response)
+    try:
+        text = pve._version_text(value)
+    except ValueError:
+        return
+    assert isinstance(text, str) and text and len(text) <= pve.MAX_VERSION and text.isprintable()
+
+
+def test_what_pve_reports_as_its_version_is_kept():
+    # what PVE sends ("8.2.4"; "4.4" on old releases), a number taken as written, blanks stripped
+    assert [pve._version_text(v) for v in ("8.2.4", " 4.4 ", 7, 8.1)] == ["8.2.4", "4.4", "7", "8.1"]
+    for odd in (None, True, ["8.2"], "", "8.2\x00.4", "9" * 65, float("nan")):
+        try:
+            pve._version_text(odd)
+        except ValueError:
+            continue
+        raise AssertionError(f"{odd!r} was taken as a version")
