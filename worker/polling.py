@@ -89,7 +89,7 @@ def utcnow() -> datetime:
 
 def metric_params(results: list[PollResult]) -> dict:
     """The parameters of `insert_metrics` (sql/queries.sql) for a batch of results: one array per field,
-    dumped whole (worker.pg_arrays). Text that came from a server goes through `printable`."""
+    encoded whole (worker.pg_arrays). Text that came from a server goes through `printable`."""
     return {
         "server_id": UuidArray([r.server_id for r in results]),
         "scheduled_at": TimestamptzArray([r.scheduled_at for r in results]),
